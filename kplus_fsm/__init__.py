@@ -1,0 +1,119 @@
+"""
+kplus_fsm: knowing, provably, what happened to every K PLUS payment.
+
+An event-sourced state machine for Opn Payments (Omise) ``mobile_banking_kbank``
+charges: a pure transition table, an append-only SQLite event log with a hash
+chain, and a tracker that turns every input (merchant requests, API responses
+and errors, webhooks, polls) into recorded, replayable events.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import exceptions
+from ._machine import TRANSITIONS, Decision, Rule, Signal, decide, evolve, fold, signal_of
+from ._model import (
+    CHARGE_EVENT_KEYS,
+    KNOWN_FAILURE_CODES,
+    MAX_AMOUNT,
+    METADATA_PAYMENT_ID,
+    MIN_AMOUNT,
+    TERMINAL,
+    ChargeSnapshot,
+    ChargeView,
+    CreateError,
+    CreateUnknown,
+    EventKind,
+    Input,
+    InputKind,
+    NewEvent,
+    Origin,
+    Outcome,
+    Payment,
+    PaymentRequest,
+    Status,
+    StoredEvent,
+    WebhookEvent,
+    WebhookHint,
+)
+from ._ports import Store
+from ._store import (
+    InboxDraft,
+    InboxRow,
+    Recorded,
+    ReplayDifference,
+    ReplayReport,
+    SQLiteStore,
+    TimelineEntry,
+    VerifyReport,
+)
+from ._tracker import Clock, Consumer, Result, Tracker, format_time, parse_time, utc_now
+
+try:
+    __version__ = version("kplus-fsm")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+
+def validate_payment_request(**fields: object) -> PaymentRequest:
+    """
+    Validate a payment request without recording it (e.g. before an API call).
+
+    Raises:
+        InvalidPaymentRequestError: a field is out of its limits.
+    """
+    return PaymentRequest.create(**fields)  # type: ignore[arg-type]
+
+
+__all__ = [
+    "CHARGE_EVENT_KEYS",
+    "KNOWN_FAILURE_CODES",
+    "MAX_AMOUNT",
+    "METADATA_PAYMENT_ID",
+    "MIN_AMOUNT",
+    "TERMINAL",
+    "TRANSITIONS",
+    "ChargeSnapshot",
+    "ChargeView",
+    "Clock",
+    "Consumer",
+    "CreateError",
+    "CreateUnknown",
+    "Decision",
+    "EventKind",
+    "InboxDraft",
+    "InboxRow",
+    "Input",
+    "InputKind",
+    "NewEvent",
+    "Origin",
+    "Outcome",
+    "Payment",
+    "PaymentRequest",
+    "Recorded",
+    "ReplayDifference",
+    "ReplayReport",
+    "Result",
+    "Rule",
+    "SQLiteStore",
+    "Signal",
+    "Status",
+    "Store",
+    "StoredEvent",
+    "TimelineEntry",
+    "Tracker",
+    "VerifyReport",
+    "WebhookEvent",
+    "WebhookHint",
+    "__version__",
+    "decide",
+    "evolve",
+    "exceptions",
+    "fold",
+    "format_time",
+    "parse_time",
+    "signal_of",
+    "utc_now",
+    "validate_payment_request",
+]

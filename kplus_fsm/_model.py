@@ -1,0 +1,642 @@
+"""
+The values of the machine: states, outcomes, inputs, domain events and the payment.
+
+Pure: standard library and attrs only. Stored strings (enum values, event kinds,
+field names) are contracts with every database ever written: never rename them.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+
+from .exceptions import InvalidPaymentRequestError, MalformedInputError
+
+# --------------------------------------------------------------------------- states
+
+
+class Status(str, enum.Enum):
+    """
+    The life of a K PLUS charge as kplus_fsm tracks it. The values are the
+    strings stored in the log.
+    """
+
+    CREATED = "created"
+    """The merchant asked for a charge; recorded before the API call."""
+    PENDING = "pending"
+    """Omise created the charge; the buyer has not yet approved it in K PLUS."""
+    SUCCESSFUL = "successful"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL: Final = frozenset({Status.SUCCESSFUL, Status.FAILED, Status.EXPIRED})
+
+#: How far along the life cycle each status is; news of a lower rank is stale.
+RANK: Final[Mapping[Status, int]] = {
+    Status.CREATED: 0,
+    Status.PENDING: 1,
+    Status.SUCCESSFUL: 2,
+    Status.FAILED: 2,
+    Status.EXPIRED: 2,
+}
+
+
+class Outcome(str, enum.Enum):
+    """
+    What one input did to its payment. Stored in ``inbox.outcome``.
+    """
+
+    APPLIED = "applied"
+    """The input was accepted and its events appended."""
+    DUPLICATE = "duplicate"
+    """Nothing new: already applied (a redelivered webhook, a repeated read)."""
+    STALE = "stale"
+    """Older news than the current state (``pending`` after ``successful``)."""
+    CONFLICT = "conflict"
+    """Contradicts a terminal state and is not authoritative enough to correct it."""
+    REJECTED = "rejected"
+    """Refused: malformed, or for another payment/amount/currency/mode."""
+    UNKNOWN = "unknown"
+    """Cannot be placed: an unknown status or event key, or a create whose outcome is unknown."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Origin(str, enum.Enum):
+    """
+    Where a charge snapshot came from. Reads made with our secret key
+    (``create_response``, ``refetch``, ``poll``) are authoritative; a webhook
+    payload is a hint.
+    """
+
+    CREATE_RESPONSE = "create_response"
+    REFETCH = "refetch"
+    POLL = "poll"
+    WEBHOOK = "webhook"
+
+    @property
+    def is_authoritative(self) -> bool:
+        return self is not Origin.WEBHOOK
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class InputKind(str, enum.Enum):
+    """
+    The kinds of input recorded in ``inbox.kind``.
+    """
+
+    PAYMENT_REQUEST = "payment_request"
+    CHARGE_SNAPSHOT = "charge_snapshot"
+    CREATE_ERROR = "create_error"
+    CREATE_UNKNOWN = "create_unknown"
+    WEBHOOK = "webhook"
+    REFUND_REQUEST = "refund_request"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Omise charge statuses the machine understands (``reversed`` is card-only).
+CHARGE_STATUSES: Final = frozenset({"pending", "successful", "failed", "expired"})
+
+#: Failure codes documented for K PLUS by the seed, plus those Omise's docs and
+#: recorded fixtures show for charges in general. Others are kept and flagged.
+KNOWN_FAILURE_CODES: Final = frozenset(
+    {
+        "payment_expired",
+        "payment_rejected",
+        "failed_processing",
+        "invalid_account",
+        "insufficient_fund",
+        "stolen_or_lost_card",
+        "failed_fraud_check",
+    }
+)
+
+#: Webhook event keys whose ``data`` is the charge. Others are kept as ``unknown``.
+CHARGE_EVENT_KEYS: Final = frozenset(
+    {"charge.create", "charge.complete", "charge.update", "charge.expire"}
+)
+
+#: The metadata key that carries our payment id on every charge we create.
+METADATA_PAYMENT_ID: Final = "payment_id"
+
+# ------------------------------------------------------------------ payment request
+
+MIN_AMOUNT: Final = 2_000
+MAX_AMOUNT: Final = 15_000_000
+CURRENCY: Final = "THB"
+PLATFORM_TYPES: Final = frozenset({"IOS", "ANDROID"})
+PAYMENT_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
+_SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
+_MAX_URI: Final = 2048
+_MAX_DESCRIPTION: Final = 255
+
+
+def _check_payment_id(value: object) -> str:
+    if not isinstance(value, str) or not PAYMENT_ID_RE.fullmatch(value):
+        raise InvalidPaymentRequestError(
+            "payment_id",
+            "1 to 64 characters of A-Z a-z 0-9 . _ : -, starting with a letter or digit",
+            got=_describe(value),
+        )
+    return value
+
+
+def _check_return_uri(value: object) -> str:
+    limit = "an absolute URI such as https://shop.example/return or myapp://return"
+    if not isinstance(value, str) or not value or len(value) > _MAX_URI:
+        raise InvalidPaymentRequestError("return_uri", limit, got=_describe(value))
+    scheme, sep, rest = value.partition(":")
+    if (
+        not sep
+        or not _SCHEME_RE.fullmatch(scheme)
+        or not rest
+        or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+    ):
+        raise InvalidPaymentRequestError("return_uri", limit, got=_describe(value))
+    if scheme.lower() in ("http", "https"):
+        host = rest[2:].split("/", 1)[0] if rest.startswith("//") else ""
+        if not host:
+            raise InvalidPaymentRequestError("return_uri", limit, got=_describe(value))
+    return value
+
+
+def _describe(value: object) -> str:
+    """A short, safe description of a refused value for an error message."""
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return repr(shown)
+    if isinstance(value, bool | int | float) or value is None:
+        return repr(value)
+    return type(value).__name__
+
+
+@attrs.frozen(kw_only=True)
+class PaymentRequest:
+    """
+    A merchant's request to take a K PLUS payment. Construct it with
+    :meth:`create` (or :func:`kplus_fsm.validate_payment_request`), which checks
+    every field against Opn's limits and raises
+    :class:`~kplus_fsm.exceptions.InvalidPaymentRequestError` naming the field.
+    """
+
+    payment_id: str
+    amount: int
+    currency: str = CURRENCY
+    return_uri: str
+    platform_type: str | None = None
+    description: str | None = None
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        payment_id: object,
+        amount: object,
+        return_uri: object,
+        currency: object = CURRENCY,
+        platform_type: object = None,
+        description: object = None,
+        metadata: object = None,
+    ) -> PaymentRequest:
+        """
+        Validate and normalise a payment request.
+
+        Raises:
+            InvalidPaymentRequestError: a field is missing or out of its limits; the
+                error names the field (``.field``) and the limit (``.limit``).
+        """
+        pid = _check_payment_id(payment_id)
+        if not isinstance(amount, int) or isinstance(amount, bool):
+            raise InvalidPaymentRequestError(
+                "amount", "an integer number of satang", got=_describe(amount)
+            )
+        if not MIN_AMOUNT <= amount <= MAX_AMOUNT:
+            raise InvalidPaymentRequestError(
+                "amount",
+                f"from {MIN_AMOUNT} to {MAX_AMOUNT} satang (THB 20.00 to 150,000.00)",
+                got=_describe(amount),
+            )
+        if not isinstance(currency, str) or currency.upper() != CURRENCY:
+            raise InvalidPaymentRequestError(
+                "currency", "THB (K PLUS charges are in Thai baht only)", got=_describe(currency)
+            )
+        platform: str | None = None
+        if platform_type is not None:
+            if not isinstance(platform_type, str) or platform_type.upper() not in PLATFORM_TYPES:
+                raise InvalidPaymentRequestError(
+                    "platform_type", "IOS or ANDROID, or absent", got=_describe(platform_type)
+                )
+            platform = platform_type.upper()
+        uri = _check_return_uri(return_uri)
+        if description is not None and (
+            not isinstance(description, str) or len(description) > _MAX_DESCRIPTION
+        ):
+            raise InvalidPaymentRequestError(
+                "description",
+                f"a string of at most {_MAX_DESCRIPTION} characters",
+                got=_describe(description),
+            )
+        meta: dict[str, Any] = {}
+        if metadata is not None:
+            if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
+                raise InvalidPaymentRequestError(
+                    "metadata", "an object with string keys", got=_describe(metadata)
+                )
+            if METADATA_PAYMENT_ID in metadata:
+                raise InvalidPaymentRequestError(
+                    "metadata",
+                    f"free of the key {METADATA_PAYMENT_ID!r}, which kplus_fsm sets itself",
+                )
+            meta = dict(metadata)
+        return cls(
+            payment_id=pid,
+            amount=amount,
+            currency=currency.upper(),
+            return_uri=uri,
+            platform_type=platform,
+            description=description,
+            metadata=meta,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "payment_id": self.payment_id,
+            "amount": self.amount,
+            "currency": self.currency,
+            "return_uri": self.return_uri,
+            "platform_type": self.platform_type,
+            "description": self.description,
+            "metadata": dict(self.metadata),
+        }
+
+    def charge_params(self) -> dict[str, Any]:
+        """
+        The ``POST /charges`` parameters for this request, with the payment id in
+        ``metadata`` so that any later webhook or search finds the payment.
+        """
+        params: dict[str, Any] = {
+            "amount": self.amount,
+            "currency": self.currency,
+            "return_uri": self.return_uri,
+            "metadata": {**self.metadata, METADATA_PAYMENT_ID: self.payment_id},
+        }
+        if self.description is not None:
+            params["description"] = self.description
+        return params
+
+
+# ------------------------------------------------------------------------- inputs
+
+
+def _is(value: object, types: type | tuple[type, ...]) -> bool:
+    """isinstance, except that a bool is not an int here."""
+    allowed = types if isinstance(types, tuple) else (types,)
+    if isinstance(value, bool):
+        return bool in allowed
+    return isinstance(value, allowed)
+
+
+def _get(obj: Mapping[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:
+    value = obj.get(key)
+    if value is None or not _is(value, types):
+        raise MalformedInputError(f"{what}: field {key!r} is missing or not {_type_name(types)}")
+    return value
+
+
+def _opt(obj: Mapping[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not _is(value, types):
+        raise MalformedInputError(f"{what}: field {key!r} is not {_type_name(types)}")
+    return value
+
+
+def _type_name(types: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", bool: "a boolean", dict: "an object"}
+    if isinstance(types, tuple):
+        return " or ".join(names.get(t, t.__name__) for t in types)
+    return names.get(types, types.__name__)
+
+
+@attrs.frozen(kw_only=True)
+class ChargeView:
+    """
+    The fields of an Omise charge object that the machine reads. Everything
+    else stays in the raw input in ``inbox``.
+    """
+
+    charge_id: str
+    status: str
+    amount: int
+    currency: str
+    livemode: bool | None
+    payment_id: str | None
+    authorize_uri: str | None
+    expires_at: str | None
+    failure_code: str | None
+    failure_message: str | None
+    created_at: str | None
+    paid_at: str | None
+
+    @classmethod
+    def from_json(cls, obj: object) -> ChargeView:
+        """
+        Read a charge object.
+
+        Raises:
+            MalformedInputError: not a charge object, or a field of the wrong type.
+        """
+        what = "charge"
+        if not isinstance(obj, Mapping):
+            raise MalformedInputError("charge: not a JSON object")
+        if obj.get("object") != "charge":
+            raise MalformedInputError(
+                f"charge: 'object' is {_describe(obj.get('object'))}, not 'charge'"
+            )
+        metadata = obj.get("metadata")
+        payment_id = None
+        if metadata is not None:
+            if not isinstance(metadata, Mapping):
+                raise MalformedInputError("charge: field 'metadata' is not an object")
+            raw_pid = metadata.get(METADATA_PAYMENT_ID)
+            if raw_pid is not None and not isinstance(raw_pid, str):
+                raise MalformedInputError("charge: metadata.payment_id is not a string")
+            payment_id = raw_pid
+        currency = _get(obj, "currency", str, what)
+        return cls(
+            charge_id=_get(obj, "id", str, what),
+            status=_get(obj, "status", str, what),
+            amount=_get(obj, "amount", int, what),
+            currency=currency.upper(),
+            livemode=_opt(obj, "livemode", bool, what),
+            payment_id=payment_id,
+            authorize_uri=_opt(obj, "authorize_uri", str, what),
+            expires_at=_opt(obj, "expires_at", str, what),
+            failure_code=_opt(obj, "failure_code", str, what),
+            failure_message=_opt(obj, "failure_message", str, what),
+            created_at=_opt(obj, "created_at", str, what) or _opt(obj, "created", str, what),
+            paid_at=_opt(obj, "paid_at", str, what),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class ChargeSnapshot:
+    """
+    A charge as read from one place: the create response, a re-fetch, a poll,
+    or a webhook payload (``origin``).
+    """
+
+    charge: ChargeView
+    origin: Origin
+
+
+@attrs.frozen(kw_only=True)
+class CreateError:
+    """
+    Omise answered a create with an error object: a definite failure.
+    """
+
+    code: str
+    message: str
+    http_status: int | None = None
+
+    @classmethod
+    def from_json(cls, obj: object, *, http_status: int | None = None) -> CreateError:
+        """
+        Read an Omise error object (``{"object": "error", "code", "message"}``).
+
+        Raises:
+            MalformedInputError: not an error object.
+        """
+        if not isinstance(obj, Mapping) or obj.get("object") != "error":
+            raise MalformedInputError("create error: not an Omise error object")
+        return cls(
+            code=_get(obj, "code", str, "create error"),
+            message=_opt(obj, "message", str, "create error") or "",
+            http_status=http_status,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class CreateUnknown:
+    """
+    A create whose outcome is unknown: a timeout or a connection reset after the
+    request may have reached Omise. Never a failure.
+    """
+
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class WebhookEvent:
+    """
+    An Omise event envelope as delivered to a webhook endpoint.
+
+    ``charge`` is the charge in ``data`` for charge event keys, else ``None``.
+    """
+
+    event_id: str
+    key: str
+    livemode: bool | None
+    created_at: str | None
+    charge: ChargeView | None
+
+    @classmethod
+    def from_json(cls, obj: object) -> WebhookEvent:
+        """
+        Read an event envelope (``object: event``, ``id``, ``key``, ``data``).
+
+        Raises:
+            MalformedInputError: not an event envelope, or its charge is malformed.
+        """
+        what = "webhook event"
+        if not isinstance(obj, Mapping):
+            raise MalformedInputError("webhook event: body is not a JSON object")
+        if obj.get("object") != "event":
+            raise MalformedInputError(
+                f"webhook event: 'object' is {_describe(obj.get('object'))}, not 'event'"
+            )
+        event_id = _get(obj, "id", str, what)
+        key = _get(obj, "key", str, what)
+        data = obj.get("data")
+        if not isinstance(data, Mapping):
+            raise MalformedInputError("webhook event: field 'data' is missing or not an object")
+        charge = None
+        if key in CHARGE_EVENT_KEYS or (key.startswith("charge.") and data.get("object") == "charge"):
+            charge = ChargeView.from_json(data)
+        return cls(
+            event_id=event_id,
+            key=key,
+            livemode=_opt(obj, "livemode", bool, what),
+            created_at=_opt(obj, "created_at", str, what) or _opt(obj, "created", str, what),
+            charge=charge,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class WebhookHint:
+    """
+    A webhook event offered to the machine. With ``apply_payload=False`` its
+    charge is recorded as a hint only and the state follows the re-fetch that
+    the intake makes next (ARCHITECTURE §4); with ``True`` (no API access) the
+    payload itself moves the state forward, as an unverified snapshot.
+    """
+
+    event: WebhookEvent
+    apply_payload: bool
+
+
+Input = PaymentRequest | ChargeSnapshot | CreateError | CreateUnknown | WebhookHint
+
+# ------------------------------------------------------------------ domain events
+
+
+class EventKind(str, enum.Enum):
+    """
+    The stable ``kind`` strings of the domain events stored in ``events``.
+    """
+
+    PAYMENT_REQUESTED = "payment.requested"
+    CREATE_UNKNOWN = "charge.create_unknown"
+    CREATE_FAILED = "charge.create_failed"
+    CHARGE_PENDING = "charge.pending"
+    CHARGE_SUCCESSFUL = "charge.successful"
+    CHARGE_FAILED = "charge.failed"
+    CHARGE_EXPIRED = "charge.expired"
+    CHARGE_CORRECTED = "charge.corrected"
+    WEBHOOK_ACCEPTED = "webhook.accepted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: The current ``event_version`` of each kind's payload. Older versions are
+#: upcast on read (``kplus_fsm._codec.UPCASTERS``).
+EVENT_VERSIONS: Final[Mapping[EventKind, int]] = {kind: 1 for kind in EventKind}
+
+STATUS_EVENT: Final[Mapping[Status, EventKind]] = {
+    Status.PENDING: EventKind.CHARGE_PENDING,
+    Status.SUCCESSFUL: EventKind.CHARGE_SUCCESSFUL,
+    Status.FAILED: EventKind.CHARGE_FAILED,
+    Status.EXPIRED: EventKind.CHARGE_EXPIRED,
+}
+
+
+@attrs.frozen(kw_only=True)
+class NewEvent:
+    """
+    A domain event the machine decided to append (not yet stored).
+    """
+
+    kind: EventKind
+    data: Mapping[str, Any]
+
+
+@attrs.frozen(kw_only=True)
+class StoredEvent:
+    """
+    A domain event as stored: its global ``position``, its ``version`` within the
+    payment's stream, the inbox row that caused it, and when it was recorded.
+    """
+
+    position: int
+    stream: str
+    version: int
+    kind: str
+    event_version: int
+    data: Mapping[str, Any]
+    recorded_at: str
+    causation: int
+
+
+# ------------------------------------------------------------------------ payment
+
+
+@attrs.frozen(kw_only=True)
+class Payment:
+    """
+    The current state of one payment: the fold of its events.
+    """
+
+    payment_id: str
+    status: Status
+    amount: int
+    currency: str
+    return_uri: str
+    platform_type: str | None = None
+    description: str | None = None
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    charge_id: str | None = None
+    livemode: bool | None = None
+    authorize_uri: str | None = None
+    expires_at: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+    create_unknown: bool = False
+    """A create timed out or was cut off and nothing has settled it yet."""
+    flags: frozenset[str] = frozenset()
+    """Anomalies that stay with the payment: ``corrected``, ``unknown_failure_code``."""
+    webhook_event_ids: frozenset[str] = frozenset()
+    version: int = 0
+    created_at: str = ""
+    updated_at: str = ""
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+    def request(self) -> PaymentRequest:
+        """The payment request this payment was created from."""
+        return PaymentRequest(
+            payment_id=self.payment_id,
+            amount=self.amount,
+            currency=self.currency,
+            return_uri=self.return_uri,
+            platform_type=self.platform_type,
+            description=self.description,
+            metadata=dict(self.metadata),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (sets as sorted lists)."""
+        return {
+            "payment_id": self.payment_id,
+            "status": self.status.value,
+            "amount": self.amount,
+            "currency": self.currency,
+            "return_uri": self.return_uri,
+            "platform_type": self.platform_type,
+            "description": self.description,
+            "metadata": dict(self.metadata),
+            "charge_id": self.charge_id,
+            "livemode": self.livemode,
+            "authorize_uri": self.authorize_uri,
+            "expires_at": self.expires_at,
+            "failure_code": self.failure_code,
+            "failure_message": self.failure_message,
+            "create_unknown": self.create_unknown,
+            "flags": sorted(self.flags),
+            "webhook_event_ids": sorted(self.webhook_event_ids),
+            "version": self.version,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }

@@ -1,0 +1,753 @@
+"""
+The append-only SQLite event log (the embedded default store).
+
+One transaction per input: the inbox row, its domain events and the payment's
+projection row are written by one ``BEGIN IMMEDIATE`` ... ``COMMIT``, or not at
+all. Writers from several threads or OS processes are serialised by SQLite's
+write lock (WAL mode, busy timeout); a writer that still finds the database busy,
+or a taken ``(stream, version)``, rolls back and tries again.
+
+sqlite-utils owns the schema (migrations) and the ad-hoc queries; the hot write
+path uses prepared statements on the connection directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import attrs
+import sqlite_utils
+
+from . import _codec, _schema
+from ._machine import Decision, evolve
+from ._model import Payment, StoredEvent
+from .exceptions import ConcurrencyError, IntegrityError, SchemaVersionError, StoreError
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+_MAX_ATTEMPTS: Final = 50
+
+
+@attrs.frozen(kw_only=True)
+class InboxDraft:
+    """An input as received, before the machine decided its outcome."""
+
+    kind: str
+    body: str
+    body_encoding: str
+    origin: str | None = None
+    external_id: str | None = None
+    headers: str | None = None
+    verification: str = "not_applicable"
+
+
+@attrs.frozen(kw_only=True)
+class InboxRow:
+    """One stored input with its outcome."""
+
+    id: int
+    received_at: str
+    kind: str
+    origin: str | None
+    payment_id: str | None
+    charge_id: str | None
+    external_id: str | None
+    body: str
+    body_encoding: str
+    headers: str | None
+    verification: str
+    outcome: str
+    reason: str
+    hash: str
+
+    def raw(self) -> Any:
+        """The input as it was received (bytes, text or a JSON value)."""
+        return _codec.decode_body(self.body, self.body_encoding)
+
+
+INBOX_COLUMNS: Final = (*_codec.INBOX_HASHED, "hash")
+
+
+@attrs.frozen(kw_only=True)
+class Recorded:
+    """What one committed input wrote."""
+
+    inbox: InboxRow
+    decision: Decision
+    events: tuple[StoredEvent, ...]
+    before: Payment | None
+    after: Payment | None
+
+
+@attrs.frozen(kw_only=True)
+class TimelineEntry:
+    """
+    One line of a payment's timeline: an input (``type="input"``) or one of the
+    events it caused (``type="event"``), in commit order.
+    """
+
+    type: Literal["input", "event"]
+    at: str
+    inbox_id: int
+    kind: str
+    position: int | None = None
+    version: int | None = None
+    origin: str | None = None
+    outcome: str | None = None
+    reason: str | None = None
+    external_id: str | None = None
+    verification: str | None = None
+    data: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class VerifyReport:
+    """
+    The result of :meth:`SQLiteStore.verify`. ``ok`` is false when ``problem``
+    names the first bad row (``table``, ``row_id``) or a missing guard.
+    """
+
+    ok: bool
+    inbox_rows: int
+    events: int
+    inbox_head: str
+    events_head: str
+    schema_version: str | None
+    problem: str | None = None
+    table: str | None = None
+    row_id: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ReplayDifference:
+    payment_id: str
+    field: str
+    stored: Any
+    replayed: Any
+
+
+@attrs.frozen(kw_only=True)
+class ReplayReport:
+    """
+    The result of :meth:`SQLiteStore.replay`: how many events and payments were
+    replayed, and every difference between the replayed and stored projection.
+    """
+
+    events: int
+    payments: int
+    differences: tuple[ReplayDifference, ...]
+    repaired: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _is_version_clash(exc: sqlite3.IntegrityError) -> bool:
+    return "events.stream, events.version" in str(exc)
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty database file readable and writable by its owner only."""
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+
+
+class SQLiteStore:
+    """
+    The event log in one SQLite file.
+
+    Args:
+        path: the database file (created, owner-only, if missing), or an open
+            ``sqlite3.Connection`` opened with ``isolation_level=None``.
+        synchronous: SQLite's durability level for commits (``FULL`` by default:
+            an acknowledged input survives power loss).
+        busy_timeout: seconds a writer waits for the write lock before retrying.
+        read_only: open the file read-only (no migrations; writes fail).
+
+    Raises:
+        SchemaVersionError: the file was written by a newer kplus_fsm, or (read
+            only) is not a kplus_fsm log.
+        StoreError: the file cannot be opened.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | sqlite3.Connection,
+        *,
+        synchronous: Synchronous = "FULL",
+        busy_timeout: float = 30.0,
+        read_only: bool = False,
+    ) -> None:
+        self.read_only = read_only
+        self.path: Path | None
+        try:
+            if isinstance(path, sqlite3.Connection):
+                conn = path
+                self.path = None
+            else:
+                self.path = Path(path)
+                if read_only:
+                    if not self.path.exists():
+                        raise StoreError(f"no database at {self.path}")
+                    conn = sqlite3.connect(
+                        f"file:{self.path}?mode=ro",
+                        uri=True,
+                        isolation_level=None,
+                        check_same_thread=False,
+                    )
+                else:
+                    if str(path) != ":memory:":
+                        _create_private(self.path)
+                    conn = sqlite3.connect(
+                        str(path), isolation_level=None, check_same_thread=False
+                    )
+            conn.isolation_level = None
+            self.conn = conn
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            self.db = sqlite_utils.Database(conn, execute_plugins=False)
+            if read_only:
+                conn.execute("PRAGMA query_only = ON")
+                if not self.db["events"].exists():
+                    raise SchemaVersionError(f"{path} is not a kplus_fsm event log")
+                _schema.check_version(self.db)
+            else:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA synchronous = {synchronous}")
+                self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the event log: {exc}") from exc
+        self._lookup_sql = (
+            f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments WHERE payment_id = ?"
+        )
+        self._lookup_charge_sql = (
+            f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments WHERE charge_id = ? "
+            "ORDER BY created_at LIMIT 1"
+        )
+        self._insert_inbox_sql = (
+            f"INSERT INTO inbox ({', '.join(INBOX_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(INBOX_COLUMNS))})"
+        )
+        self._insert_event_sql = (
+            f"INSERT INTO events ({', '.join(_codec.EVENT_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_codec.EVENT_COLUMNS))})"
+        )
+        self._upsert_payment_sql = (
+            f"INSERT OR REPLACE INTO payments ({', '.join(_codec.PAYMENT_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_codec.PAYMENT_COLUMNS))})"
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _migrate(self) -> None:
+        _schema.check_version(self.db)
+        if not _schema.migrations.pending(self.db):
+            return
+        with self._immediate():
+            # Re-check under the write lock: another process may have migrated.
+            _schema.check_version(self.db)
+            _schema.migrations.apply(self.db)
+
+    def close(self) -> None:
+        """Close the connection. The store cannot be used afterwards."""
+        self.conn.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.rollback()
+            raise
+        self.conn.execute("COMMIT")
+
+    def _retrying(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` in a write transaction, retrying busy and version clashes."""
+        delay = 0.002
+        last: Exception | None = None
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                with self._immediate():
+                    return work()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise StoreError(f"event log write failed: {exc}") from exc
+                last = exc
+            except sqlite3.IntegrityError as exc:
+                if not _is_version_clash(exc):
+                    raise StoreError(f"event log write refused: {exc}") from exc
+                last = ConcurrencyError(f"stream version taken: {exc}")
+            except sqlite3.Error as exc:
+                raise StoreError(f"event log write failed: {exc}") from exc
+            time.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
+            delay = min(delay * 2, 0.25)
+        if isinstance(last, ConcurrencyError):
+            raise last
+        raise ConcurrencyError(
+            f"the event log stayed busy through {_MAX_ATTEMPTS} attempts"
+        ) from last
+
+    # --------------------------------------------------------------------- writes
+
+    def record(
+        self,
+        draft: InboxDraft,
+        decide: Callable[[Payment | None], Decision],
+        *,
+        now: str,
+        payment_id: str | None = None,
+        charge_id: str | None = None,
+    ) -> Recorded:
+        """
+        Record one input: look its payment up (by ``payment_id``, else by
+        ``charge_id``), let ``decide`` (pure; it may run more than once) decide,
+        and write the inbox row, the events and the projection in one transaction.
+
+        Raises:
+            StoreError: nothing was written.
+        """
+        return self._retrying(
+            lambda: self._record(draft, decide, now=now, payment_id=payment_id, charge_id=charge_id)
+        )  # type: ignore[no-any-return]
+
+    def _record(
+        self,
+        draft: InboxDraft,
+        decide: Callable[[Payment | None], Decision],
+        *,
+        now: str,
+        payment_id: str | None,
+        charge_id: str | None,
+    ) -> Recorded:
+        conn = self.conn
+        before = None
+        if payment_id is not None:
+            before = self._load(payment_id)
+        if before is None and charge_id is not None:
+            row = conn.execute(self._lookup_charge_sql, (charge_id,)).fetchone()
+            before = _codec.payment_from_row(row) if row else None
+        decision = decide(before)
+        last = conn.execute("SELECT id, hash FROM inbox ORDER BY id DESC LIMIT 1").fetchone()
+        inbox_id, prev = (last[0] + 1, last[1]) if last else (1, _codec.GENESIS)
+        values: dict[str, Any] = {
+            "id": inbox_id,
+            "received_at": now,
+            "kind": draft.kind,
+            "origin": draft.origin,
+            "payment_id": decision.payment_id if decision.payment_id is not None else payment_id,
+            "charge_id": decision.charge_id if decision.charge_id is not None else charge_id,
+            "external_id": draft.external_id,
+            "body": draft.body,
+            "body_encoding": draft.body_encoding,
+            "headers": draft.headers,
+            "verification": draft.verification,
+            "outcome": decision.outcome.value,
+            "reason": decision.reason,
+        }
+        values["hash"] = _codec.chain_hash(prev, values, _codec.INBOX_HASHED)
+        conn.execute(self._insert_inbox_sql, tuple(values[c] for c in INBOX_COLUMNS))
+        stored: list[StoredEvent] = []
+        after = before
+        if decision.events:
+            stream = decision.payment_id
+            if stream is None:  # pragma: no cover - the machine always names it
+                raise StoreError("events without a payment id")
+            last_ev = conn.execute(
+                "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+            ).fetchone()
+            position, prev_ev = (last_ev[0], last_ev[1]) if last_ev else (0, _codec.GENESIS)
+            version = before.version if before is not None else 0
+            rows = []
+            for new in decision.events:
+                position += 1
+                version += 1
+                ev = {
+                    "position": position,
+                    "stream": stream,
+                    "version": version,
+                    "kind": new.kind.value,
+                    "event_version": _codec.EVENT_VERSIONS[new.kind],
+                    "data": _codec.dumps(dict(new.data)),
+                    "recorded_at": now,
+                    "causation": inbox_id,
+                }
+                prev_ev = ev["hash"] = _codec.chain_hash(prev_ev, ev, _codec.EVENT_HASHED)
+                rows.append(tuple(ev[c] for c in _codec.EVENT_COLUMNS))
+                event = StoredEvent(
+                    position=position,
+                    stream=stream,
+                    version=version,
+                    kind=new.kind.value,
+                    event_version=ev["event_version"],
+                    data=new.data,
+                    recorded_at=now,
+                    causation=inbox_id,
+                )
+                stored.append(event)
+                after = evolve(after, event)
+            conn.executemany(self._insert_event_sql, rows)
+            assert after is not None
+            conn.execute(self._upsert_payment_sql, _codec.payment_to_row(after))
+        return Recorded(
+            inbox=InboxRow(**values),
+            decision=decision,
+            events=tuple(stored),
+            before=before,
+            after=after,
+        )
+
+    # ---------------------------------------------------------------------- reads
+
+    def _load(self, payment_id: str) -> Payment | None:
+        row = self.conn.execute(self._lookup_sql, (payment_id,)).fetchone()
+        return _codec.payment_from_row(row) if row else None
+
+    def get(self, payment_id: str) -> Payment | None:
+        """The current state of a payment, or ``None``."""
+        return self._read(lambda: self._load(payment_id))  # type: ignore[no-any-return]
+
+    def find(self, id_: str) -> Payment | None:
+        """A payment by payment id, else by charge id, or ``None``."""
+
+        def work() -> Payment | None:
+            found = self._load(id_)
+            if found is None:
+                row = self.conn.execute(self._lookup_charge_sql, (id_,)).fetchone()
+                found = _codec.payment_from_row(row) if row else None
+            return found
+
+        return self._read(work)  # type: ignore[no-any-return]
+
+    def _read(self, work: Callable[[], Any]) -> Any:
+        try:
+            return work()
+        except sqlite3.Error as exc:
+            raise StoreError(f"event log read failed: {exc}") from exc
+
+    def stream(self, payment_id: str, *, until: str | None = None) -> list[StoredEvent]:
+        """A payment's events in order (only those recorded at or before ``until``)."""
+        sql = f"SELECT {', '.join(_codec.EVENT_COLUMNS)} FROM events WHERE stream = ?"
+        params: list[Any] = [payment_id]
+        if until is not None:
+            sql += " AND recorded_at <= ?"
+            params.append(until)
+        sql += " ORDER BY version"
+        return self._read(  # type: ignore[no-any-return]
+            lambda: [_codec.event_from_row(r) for r in self.conn.execute(sql, params)]
+        )
+
+    def iter_events(self, after: int = 0, *, batch: int = 1000) -> Iterator[StoredEvent]:
+        """Every event after global position ``after``, in order, streamed in batches."""
+        sql = (
+            f"SELECT {', '.join(_codec.EVENT_COLUMNS)} FROM events "
+            "WHERE position > ? ORDER BY position LIMIT ?"
+        )
+        while True:
+            rows = self._read(lambda: self.conn.execute(sql, (after, batch)).fetchall())
+            for row in rows:
+                yield _codec.event_from_row(row)
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
+    def iter_inbox(self, after: int = 0, *, batch: int = 1000) -> Iterator[InboxRow]:
+        """Every inbox row after id ``after``, in order, streamed in batches."""
+        sql = f"SELECT {', '.join(INBOX_COLUMNS)} FROM inbox WHERE id > ? ORDER BY id LIMIT ?"
+        while True:
+            rows = self._read(lambda: self.conn.execute(sql, (after, batch)).fetchall())
+            for row in rows:
+                yield InboxRow(**dict(zip(INBOX_COLUMNS, row, strict=True)))
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
+    def inbox_for(self, payment_id: str, *, until: str | None = None) -> list[InboxRow]:
+        """Every input attributed to a payment (its charge id included), in order."""
+        payment = self.get(payment_id)
+        charge_id = payment.charge_id if payment is not None else None
+        sql = (
+            f"SELECT {', '.join(INBOX_COLUMNS)} FROM inbox WHERE (payment_id = ?"
+            " OR (payment_id IS NULL AND charge_id = ?))"
+        )
+        params: list[Any] = [payment_id, charge_id]
+        if until is not None:
+            sql += " AND received_at <= ?"
+            params.append(until)
+        sql += " ORDER BY id"
+        return self._read(  # type: ignore[no-any-return]
+            lambda: [
+                InboxRow(**dict(zip(INBOX_COLUMNS, r, strict=True)))
+                for r in self.conn.execute(sql, params)
+            ]
+        )
+
+    def timeline(self, payment_id: str, *, until: str | None = None) -> list[TimelineEntry]:
+        """
+        Every input about a payment and every event it caused, interleaved in
+        commit order (each input followed by its events).
+        """
+        events: dict[int, list[StoredEvent]] = {}
+        for ev in self.stream(payment_id, until=until):
+            events.setdefault(ev.causation, []).append(ev)
+        entries: list[TimelineEntry] = []
+        for row in self.inbox_for(payment_id, until=until):
+            entries.append(
+                TimelineEntry(
+                    type="input",
+                    at=row.received_at,
+                    inbox_id=row.id,
+                    kind=row.kind,
+                    origin=row.origin,
+                    outcome=row.outcome,
+                    reason=row.reason,
+                    external_id=row.external_id,
+                    verification=row.verification,
+                )
+            )
+            entries.extend(
+                TimelineEntry(
+                    type="event",
+                    at=ev.recorded_at,
+                    inbox_id=ev.causation,
+                    kind=ev.kind,
+                    position=ev.position,
+                    version=ev.version,
+                    data=dict(ev.data),
+                )
+                for ev in events.pop(row.id, [])
+            )
+        return entries
+
+    def counts(self) -> dict[str, int]:
+        """Row counts of the log's tables."""
+        return {
+            t: self._read(lambda t=t: self.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+            for t in ("inbox", "events", "payments")
+        }
+
+    # ------------------------------------------------------------------ consumers
+
+    def consumer_position(self, name: str) -> int:
+        """The last event position the named consumer has processed (0: none)."""
+        row = self._read(
+            lambda: self.conn.execute(
+                "SELECT position FROM consumers WHERE name = ?", (name,)
+            ).fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    def set_consumer_position(self, name: str, position: int, *, now: str) -> None:
+        """Record the consumer's progress (inside the caller's transaction, if any)."""
+        self.conn.execute(
+            "INSERT INTO consumers (name, position, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET position = excluded.position, "
+            "updated_at = excluded.updated_at",
+            (name, position, now),
+        )
+
+    def write_transaction(self, work: Callable[[sqlite_utils.Database], Any]) -> Any:
+        """
+        Run ``work(db)`` inside one write transaction (retried when busy). Used by
+        exactly-once consumers: their own writes and the consumer's position
+        commit together.
+        """
+        return self._retrying(lambda: work(self.db))
+
+    # --------------------------------------------------------------------- audit
+
+    def verify(self) -> VerifyReport:
+        """
+        Check the hash chains of ``inbox`` and ``events`` row by row, that the
+        append-only triggers are present, and the schema version. Streams.
+        """
+        counts = {"inbox": 0, "events": 0}
+        heads = {"inbox": _codec.GENESIS, "events": _codec.GENESIS}
+        version = _schema.schema_version(self.db)
+
+        def report(problem: str | None, table: str | None = None, row_id: int | None = None) -> (
+            VerifyReport
+        ):
+            return VerifyReport(
+                ok=problem is None,
+                inbox_rows=counts["inbox"],
+                events=counts["events"],
+                inbox_head=heads["inbox"],
+                events_head=heads["events"],
+                schema_version=version,
+                problem=problem,
+                table=table,
+                row_id=row_id,
+            )
+
+        try:
+            _schema.check_version(self.db)
+        except SchemaVersionError as exc:
+            return report(str(exc))
+        present = {
+            r[0]
+            for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        }
+        missing = sorted(_schema.TRIGGERS - present)
+        if missing:
+            return report(f"append-only triggers missing: {', '.join(missing)}")
+        for table, key, hashed in (
+            ("inbox", "id", _codec.INBOX_HASHED),
+            ("events", "position", _codec.EVENT_HASHED),
+        ):
+            columns = (*hashed, "hash")
+            sql = (
+                f"SELECT {', '.join(columns)} FROM {table} WHERE {key} > ? "
+                f"ORDER BY {key} LIMIT 2000"
+            )
+            after, expected_key = 0, 1
+            while True:
+                rows = self._read(lambda sql=sql, after=after: self.conn.execute(
+                    sql, (after,)
+                ).fetchall())
+                for row in rows:
+                    values = dict(zip(columns, row, strict=True))
+                    if values[key] != expected_key:
+                        return report(
+                            f"{table} row {expected_key} is missing (next is {values[key]})",
+                            table,
+                            expected_key,
+                        )
+                    computed = _codec.chain_hash(heads[table], values, hashed)
+                    if computed != values["hash"]:
+                        return report(
+                            f"{table} row {values[key]} does not match the hash chain",
+                            table,
+                            values[key],
+                        )
+                    heads[table] = computed
+                    counts[table] += 1
+                    expected_key += 1
+                if len(rows) < 2000:
+                    break
+                after = rows[-1][0]
+        return report(None)
+
+    def replay(self, *, repair: bool = False) -> ReplayReport:
+        """
+        Rebuild every payment's projection from its events (streamed, one stream
+        at a time) and compare it with the stored ``payments`` row. With
+        ``repair=True`` the differing rows are rewritten from the events, in one
+        transaction.
+
+        Raises:
+            IntegrityError: an event cannot be folded (unknown kind, broken stream).
+        """
+        differences: list[ReplayDifference] = []
+        rebuilt: list[Payment] = []
+        n_events = n_payments = 0
+        sql = f"SELECT {', '.join(_codec.EVENT_COLUMNS)} FROM events ORDER BY stream, version"
+        cursor = self.conn.cursor()
+        current: Payment | None = None
+        expected_version = 1
+
+        def finish(p: Payment | None) -> None:
+            nonlocal n_payments
+            if p is None:
+                return
+            n_payments += 1
+            stored = self._load(p.payment_id)
+            diffs = _diff(p, stored)
+            differences.extend(diffs)
+            if diffs and repair:
+                rebuilt.append(p)
+
+        try:
+            for row in cursor.execute(sql):
+                event = _codec.event_from_row(row)
+                if current is not None and event.stream != current.payment_id:
+                    finish(current)
+                    current, expected_version = None, 1
+                if event.version != expected_version:
+                    raise IntegrityError(
+                        f"stream {event.stream} skips from version {expected_version - 1} "
+                        f"to {event.version}",
+                        table="events",
+                        row_id=event.position,
+                    )
+                current = evolve(current, event)
+                expected_version += 1
+                n_events += 1
+            finish(current)
+            orphans = self.conn.execute(
+                "SELECT payment_id FROM payments WHERE payment_id NOT IN "
+                "(SELECT DISTINCT stream FROM events)"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"replay failed: {exc}") from exc
+        differences.extend(
+            ReplayDifference(payment_id=o[0], field="*", stored="row", replayed=None)
+            for o in orphans
+        )
+        if repair and (rebuilt or orphans):
+            def fix() -> None:
+                for p in rebuilt:
+                    self.conn.execute(self._upsert_payment_sql, _codec.payment_to_row(p))
+                for o in orphans:
+                    self.conn.execute("DELETE FROM payments WHERE payment_id = ?", (o[0],))
+
+            self._retrying(fix)
+        return ReplayReport(
+            events=n_events,
+            payments=n_payments,
+            differences=tuple(differences),
+            repaired=repair and bool(differences),
+        )
+
+    def head(self) -> dict[str, Any]:
+        """The position and hash of the last inbox row and the last event."""
+        inbox = self.conn.execute("SELECT id, hash FROM inbox ORDER BY id DESC LIMIT 1").fetchone()
+        ev = self.conn.execute(
+            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+        return {
+            "inbox_id": inbox[0] if inbox else 0,
+            "inbox_hash": inbox[1] if inbox else _codec.GENESIS,
+            "event_position": ev[0] if ev else 0,
+            "event_hash": ev[1] if ev else _codec.GENESIS,
+        }
+
+
+def _diff(replayed: Payment, stored: Payment | None) -> list[ReplayDifference]:
+    if stored is None:
+        return [
+            ReplayDifference(
+                payment_id=replayed.payment_id, field="*", stored=None, replayed="row"
+            )
+        ]
+    a, b = replayed.to_json(), stored.to_json()
+    return [
+        ReplayDifference(payment_id=replayed.payment_id, field=k, stored=b[k], replayed=a[k])
+        for k in a
+        if a[k] != b[k]
+    ]

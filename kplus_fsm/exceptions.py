@@ -1,0 +1,153 @@
+"""
+The one error tree of kplus_fsm.
+
+Expected anomalies of a payment's life (a duplicate webhook, stale news, a
+conflicting payload, a payload for another payment) are *outcomes* returned in a
+:class:`kplus_fsm.Result`, not exceptions: a webhook endpoint that raises on a
+duplicate makes Omise retry forever. Exceptions are for input that cannot be
+understood at all, for misuse, and for storage problems::
+
+    KplusFSMError                         catch-all; never raised itself
+    ├── InvalidInputError(ValueError)     input refused; the raw input is still in ``inbox``
+    │   ├── InvalidPaymentRequestError    a payment request field is out of its limits
+    │   ├── MalformedInputError           not JSON, wrong types, missing fields
+    │   └── RefundNotSupportedError       Opn cannot refund mobile-banking charges
+    ├── OutcomeError                      ``Result.raise_for_outcome()`` on a refused input
+    ├── PaymentNotFoundError(LookupError) no payment with that payment id or charge id
+    └── StoreError                        storage problems, chained from the sqlite3 error
+        ├── ConcurrencyError              (stream, version) already taken; retried inside
+        ├── IntegrityError                a row breaks the hash chain or cannot be decoded
+        └── SchemaVersionError            the database was written by a newer kplus_fsm
+
+No message of any of these ever contains a secret: inputs are described by their
+kind, ids and the reason they were refused, never echoed whole.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConcurrencyError",
+    "IntegrityError",
+    "InvalidInputError",
+    "InvalidPaymentRequestError",
+    "KplusFSMError",
+    "MalformedInputError",
+    "OutcomeError",
+    "PaymentNotFoundError",
+    "RefundNotSupportedError",
+    "SchemaVersionError",
+    "StoreError",
+]
+
+
+class KplusFSMError(Exception):
+    """
+    Base class of every error raised by kplus_fsm.
+    """
+
+
+class InvalidInputError(KplusFSMError, ValueError):
+    """
+    An input was refused before it could reach the state machine.
+
+    The raw input is recorded in ``inbox`` with outcome ``rejected`` before the
+    error is raised, whenever a store was involved: ``inbox_id`` is its row (``None``
+    when the input was checked without a store, e.g. by
+    :func:`kplus_fsm.validate_payment_request`).
+    """
+
+    def __init__(self, reason: str, *, inbox_id: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.inbox_id = inbox_id
+
+    def __str__(self) -> str:
+        if self.inbox_id is None:
+            return self.reason
+        return f"{self.reason} (recorded as inbox row {self.inbox_id})"
+
+
+class InvalidPaymentRequestError(InvalidInputError):
+    """
+    A payment request field is missing or outside its limits.
+
+    ``field`` names the field and ``limit`` states what is allowed, e.g.
+    ``field="amount"``, ``limit="an integer from 2000 to 15000000 satang"``.
+    """
+
+    def __init__(
+        self, field: str, limit: str, *, got: str | None = None, inbox_id: int | None = None
+    ) -> None:
+        reason = f"invalid {field}: must be {limit}"
+        if got is not None:
+            reason += f" (got {got})"
+        super().__init__(reason, inbox_id=inbox_id)
+        self.field = field
+        self.limit = limit
+
+
+class MalformedInputError(InvalidInputError):
+    """
+    An input is not what it claims to be: not JSON, not an object of the
+    expected shape, or a field of the wrong type.
+    """
+
+
+class RefundNotSupportedError(InvalidInputError):
+    """
+    A refund was asked for. Opn Payments cannot refund mobile-banking
+    (K PLUS) charges; refunds must be made outside Opn.
+    """
+
+
+class OutcomeError(KplusFSMError):
+    """
+    Raised by :meth:`kplus_fsm.Result.raise_for_outcome` for an input the
+    machine refused (``rejected``) or could not place (``conflict``, ``unknown``).
+    """
+
+    def __init__(self, outcome: str, reason: str, *, inbox_id: int) -> None:
+        super().__init__(f"{outcome}: {reason} (inbox row {inbox_id})")
+        self.outcome = outcome
+        self.reason = reason
+        self.inbox_id = inbox_id
+
+
+class PaymentNotFoundError(KplusFSMError, LookupError):
+    """
+    No payment has that payment id or charge id.
+    """
+
+
+class StoreError(KplusFSMError):
+    """
+    The event log could not be read or written. Always chained (``from``) from
+    the underlying database error. Nothing was committed.
+    """
+
+
+class ConcurrencyError(StoreError):
+    """
+    Another writer appended to the same stream first: ``(stream, version)`` is
+    taken. The tracker retries these itself; they reach a caller only after the
+    retries are exhausted.
+    """
+
+
+class IntegrityError(StoreError):
+    """
+    A stored row does not match the hash chain, or cannot be decoded.
+    ``table`` and ``row_id`` name the first bad row.
+    """
+
+    def __init__(self, message: str, *, table: str | None = None, row_id: int | None = None):
+        super().__init__(message)
+        self.table = table
+        self.row_id = row_id
+
+
+class SchemaVersionError(StoreError):
+    """
+    The database was written by a newer kplus_fsm (it has migrations this
+    version does not know), or is not a kplus_fsm log. Nothing was written.
+    """
