@@ -63,7 +63,7 @@ def validate_payment_request(**fields: object) -> PaymentRequest:
     Raises:
         InvalidPaymentRequestError: a field is out of its limits.
     """
-    return PaymentRequest.create(**fields)  # type: ignore[arg-type]
+    return PaymentRequest.create(**fields)
 
 
 __all__ = [

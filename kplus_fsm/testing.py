@@ -9,7 +9,7 @@ version); every field can be overridden.
 from __future__ import annotations
 
 import datetime as dt
-import itertools
+import secrets
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -18,7 +18,11 @@ from ._model import METADATA_PAYMENT_ID
 
 __all__ = ["FakeClock", "charge_json", "error_json", "webhook_json"]
 
-_ids = itertools.count(1)
+
+def _random_id(prefix: str) -> str:
+    """An id shaped like Omise's: a prefix and 19 lower-case letters and digits."""
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(19))
 
 
 def _iso(when: dt.datetime) -> str:
@@ -78,7 +82,7 @@ def charge_json(
 ) -> dict[str, Any]:
     """An Omise charge object for a ``mobile_banking_kbank`` source."""
     created = created_at or dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    cid = charge_id or f"chrg_test_{next(_ids):019d}"
+    cid = charge_id or _random_id("chrg_test_")
     terminal = status in ("successful", "failed", "expired")
     if status == "failed" and failure_code is None:
         failure_code = "payment_rejected"
@@ -108,7 +112,7 @@ def charge_json(
         "refunded_amount": 0,
         "source": {
             "object": "source",
-            "id": f"src_test_{cid[-19:]}",
+            "id": "src_test_" + cid.rsplit("_", 1)[-1],
             "type": "mobile_banking_kbank",
             "flow": "app_redirect",
             "amount": amount,
@@ -139,7 +143,7 @@ def webhook_json(
     created_at: str = "2026-01-01T00:00:00Z",
 ) -> dict[str, Any]:
     """An Omise event envelope carrying ``charge``, as POSTed to a webhook endpoint."""
-    eid = event_id or f"evnt_test_{next(_ids):019d}"
+    eid = event_id or _random_id("evnt_test_")
     return {
         "object": "event",
         "id": eid,
