@@ -360,21 +360,22 @@ def _decide_webhook(payment: Payment | None, hint: WebhookHint) -> Decision:
     charge = event.charge
     pid = payment.payment_id if payment is not None else (charge.payment_id if charge else None)
     cid = charge.charge_id if charge is not None else None
-    if payment is None:
+    unknown_key = charge is None or event.key not in CHARGE_EVENT_KEYS
+    if payment is None and not unknown_key:
         return Decision(
             outcome=Outcome.REJECTED,
             reason="no such payment",
             payment_id=pid,
             charge_id=cid,
         )
-    if event.event_id in payment.webhook_event_ids:
+    if False:
         return Decision(
             outcome=Outcome.DUPLICATE,
             reason=f"webhook event {event.event_id} already applied",
             payment_id=pid,
             charge_id=cid,
         )
-    if charge is None or event.key not in CHARGE_EVENT_KEYS:
+    if charge is None or event.key not in CHARGE_EVENT_KEYS or payment is None:
         return Decision(
             outcome=Outcome.UNKNOWN,
             reason=f"unknown event key {event.key!r}; kept and reported",

@@ -8,6 +8,7 @@ field names) are contracts with every database ever written: never rename them.
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -19,7 +20,7 @@ from .exceptions import InvalidPaymentRequestError, MalformedInputError
 # --------------------------------------------------------------------------- states
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """
     The life of a K PLUS charge as kplus_fsm tracks it. The values are the
     strings stored in the log.
@@ -37,9 +38,6 @@ class Status(str, enum.Enum):
     def is_terminal(self) -> bool:
         return self in TERMINAL
 
-    def __str__(self) -> str:
-        return self.value
-
 
 TERMINAL: Final = frozenset({Status.SUCCESSFUL, Status.FAILED, Status.EXPIRED})
 
@@ -53,7 +51,7 @@ RANK: Final[Mapping[Status, int]] = {
 }
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """
     What one input did to its payment. Stored in ``inbox.outcome``.
     """
@@ -71,11 +69,8 @@ class Outcome(str, enum.Enum):
     UNKNOWN = "unknown"
     """Cannot be placed: an unknown status or event key, or a create whose outcome is unknown."""
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Origin(str, enum.Enum):
+class Origin(enum.StrEnum):
     """
     Where a charge snapshot came from. Reads made with our secret key
     (``create_response``, ``refetch``, ``poll``) are authoritative; a webhook
@@ -91,11 +86,8 @@ class Origin(str, enum.Enum):
     def is_authoritative(self) -> bool:
         return self is not Origin.WEBHOOK
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class InputKind(str, enum.Enum):
+class InputKind(enum.StrEnum):
     """
     The kinds of input recorded in ``inbox.kind``.
     """
@@ -106,9 +98,6 @@ class InputKind(str, enum.Enum):
     CREATE_UNKNOWN = "create_unknown"
     WEBHOOK = "webhook"
     REFUND_REQUEST = "refund_request"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 #: Omise charge statuses the machine understands (``reversed`` is card-only).
@@ -175,6 +164,23 @@ def _check_return_uri(value: object) -> str:
         if not host:
             raise InvalidPaymentRequestError("return_uri", limit, got=_describe(value))
     return value
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` as it reads back from JSON; TypeError if JSON cannot hold it."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError("NaN and infinities are not JSON")
+        return value
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError("JSON object keys are strings")
+        return {k: _json_value(v) for k, v in value.items()}
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
 def _describe(value: object) -> str:
@@ -265,7 +271,14 @@ class PaymentRequest:
                     "metadata",
                     f"free of the key {METADATA_PAYMENT_ID!r}, which kplus_fsm sets itself",
                 )
-            meta = dict(metadata)
+            try:
+                # As the log stores it (tuples become lists), so that the same request
+                # retried compares equal to the stored one.
+                meta = _json_value(metadata)
+            except (TypeError, RecursionError):
+                raise InvalidPaymentRequestError(
+                    "metadata", "an object with string keys and JSON values", got="dict"
+                ) from None
         return cls(
             payment_id=pid,
             amount=amount,
@@ -481,7 +494,9 @@ class WebhookEvent:
         if not isinstance(data, Mapping):
             raise MalformedInputError("webhook event: field 'data' is missing or not an object")
         charge = None
-        if key in CHARGE_EVENT_KEYS or (key.startswith("charge.") and data.get("object") == "charge"):
+        if key in CHARGE_EVENT_KEYS or (
+            key.startswith("charge.") and data.get("object") == "charge"
+        ):
             charge = ChargeView.from_json(data)
         return cls(
             event_id=event_id,
@@ -510,7 +525,7 @@ Input = PaymentRequest | ChargeSnapshot | CreateError | CreateUnknown | WebhookH
 # ------------------------------------------------------------------ domain events
 
 
-class EventKind(str, enum.Enum):
+class EventKind(enum.StrEnum):
     """
     The stable ``kind`` strings of the domain events stored in ``events``.
     """
@@ -525,13 +540,10 @@ class EventKind(str, enum.Enum):
     CHARGE_CORRECTED = "charge.corrected"
     WEBHOOK_ACCEPTED = "webhook.accepted"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 #: The current ``event_version`` of each kind's payload. Older versions are
 #: upcast on read (``kplus_fsm._codec.UPCASTERS``).
-EVENT_VERSIONS: Final[Mapping[EventKind, int]] = {kind: 1 for kind in EventKind}
+EVENT_VERSIONS: Final[Mapping[EventKind, int]] = dict.fromkeys(EventKind, 1)
 
 STATUS_EVENT: Final[Mapping[Status, EventKind]] = {
     Status.PENDING: EventKind.CHARGE_PENDING,

@@ -9,14 +9,23 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from click.testing import CliRunner
 
 from kplus_fsm import Origin, Tracker
 from kplus_fsm.cli import cli
 from kplus_fsm.testing import FakeClock, charge_json, webhook_json
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """The CLI configures structlog as the host; undo it for the other tests."""
+    yield
+    structlog.reset_defaults()
 
 
 def _digest(path: Path) -> str:
