@@ -37,7 +37,7 @@ from ._model import (
     WebhookEvent,
     WebhookHint,
 )
-from ._ports import Store
+from ._ports import ChargeAPI, Store
 from ._store import (
     InboxDraft,
     InboxRow,
@@ -74,6 +74,7 @@ __all__ = [
     "MIN_AMOUNT",
     "TERMINAL",
     "TRANSITIONS",
+    "ChargeAPI",
     "ChargeSnapshot",
     "ChargeView",
     "Clock",

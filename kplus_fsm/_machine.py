@@ -77,7 +77,7 @@ __all__ = [
 ]
 
 
-class Signal(str, enum.Enum):
+class Signal(enum.StrEnum):
     """
     What an input says, once classified: the column of the transition table.
     ``read_*`` come from authoritative reads, ``hint_*`` from webhook payloads.
@@ -95,9 +95,6 @@ class Signal(str, enum.Enum):
     HINT_FAILED = "hint_failed"
     HINT_EXPIRED = "hint_expired"
     UNKNOWN_STATUS = "unknown_status"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _READ: Final = {
@@ -153,9 +150,7 @@ def _status_rules(state: Status) -> dict[Signal, Rule]:
                     observed, STATUS_EVENT[observed], f"{state} -> {observed} by {source}"
                 )
             elif _rank(observed) < _rank(state):
-                rules[signal] = _keep(
-                    Outcome.STALE, f"{observed} is older news than {state}"
-                )
+                rules[signal] = _keep(Outcome.STALE, f"{observed} is older news than {state}")
             elif authoritative:
                 rules[signal] = _apply(
                     observed,
@@ -350,9 +345,7 @@ def _decide_request(payment: Payment | None, req: PaymentRequest) -> Decision:
             charge_id=payment.charge_id,
             signal=Signal.REQUEST,
         )
-    return attrs.evolve(
-        _from_table(payment, req, extra=req.to_json()), payment_id=req.payment_id
-    )
+    return attrs.evolve(_from_table(payment, req, extra=req.to_json()), payment_id=req.payment_id)
 
 
 def _decide_webhook(payment: Payment | None, hint: WebhookHint) -> Decision:
@@ -368,7 +361,7 @@ def _decide_webhook(payment: Payment | None, hint: WebhookHint) -> Decision:
             payment_id=pid,
             charge_id=cid,
         )
-    if False:
+    if payment is not None and event.event_id in payment.webhook_event_ids:
         return Decision(
             outcome=Outcome.DUPLICATE,
             reason=f"webhook event {event.event_id} already applied",
@@ -548,11 +541,8 @@ def _evolve(payment: Payment | None, event: StoredEvent) -> Payment:
     raise ValueError(f"unknown event kind {kind!r}")
 
 
-
-
 def fold(events: Iterable[StoredEvent], payment: Payment | None = None) -> Payment | None:
     """Fold events in order, starting from ``payment``."""
     for event in events:
         payment = evolve(payment, event)
     return payment
-

@@ -8,7 +8,7 @@ test suite any store must pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -76,3 +76,27 @@ class Store(Protocol):
     def counts(self) -> dict[str, int]: ...
 
     def close(self) -> None: ...
+
+
+class ChargeAPI(Protocol):
+    """
+    The three calls the tracker's create flow and reconciliation need from the
+    payment API. ``kplus_fsm.adapters.omise.OmiseClient`` implements it over HTTP;
+    any object with these methods will do (a test double, another transport).
+
+    Errors: :class:`~kplus_fsm.exceptions.GatewayRefusedError` for an Omise error
+    object, :class:`~kplus_fsm.exceptions.GatewayUnavailableError` for no definite
+    answer. Nothing else.
+    """
+
+    def create_charge(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``POST /charges`` with ``params`` (never retried blindly); the charge."""
+        ...
+
+    def retrieve_charge(self, charge_id: str) -> Mapping[str, Any]:
+        """``GET /charges/:id``: the charge, read with the secret key."""
+        ...
+
+    def find_charge(self, payment_id: str) -> Mapping[str, Any] | None:
+        """The charge whose ``metadata.payment_id`` is ``payment_id``, or ``None``."""
+        ...

@@ -19,16 +19,19 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import attrs
 import sqlite_utils
 
 from . import _codec, _schema
 from ._machine import Decision, evolve
-from ._model import Payment, StoredEvent
+from ._model import EVENT_VERSIONS, Payment, StoredEvent
 from .exceptions import ConcurrencyError, IntegrityError, SchemaVersionError, StoreError
+
+T = TypeVar("T")
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -197,6 +200,7 @@ class SQLiteStore:
     ) -> None:
         self.read_only = read_only
         self.path: Path | None
+        opened: sqlite3.Connection | None = None  # closed again if the open fails
         try:
             if isinstance(path, sqlite3.Connection):
                 conn = path
@@ -206,7 +210,7 @@ class SQLiteStore:
                 if read_only:
                     if not self.path.exists():
                         raise StoreError(f"no database at {self.path}")
-                    conn = sqlite3.connect(
+                    conn = opened = sqlite3.connect(
                         f"file:{self.path}?mode=ro",
                         uri=True,
                         isolation_level=None,
@@ -215,7 +219,7 @@ class SQLiteStore:
                 else:
                     if str(path) != ":memory:":
                         _create_private(self.path)
-                    conn = sqlite3.connect(
+                    conn = opened = sqlite3.connect(
                         str(path), isolation_level=None, check_same_thread=False
                     )
             conn.isolation_level = None
@@ -232,8 +236,12 @@ class SQLiteStore:
                     conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {synchronous}")
                 self._migrate()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the event log: {exc}") from exc
+        except BaseException as exc:
+            if opened is not None:
+                opened.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open the event log: {exc}") from exc
+            raise
         self._lookup_sql = (
             f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments WHERE payment_id = ?"
         )
@@ -287,7 +295,7 @@ class SQLiteStore:
             raise
         self.conn.execute("COMMIT")
 
-    def _retrying(self, work: Callable[[], Any]) -> Any:
+    def _retrying(self, work: Callable[[], T]) -> T:
         """Run ``work`` in a write transaction, retrying busy and version clashes."""
         delay = 0.002
         last: Exception | None = None
@@ -334,7 +342,7 @@ class SQLiteStore:
         """
         return self._retrying(
             lambda: self._record(draft, decide, now=now, payment_id=payment_id, charge_id=charge_id)
-        )  # type: ignore[no-any-return]
+        )
 
     def _record(
         self,
@@ -392,7 +400,7 @@ class SQLiteStore:
                     "stream": stream,
                     "version": version,
                     "kind": new.kind.value,
-                    "event_version": _codec.EVENT_VERSIONS[new.kind],
+                    "event_version": EVENT_VERSIONS[new.kind],
                     "data": _codec.dumps(dict(new.data)),
                     "recorded_at": now,
                     "causation": inbox_id,
@@ -404,7 +412,7 @@ class SQLiteStore:
                     stream=stream,
                     version=version,
                     kind=new.kind.value,
-                    event_version=ev["event_version"],
+                    event_version=EVENT_VERSIONS[new.kind],
                     data=new.data,
                     recorded_at=now,
                     causation=inbox_id,
@@ -430,7 +438,7 @@ class SQLiteStore:
 
     def get(self, payment_id: str) -> Payment | None:
         """The current state of a payment, or ``None``."""
-        return self._read(lambda: self._load(payment_id))  # type: ignore[no-any-return]
+        return self._read(lambda: self._load(payment_id))
 
     def find(self, id_: str) -> Payment | None:
         """A payment by payment id, else by charge id, or ``None``."""
@@ -442,9 +450,15 @@ class SQLiteStore:
                 found = _codec.payment_from_row(row) if row else None
             return found
 
-        return self._read(work)  # type: ignore[no-any-return]
+        return self._read(work)
 
-    def _read(self, work: Callable[[], Any]) -> Any:
+    def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return self.conn.execute(sql, params).fetchone()[0]
+
+    def _rows(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def _read(self, work: Callable[[], T]) -> T:
         try:
             return work()
         except sqlite3.Error as exc:
@@ -458,7 +472,7 @@ class SQLiteStore:
             sql += " AND recorded_at <= ?"
             params.append(until)
         sql += " ORDER BY version"
-        return self._read(  # type: ignore[no-any-return]
+        return self._read(
             lambda: [_codec.event_from_row(r) for r in self.conn.execute(sql, params)]
         )
 
@@ -469,7 +483,7 @@ class SQLiteStore:
             "WHERE position > ? ORDER BY position LIMIT ?"
         )
         while True:
-            rows = self._read(lambda: self.conn.execute(sql, (after, batch)).fetchall())
+            rows = self._read(partial(self._rows, sql, (after, batch)))
             for row in rows:
                 yield _codec.event_from_row(row)
             if len(rows) < batch:
@@ -480,7 +494,7 @@ class SQLiteStore:
         """Every inbox row after id ``after``, in order, streamed in batches."""
         sql = f"SELECT {', '.join(INBOX_COLUMNS)} FROM inbox WHERE id > ? ORDER BY id LIMIT ?"
         while True:
-            rows = self._read(lambda: self.conn.execute(sql, (after, batch)).fetchall())
+            rows = self._read(partial(self._rows, sql, (after, batch)))
             for row in rows:
                 yield InboxRow(**dict(zip(INBOX_COLUMNS, row, strict=True)))
             if len(rows) < batch:
@@ -500,7 +514,7 @@ class SQLiteStore:
             sql += " AND received_at <= ?"
             params.append(until)
         sql += " ORDER BY id"
-        return self._read(  # type: ignore[no-any-return]
+        return self._read(
             lambda: [
                 InboxRow(**dict(zip(INBOX_COLUMNS, r, strict=True)))
                 for r in self.conn.execute(sql, params)
@@ -547,7 +561,7 @@ class SQLiteStore:
     def counts(self) -> dict[str, int]:
         """Row counts of the log's tables."""
         return {
-            t: self._read(lambda t=t: self.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+            t: int(self._read(partial(self._scalar, f"SELECT count(*) FROM {t}")))
             for t in ("inbox", "events", "payments")
         }
 
@@ -590,9 +604,9 @@ class SQLiteStore:
         heads = {"inbox": _codec.GENESIS, "events": _codec.GENESIS}
         version = _schema.schema_version(self.db)
 
-        def report(problem: str | None, table: str | None = None, row_id: int | None = None) -> (
-            VerifyReport
-        ):
+        def report(
+            problem: str | None, table: str | None = None, row_id: int | None = None
+        ) -> VerifyReport:
             return VerifyReport(
                 ok=problem is None,
                 inbox_rows=counts["inbox"],
@@ -610,8 +624,7 @@ class SQLiteStore:
         except SchemaVersionError as exc:
             return report(str(exc))
         present = {
-            r[0]
-            for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+            r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
         }
         missing = sorted(_schema.TRIGGERS - present)
         if missing:
@@ -627,9 +640,7 @@ class SQLiteStore:
             )
             after, expected_key = 0, 1
             while True:
-                rows = self._read(lambda sql=sql, after=after: self.conn.execute(
-                    sql, (after,)
-                ).fetchall())
+                rows = self._read(partial(self._rows, sql, (after,)))
                 for row in rows:
                     values = dict(zip(columns, row, strict=True))
                     if values[key] != expected_key:
@@ -710,6 +721,7 @@ class SQLiteStore:
             for o in orphans
         )
         if repair and (rebuilt or orphans):
+
             def fix() -> None:
                 for p in rebuilt:
                     self.conn.execute(self._upsert_payment_sql, _codec.payment_to_row(p))
@@ -741,9 +753,7 @@ class SQLiteStore:
 def _diff(replayed: Payment, stored: Payment | None) -> list[ReplayDifference]:
     if stored is None:
         return [
-            ReplayDifference(
-                payment_id=replayed.payment_id, field="*", stored=None, replayed="row"
-            )
+            ReplayDifference(payment_id=replayed.payment_id, field="*", stored=None, replayed="row")
         ]
     a, b = replayed.to_json(), stored.to_json()
     return [

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import Any, Final, NoReturn
 
 import attrs
@@ -150,9 +151,7 @@ def _safe_headers(headers: Mapping[str, str] | None) -> str | None:
     if headers is None:
         return None
     kept = {
-        str(k).lower(): str(v)
-        for k, v in headers.items()
-        if str(k).lower() not in SECRET_HEADERS
+        str(k).lower(): str(v) for k, v in headers.items() if str(k).lower() not in SECRET_HEADERS
     }
     return _codec.dumps(kept)
 
@@ -209,9 +208,7 @@ class Tracker:
 
     # ----------------------------------------------------------------- the inputs
 
-    def request_payment(
-        self, request: PaymentRequest | None = None, /, **fields: Any
-    ) -> Result:
+    def request_payment(self, request: PaymentRequest | None = None, /, **fields: Any) -> Result:
         """
         Record a merchant's request for a payment (write-ahead: before the API
         call). Pass a :class:`PaymentRequest` or its fields as keywords.
@@ -238,11 +235,24 @@ class Tracker:
                     _rejected(exc.reason, pid if isinstance(pid, str) else None),
                     payment_id=None,
                 )
-                raise InvalidPaymentRequestError(
-                    exc.field, exc.limit, inbox_id=rec.inbox.id
-                ) from None
+                self._finish(rec)
+                exc.inbox_id = rec.inbox.id  # keeps the reason as recorded (with "got ...")
+                raise exc from None
             except TypeError as exc:
-                raise InvalidInputError(f"payment request: {exc}") from None
+                # An unexpected or missing field: recorded like any other refused input.
+                reason = f"payment request: {exc}"
+                rec = self._commit(
+                    InboxDraft(
+                        kind=InputKind.PAYMENT_REQUEST,
+                        body=_codec.dumps(_jsonable(fields)),
+                        body_encoding="json",
+                        origin="merchant",
+                    ),
+                    _rejected(reason),
+                    payment_id=None,
+                )
+                self._finish(rec)
+                raise InvalidInputError(reason, inbox_id=rec.inbox.id) from None
         return self._apply(
             request,
             InboxDraft(
@@ -375,7 +385,11 @@ class Tracker:
         )
 
     def refuse_webhook(
-        self, body: bytes | str, *, headers: Mapping[str, str] | None, verification: str,
+        self,
+        body: bytes | str,
+        *,
+        headers: Mapping[str, str] | None,
+        verification: str,
         reason: str,
     ) -> Result:
         """
@@ -626,13 +640,14 @@ class Consumer:
             if limit is not None and done >= limit:
                 break
             handler(event)
-            store.write_transaction(
-                lambda _db, event=event: store.set_consumer_position(
-                    self.name, event.position, now=format_time(self.tracker.clock())
-                )
-            )
+            store.write_transaction(partial(self._advance, position=event.position))
             done += 1
         return done
+
+    def _advance(self, _db: sqlite_utils.Database, *, position: int) -> None:
+        self.tracker.store.set_consumer_position(
+            self.name, position, now=format_time(self.tracker.clock())
+        )
 
     def process_in_transaction(
         self,
@@ -658,9 +673,7 @@ class Consumer:
                 last = event.position
                 n += 1
             if n:
-                store.set_consumer_position(
-                    self.name, last, now=format_time(self.tracker.clock())
-                )
+                store.set_consumer_position(self.name, last, now=format_time(self.tracker.clock()))
             return n
 
         return int(store.write_transaction(work))

@@ -14,10 +14,13 @@ understood at all, for misuse, and for storage problems::
     │   └── RefundNotSupportedError       Opn cannot refund mobile-banking charges
     ├── OutcomeError                      ``Result.raise_for_outcome()`` on a refused input
     ├── PaymentNotFoundError(LookupError) no payment with that payment id or charge id
-    └── StoreError                        storage problems, chained from the sqlite3 error
-        ├── ConcurrencyError              (stream, version) already taken; retried inside
-        ├── IntegrityError                a row breaks the hash chain or cannot be decoded
-        └── SchemaVersionError            the database was written by a newer kplus_fsm
+    ├── StoreError                        storage problems, chained from the sqlite3 error
+    │   ├── ConcurrencyError              (stream, version) already taken; retried inside
+    │   ├── IntegrityError                a row breaks the hash chain or cannot be decoded
+    │   └── SchemaVersionError            the database was written by a newer kplus_fsm
+    └── GatewayError                      the payment API did not do what was asked
+        ├── GatewayRefusedError           a definite answer: an Omise error object (4xx)
+        └── GatewayUnavailableError       no definite answer: timeout, reset, 429, 5xx, garbage
 
 No message of any of these ever contains a secret: inputs are described by their
 kind, ids and the reason they were refused, never echoed whole.
@@ -27,6 +30,9 @@ from __future__ import annotations
 
 __all__ = [
     "ConcurrencyError",
+    "GatewayError",
+    "GatewayRefusedError",
+    "GatewayUnavailableError",
     "IntegrityError",
     "InvalidInputError",
     "InvalidPaymentRequestError",
@@ -151,3 +157,63 @@ class SchemaVersionError(StoreError):
     The database was written by a newer kplus_fsm (it has migrations this
     version does not know), or is not a kplus_fsm log. Nothing was written.
     """
+
+
+class GatewayError(KplusFSMError):
+    """
+    The payment API (Opn/Omise) did not do what was asked. Raised by adapters
+    (``kplus_fsm.adapters.omise``), understood by the tracker's create flow.
+    Messages carry the HTTP status, the Omise error code and message; never a key.
+    """
+
+
+class GatewayRefusedError(GatewayError):
+    """
+    Omise answered with an error object: a definite answer (``code``,
+    ``message``, ``http_status``; ``error`` is the whole error object). On a
+    create this means no charge was created: the payment fails with that code.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int,
+        code: str,
+        error: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(f"HTTP {http_status} {code}: {message}")
+        self.http_status = http_status
+        self.code = code
+        self.message = message
+        self.error = (
+            error
+            if error is not None
+            else {
+                "object": "error",
+                "code": code,
+                "message": message,
+            }
+        )
+
+
+class GatewayUnavailableError(GatewayError):
+    """
+    No definite answer: a timeout, a connection reset, HTTP 429 or 5xx, or a
+    body that is not an Omise object (an HTML 502 page, truncated JSON). On a
+    create the outcome is *unknown*: a charge may exist. ``http_status`` is
+    ``None`` when no response arrived; ``retry_after`` is the server's hint in
+    seconds, when it gave one.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(reason if http_status is None else f"HTTP {http_status}: {reason}")
+        self.reason = reason
+        self.http_status = http_status
+        self.retry_after = retry_after

@@ -1,0 +1,25 @@
+"""Shared test setup: make tests/ importable and provide generic fixtures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from kplus_fsm.testing import FakeClock
+
+sys.path.insert(0, str(Path(__file__).parent))
+pytest.register_assert_rewrite("store_contract")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock starting at 2026-01-01T00:00:00Z."""
+    return FakeClock()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """A path for a fresh event log file (not created yet)."""
+    return tmp_path / "kplus.db"

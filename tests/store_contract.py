@@ -1,0 +1,625 @@
+"""
+The contract every kplus_fsm :class:`~kplus_fsm.Store` implementation must pass.
+
+Use it by subclassing :class:`StoreContract` in a test module, naming the
+subclass ``Test...`` and implementing :meth:`StoreContract.make_store`,
+:meth:`StoreContract.raw_execute` and :attr:`StoreContract.refused`. The suite
+drives the store through :class:`kplus_fsm.Tracker` (with a
+:class:`~kplus_fsm.testing.FakeClock`) and directly through the Store protocol.
+
+The groups (mixins) below are combined into :class:`StoreContract`.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from kplus_fsm import (
+    Decision,
+    EventKind,
+    InboxDraft,
+    NewEvent,
+    Outcome,
+    Payment,
+    Result,
+    Status,
+    Store,
+    Tracker,
+)
+from kplus_fsm.exceptions import MalformedInputError, StoreError
+from kplus_fsm.testing import FakeClock, charge_json, webhook_json
+
+RETURN_URI = "https://shop.example/return"
+NOW = "2026-01-01T00:00:00.000000Z"
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class Boom(Exception):
+    """Raised by test doubles to simulate a failure."""
+
+
+def request(tracker: Tracker, payment_id: str, amount: int = 10_000) -> Result:
+    """Record a valid payment request."""
+    return tracker.request_payment(payment_id=payment_id, amount=amount, return_uri=RETURN_URI)
+
+
+def snapshot(
+    tracker: Tracker, payment_id: str, charge_id: str, status: str, *, origin: str = "poll"
+) -> Result:
+    """Record an (authoritative by default) charge snapshot for a payment."""
+    return tracker.record_charge(
+        charge_json(payment_id=payment_id, charge_id=charge_id, status=status), origin=origin
+    )
+
+
+def draft() -> InboxDraft:
+    """A plausible inbox draft for direct ``Store.record`` calls."""
+    return InboxDraft(
+        kind="charge_snapshot", body='{"object":"charge"}', body_encoding="json", origin="poll"
+    )
+
+
+def everything(store: Store) -> tuple[Any, ...]:
+    """Everything a store holds, for before/after comparisons."""
+    payments = {e.stream for e in store.iter_events()}
+    return (
+        store.counts(),
+        store.head(),
+        list(store.iter_inbox()),
+        list(store.iter_events()),
+        {pid: store.get(pid) for pid in sorted(payments)},
+    )
+
+
+class _ContractBase(abc.ABC):
+    """What a store implementation supplies to the contract suite."""
+
+    #: The exception types the database raises when it refuses a statement.
+    refused: ClassVar[tuple[type[Exception], ...]]
+
+    @abc.abstractmethod
+    def make_store(self, path: Path) -> Store:
+        """Open (creating if missing) the store kept at ``path``."""
+
+    @abc.abstractmethod
+    def raw_execute(self, store: Store, sql: str) -> None:
+        """Run one SQL statement on the store's database behind its back, committed."""
+
+    @pytest.fixture
+    def log_path(self, tmp_path: Path) -> Path:
+        return tmp_path / "contract.db"
+
+    @pytest.fixture
+    def store(self, log_path: Path) -> Iterator[Store]:
+        opened = self.make_store(log_path)
+        try:
+            yield opened
+        finally:
+            opened.close()
+
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    @pytest.fixture
+    def tracker(self, store: Store, clock: FakeClock) -> Tracker:
+        return Tracker(store, clock=clock)
+
+
+class AtomicityContract(_ContractBase):
+    """One input is one transaction: its inbox row, events and projection, or nothing."""
+
+    def test_failure_inside_decide_writes_nothing(self, store: Store, tracker: Tracker) -> None:
+        request(tracker, "pay-1")
+        snapshot(tracker, "pay-1", "chrg_1", "pending", origin="create_response")
+        before = everything(store)
+        seen: list[Payment | None] = []
+
+        def decide(payment: Payment | None) -> Decision:
+            seen.append(payment)
+            raise Boom("decide failed")
+
+        with pytest.raises(Boom, match="decide failed"):
+            store.record(draft(), decide, now=NOW, payment_id="pay-1", charge_id="chrg_1")
+        assert seen, "decide was never called"
+        assert seen[0] is not None
+        assert seen[0].payment_id == "pay-1"
+        assert seen[0].status is Status.PENDING
+        assert everything(store) == before
+
+    def test_log_continues_after_a_failed_input(self, store: Store, tracker: Tracker) -> None:
+        request(tracker, "pay-1")
+
+        def decide(payment: Payment | None) -> Decision:
+            raise Boom("no")
+
+        with pytest.raises(Boom):
+            store.record(draft(), decide, now=NOW, payment_id="pay-1")
+        result = snapshot(tracker, "pay-1", "chrg_1", "pending")
+        assert result.inbox_id == 2
+        assert [e.position for e in store.iter_events()] == [1, 2]
+        assert store.verify().ok
+
+    def test_fold_failure_after_the_inbox_insert_writes_nothing(
+        self, store: Store, tracker: Tracker
+    ) -> None:
+        request(tracker, "pay-1")
+        before = everything(store)
+
+        def decide(payment: Payment | None) -> Decision:
+            # A charge.pending event without its fields cannot be folded: the
+            # store fails after it has already inserted the inbox row.
+            return Decision(
+                outcome=Outcome.APPLIED,
+                reason="bad event",
+                events=(NewEvent(kind=EventKind.CHARGE_PENDING, data={}),),
+                payment_id="pay-1",
+            )
+
+        with pytest.raises(StoreError):
+            store.record(draft(), decide, now=NOW, payment_id="pay-1")
+        assert everything(store) == before
+
+    def test_projection_failure_after_the_events_writes_nothing(
+        self, store: Store, tracker: Tracker
+    ) -> None:
+        request(tracker, "pay-1")
+        before = everything(store)
+
+        def decide(payment: Payment | None) -> Decision:
+            # Folds into a Payment with amount None: the projection write (the
+            # last write of the transaction) violates NOT NULL.
+            return Decision(
+                outcome=Outcome.APPLIED,
+                reason="bad projection",
+                events=(
+                    NewEvent(
+                        kind=EventKind.PAYMENT_REQUESTED,
+                        data={
+                            "payment_id": "pay-x",
+                            "amount": None,
+                            "currency": "THB",
+                            "return_uri": RETURN_URI,
+                        },
+                    ),
+                ),
+                payment_id="pay-x",
+            )
+
+        with pytest.raises(StoreError):
+            store.record(draft(), decide, now=NOW, payment_id="pay-x")
+        assert everything(store) == before
+        assert store.get("pay-x") is None
+        assert store.stream("pay-x") == []
+
+
+class AppendOnlyContract(_ContractBase):
+    """inbox and events are append-only; streams have unique, gap-free versions."""
+
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            "UPDATE inbox SET reason = 'edited' WHERE id = 1",
+            "DELETE FROM inbox WHERE id = 1",
+            "UPDATE events SET data = '{}' WHERE position = 1",
+            "DELETE FROM events WHERE position = 1",
+        ],
+    )
+    def test_update_and_delete_are_refused(self, store: Store, tracker: Tracker, sql: str) -> None:
+        request(tracker, "pay-1")
+        snapshot(tracker, "pay-1", "chrg_1", "pending")
+        before = everything(store)
+        with pytest.raises(self.refused, match="append-only"):
+            self.raw_execute(store, sql)
+        assert everything(store) == before
+        assert store.verify().ok
+
+    def test_stream_versions_are_one_to_n(self, store: Store, tracker: Tracker) -> None:
+        request(tracker, "pay-1")
+        request(tracker, "pay-2")
+        snapshot(tracker, "pay-1", "chrg_1", "pending")
+        snapshot(tracker, "pay-2", "chrg_2", "pending")
+        snapshot(tracker, "pay-1", "chrg_1", "successful")
+        assert [e.version for e in store.stream("pay-1")] == [1, 2, 3]
+        assert [e.version for e in store.stream("pay-2")] == [1, 2]
+        pairs = [(e.stream, e.version) for e in store.iter_events()]
+        assert len(pairs) == len(set(pairs)) == 5
+
+
+class HashChainContract(_ContractBase):
+    """verify() accepts a log built by the tracker and reports its heads."""
+
+    def test_empty_log_verifies(self, store: Store) -> None:
+        report = store.verify()
+        assert report.ok
+        assert report.problem is None
+        assert (report.inbox_rows, report.events) == (0, 0)
+        assert report.inbox_head == report.events_head == "0" * 64
+        assert store.head() == {
+            "inbox_id": 0,
+            "inbox_hash": "0" * 64,
+            "event_position": 0,
+            "event_hash": "0" * 64,
+        }
+
+    def test_tracker_built_log_verifies(
+        self, store: Store, tracker: Tracker, clock: FakeClock
+    ) -> None:
+        request(tracker, "pay-1")
+        clock.advance(seconds=5)
+        snapshot(tracker, "pay-1", "chrg_1", "pending", origin="create_response")
+        request(tracker, "pay-2")
+        tracker.record_create_error("pay-2", {"object": "error", "code": "x", "message": "y"})
+        charge = charge_json(payment_id="pay-1", charge_id="chrg_1", status="successful")
+        tracker.record_webhook(webhook_json(charge, event_id="evnt_1"))
+        tracker.record_webhook(webhook_json(charge, event_id="evnt_1"))
+        with pytest.raises(MalformedInputError):
+            tracker.record_charge(b"\x80 not json", origin="poll")
+        snapshot(tracker, "nobody", "chrg_9", "pending")  # rejected: no such payment
+        report = store.verify()
+        counts = store.counts()
+        head = store.head()
+        assert report.ok, report.problem
+        assert report.problem is None
+        assert (report.table, report.row_id) == (None, None)
+        assert report.inbox_rows == counts["inbox"] == 8
+        assert report.events == counts["events"] == head["event_position"]
+        assert report.inbox_head == head["inbox_hash"]
+        assert report.events_head == head["event_hash"]
+        assert report.schema_version is not None
+
+    def test_every_row_extends_the_chain(self, store: Store, tracker: Tracker) -> None:
+        heads = [store.head()["inbox_hash"]]
+        for i in range(4):
+            request(tracker, f"pay-{i}")
+            heads.append(store.head()["inbox_hash"])
+        assert all(HEX64.fullmatch(h) for h in heads)
+        assert len(set(heads)) == 5
+        assert [row.hash for row in store.iter_inbox()] == heads[1:]
+
+
+class DedupeContract(_ContractBase):
+    """A redelivered webhook is recorded every time and applied once."""
+
+    def test_same_webhook_three_times(self, store: Store, tracker: Tracker) -> None:
+        request(tracker, "pay-1")
+        snapshot(tracker, "pay-1", "chrg_1", "pending", origin="create_response")
+        body = webhook_json(
+            charge_json(payment_id="pay-1", charge_id="chrg_1", status="successful"),
+            event_id="evnt_dup",
+        )
+        outcomes = [tracker.record_webhook(body).outcome for _ in range(3)]
+        assert outcomes == [Outcome.APPLIED, Outcome.DUPLICATE, Outcome.DUPLICATE]
+        rows = [r for r in store.iter_inbox() if r.kind == "webhook"]
+        assert len(rows) == 3
+        assert [r.external_id for r in rows] == ["evnt_dup"] * 3
+        assert [r.outcome for r in rows] == ["applied", "duplicate", "duplicate"]
+        accepted = [e for e in store.iter_events() if e.kind == EventKind.WEBHOOK_ACCEPTED]
+        assert [e.data["event_id"] for e in accepted] == ["evnt_dup"]
+        payment = store.get("pay-1")
+        assert payment is not None
+        assert payment.status is Status.SUCCESSFUL
+        assert payment.webhook_event_ids == frozenset({"evnt_dup"})
+        assert payment.version == 4  # requested, pending, webhook.accepted, successful
+
+    def test_hint_only_webhook_is_deduplicated_by_event_id(
+        self, store: Store, tracker: Tracker
+    ) -> None:
+        request(tracker, "pay-1")
+        snapshot(tracker, "pay-1", "chrg_1", "pending", origin="create_response")
+        body = webhook_json(
+            charge_json(payment_id="pay-1", charge_id="chrg_1", status="successful"),
+            event_id="evnt_hint",
+        )
+        results = [tracker.record_webhook(body, apply_payload=False) for _ in range(3)]
+        assert [r.outcome for r in results] == [
+            Outcome.APPLIED,
+            Outcome.DUPLICATE,
+            Outcome.DUPLICATE,
+        ]
+        assert [len(r.events) for r in results] == [1, 0, 0]
+        payment = store.get("pay-1")
+        assert payment is not None
+        assert payment.status is Status.PENDING  # a hint does not move the state
+        assert payment.version == 3
+        other = webhook_json(
+            charge_json(payment_id="pay-1", charge_id="chrg_1", status="successful"),
+            event_id="evnt_other",
+        )
+        assert tracker.record_webhook(other, apply_payload=False).outcome is Outcome.APPLIED
+
+
+class ReadsContract(_ContractBase):
+    """get, find, stream and the batched iterators read what was written."""
+
+    @pytest.fixture
+    def seven_events(self, tracker: Tracker) -> None:
+        for pid in ("pay-1", "pay-2", "pay-3"):
+            request(tracker, pid)
+        snapshot(tracker, "pay-1", "chrg_1", "pending")
+        snapshot(tracker, "pay-2", "chrg_2", "pending")
+        snapshot(tracker, "pay-1", "chrg_1", "successful")
+        snapshot(tracker, "pay-2", "chrg_2", "expired")
+
+    def test_get_and_find(self, store: Store, tracker: Tracker) -> None:
+        request(tracker, "pay-1", amount=12_345)
+        tracker.record_charge(
+            charge_json(payment_id="pay-1", charge_id="chrg_find", amount=12_345), origin="poll"
+        ).raise_for_outcome()
+        request(tracker, "pay-2")
+        by_id = store.get("pay-1")
+        assert by_id is not None
+        assert (by_id.payment_id, by_id.amount, by_id.status) == ("pay-1", 12_345, Status.PENDING)
+        assert by_id.charge_id == "chrg_find"
+        assert store.find("chrg_find") == by_id
+        assert store.find("pay-1") == by_id
+        assert store.get("chrg_find") is None  # get is by payment id only
+        assert store.get("nope") is None
+        assert store.find("nope") is None
+        other = store.find("pay-2")
+        assert other is not None
+        assert other.payment_id == "pay-2"
+
+    def test_stream_is_in_version_order(self, store: Store, seven_events: None) -> None:
+        events = store.stream("pay-1")
+        assert [e.kind for e in events] == [
+            "payment.requested",
+            "charge.pending",
+            "charge.successful",
+        ]
+        assert [e.version for e in events] == [1, 2, 3]
+        assert [e.stream for e in events] == ["pay-1"] * 3
+        positions = [e.position for e in events]
+        assert positions == sorted(positions)
+        assert positions == [1, 4, 6]
+        assert [e.causation for e in events] == [1, 4, 6]
+        assert store.stream("nope") == []
+
+    @pytest.mark.parametrize(("after", "batch"), [(0, 2), (3, 2), (0, 1), (0, 7), (6, 2), (7, 2)])
+    def test_iter_events_streams_in_batches(
+        self, store: Store, seven_events: None, after: int, batch: int
+    ) -> None:
+        every = list(store.iter_events())
+        assert [e.position for e in every] == [1, 2, 3, 4, 5, 6, 7]
+        got = list(store.iter_events(after, batch=batch))
+        assert got == every[after:]
+
+    def test_iter_events_is_lazy(self, store: Store, tracker: Tracker, seven_events: None) -> None:
+        iterator = store.iter_events(0, batch=2)
+        first = next(iterator)
+        assert first.position == 1
+        snapshot(tracker, "pay-3", "chrg_3", "pending")  # appended while iterating
+        rest = [e.position for e in iterator]
+        assert rest == [2, 3, 4, 5, 6, 7, 8]
+
+    @pytest.mark.parametrize(("after", "batch"), [(0, 2), (2, 2), (0, 3), (7, 2)])
+    def test_iter_inbox_streams_in_batches(
+        self, store: Store, seven_events: None, after: int, batch: int
+    ) -> None:
+        every = list(store.iter_inbox())
+        assert [r.id for r in every] == [1, 2, 3, 4, 5, 6, 7]
+        assert [r.kind for r in every] == ["payment_request"] * 3 + ["charge_snapshot"] * 4
+        assert list(store.iter_inbox(after, batch=batch)) == every[after:]
+
+    def test_counts(self, store: Store, seven_events: None) -> None:
+        assert store.counts() == {"inbox": 7, "events": 7, "payments": 3}
+
+
+class TimelineContract(_ContractBase):
+    """Timelines interleave each input with its events and can look back in time."""
+
+    def test_timeline_interleaves_inputs_and_events(
+        self, store: Store, tracker: Tracker, clock: FakeClock
+    ) -> None:
+        request(tracker, "pay-1")
+        clock.advance(seconds=1)
+        snapshot(tracker, "pay-1", "chrg_1", "pending", origin="create_response")
+        request(tracker, "pay-other")  # not part of pay-1's timeline
+        clock.advance(seconds=1)
+        body = webhook_json(
+            charge_json(payment_id="pay-1", charge_id="chrg_1", status="successful"),
+            event_id="evnt_t",
+        )
+        tracker.record_webhook(body)
+        tracker.record_webhook(body)
+        snapshot(tracker, "pay-1", "chrg_1", "pending")  # stale
+        entries = store.timeline("pay-1")
+        assert [(e.type, e.kind) for e in entries] == [
+            ("input", "payment_request"),
+            ("event", "payment.requested"),
+            ("input", "charge_snapshot"),
+            ("event", "charge.pending"),
+            ("input", "webhook"),
+            ("event", "webhook.accepted"),
+            ("event", "charge.successful"),
+            ("input", "webhook"),
+            ("input", "charge_snapshot"),
+        ]
+        current_input = None
+        for entry in entries:
+            if entry.type == "input":
+                current_input = entry.inbox_id
+            else:
+                assert entry.inbox_id == current_input
+        inputs = [e for e in entries if e.type == "input"]
+        assert [e.inbox_id for e in inputs] == [1, 2, 4, 5, 6]
+        assert [e.outcome for e in inputs] == [
+            "applied",
+            "applied",
+            "applied",
+            "duplicate",
+            "stale",
+        ]
+        assert [e.external_id for e in inputs][3] == "evnt_t"
+        assert [e.version for e in entries if e.type == "event"] == [1, 2, 3, 4]
+        assert entries == tracker.timeline("chrg_1")
+
+    def test_state_as_of_before_and_after_a_transition(
+        self, tracker: Tracker, clock: FakeClock
+    ) -> None:
+        t0 = clock()
+        request(tracker, "pay-1")
+        t1 = clock.advance(minutes=1)
+        snapshot(tracker, "pay-1", "chrg_1", "pending")
+        t2 = clock.advance(minutes=1)
+        snapshot(tracker, "pay-1", "chrg_1", "successful")
+        second = dt.timedelta(seconds=1)
+        assert tracker.state_as_of("pay-1", t0 - second) is None
+        at_created = tracker.state_as_of("pay-1", t1 - second)
+        assert at_created is not None
+        assert (at_created.status, at_created.version) == (Status.CREATED, 1)
+        at_pending = tracker.state_as_of("pay-1", t1)  # inclusive
+        assert at_pending is not None
+        assert (at_pending.status, at_pending.charge_id) == (Status.PENDING, "chrg_1")
+        by_text = tracker.state_as_of("chrg_1", "2026-01-01T00:01:30Z")
+        assert by_text == at_pending
+        assert tracker.state_as_of("pay-1", t2 + 100 * second) == tracker.get("pay-1")
+
+    def test_timeline_as_of(self, tracker: Tracker, clock: FakeClock) -> None:
+        t0 = clock()
+        request(tracker, "pay-1")
+        clock.advance(minutes=1)
+        snapshot(tracker, "pay-1", "chrg_1", "pending")
+        early = tracker.timeline("pay-1", as_of=t0 + dt.timedelta(seconds=30))
+        assert [(e.type, e.kind) for e in early] == [
+            ("input", "payment_request"),
+            ("event", "payment.requested"),
+        ]
+        late = tracker.timeline("pay-1", as_of=t0 + dt.timedelta(minutes=2))
+        assert len(late) == 4
+        assert late == tracker.timeline("pay-1")
+        assert tracker.timeline("pay-1", as_of=t0 - dt.timedelta(seconds=1)) == []
+
+
+class ReplayContract(_ContractBase):
+    """replay() rebuilds the projection from the events, reports and repairs drift."""
+
+    @pytest.fixture
+    def built(self, tracker: Tracker) -> None:
+        request(tracker, "pay-1")
+        snapshot(tracker, "pay-1", "chrg_1", "pending")
+        snapshot(tracker, "pay-1", "chrg_1", "successful")
+        request(tracker, "pay-2")
+        tracker.record_create_unknown("pay-2", reason="timeout")
+        request(tracker, "pay-3")
+        tracker.record_create_error("pay-3", {"object": "error", "code": "c", "message": "m"})
+
+    def test_replay_of_a_tracker_built_log_has_no_differences(
+        self, store: Store, built: None
+    ) -> None:
+        report = store.replay()
+        assert report.ok
+        assert report.differences == ()
+        assert (report.events, report.payments) == (7, 3)
+        assert report.repaired is False
+
+    def test_replay_reports_and_repairs_a_changed_projection(
+        self, store: Store, built: None
+    ) -> None:
+        original = store.get("pay-1")
+        assert original is not None
+        self.raw_execute(
+            store,
+            "UPDATE payments SET status = 'failed', failure_code = 'tampered' "
+            "WHERE payment_id = 'pay-1'",
+        )
+        tampered = store.get("pay-1")
+        assert tampered is not None
+        assert tampered.status is Status.FAILED
+        report = store.replay()
+        assert not report.ok
+        found = {(d.payment_id, d.field): (d.stored, d.replayed) for d in report.differences}
+        assert found == {
+            ("pay-1", "status"): ("failed", "successful"),
+            ("pay-1", "failure_code"): ("tampered", None),
+        }
+        assert store.get("pay-1") == tampered  # a plain replay changes nothing
+        repaired = store.replay(repair=True)
+        assert repaired.repaired is True
+        assert len(repaired.differences) == 2
+        assert store.get("pay-1") == original
+        assert store.replay().ok
+
+    def test_replay_reports_and_removes_an_orphan_projection_row(
+        self, store: Store, built: None
+    ) -> None:
+        self.raw_execute(
+            store,
+            "INSERT INTO payments (payment_id, status, amount, currency, return_uri, metadata,"
+            " create_unknown, flags, webhook_event_ids, version, created_at, updated_at)"
+            " VALUES ('ghost', 'successful', 5000, 'THB', 'https://x.example/', '{}', 0,"
+            " '[]', '[]', 1, '2026-01-01', '2026-01-01')",
+        )
+        report = store.replay()
+        assert [(d.payment_id, d.field) for d in report.differences] == [("ghost", "*")]
+        store.replay(repair=True)
+        assert store.get("ghost") is None
+        assert store.replay().ok
+
+
+class ConsumerContract(_ContractBase):
+    """Consumer positions are stored per name and move only when their transaction commits."""
+
+    def test_position_starts_at_zero_and_moves(self, store: Store) -> None:
+        assert store.consumer_position("mailer") == 0
+        store.write_transaction(lambda _db: store.set_consumer_position("mailer", 3, now=NOW))
+        assert store.consumer_position("mailer") == 3
+        store.write_transaction(lambda _db: store.set_consumer_position("mailer", 7, now=NOW))
+        assert store.consumer_position("mailer") == 7
+        assert store.consumer_position("shipper") == 0
+
+    def test_rolled_back_transaction_keeps_the_position(self, store: Store) -> None:
+        store.write_transaction(lambda _db: store.set_consumer_position("mailer", 2, now=NOW))
+
+        def work(_db: object) -> None:
+            store.set_consumer_position("mailer", 9, now=NOW)
+            raise Boom("handler failed")
+
+        with pytest.raises(Boom):
+            store.write_transaction(work)
+        assert store.consumer_position("mailer") == 2
+
+    def test_positions_persist_across_reopening(self, log_path: Path) -> None:
+        first = self.make_store(log_path)
+        try:
+            first.write_transaction(lambda _db: first.set_consumer_position("a", 5, now=NOW))
+            first.write_transaction(lambda _db: first.set_consumer_position("b", 1, now=NOW))
+        finally:
+            first.close()
+        second = self.make_store(log_path)
+        try:
+            assert second.consumer_position("a") == 5
+            assert second.consumer_position("b") == 1
+        finally:
+            second.close()
+
+    def test_tracker_consumer_uses_the_store_position(self, store: Store, tracker: Tracker) -> None:
+        request(tracker, "pay-1")
+        snapshot(tracker, "pay-1", "chrg_1", "pending")
+        seen: list[int] = []
+        consumer = tracker.consumer("audit")
+        assert consumer.process(lambda e: seen.append(e.position)) == 2
+        assert seen == [1, 2]
+        assert store.consumer_position("audit") == 2
+        assert consumer.process(lambda e: seen.append(e.position)) == 0
+        assert seen == [1, 2]
+
+
+class StoreContract(
+    AtomicityContract,
+    AppendOnlyContract,
+    HashChainContract,
+    DedupeContract,
+    ReadsContract,
+    TimelineContract,
+    ReplayContract,
+    ConsumerContract,
+):
+    """The whole contract: subclass it as ``Test<YourStore>`` and implement the hooks."""
