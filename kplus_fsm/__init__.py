@@ -12,6 +12,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from . import exceptions
+from ._flow import ReconcileItem, ReconcileReport, charge_params
 from ._machine import TRANSITIONS, Decision, Rule, Signal, decide, evolve, fold, signal_of
 from ._model import (
     CHARGE_EVENT_KEYS,
@@ -92,6 +93,8 @@ __all__ = [
     "Outcome",
     "Payment",
     "PaymentRequest",
+    "ReconcileItem",
+    "ReconcileReport",
     "Recorded",
     "ReplayDifference",
     "ReplayReport",
@@ -108,6 +111,7 @@ __all__ = [
     "WebhookEvent",
     "WebhookHint",
     "__version__",
+    "charge_params",
     "decide",
     "evolve",
     "exceptions",

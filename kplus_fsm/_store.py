@@ -565,6 +565,22 @@ class SQLiteStore:
             for t in ("inbox", "events", "payments")
         }
 
+    def reconcile_candidates(self, *, now: str, cutoff: str, limit: int) -> list[Payment]:
+        """
+        Payments reconciliation may need to re-read, oldest first: ``pending`` past
+        ``expires_at`` (``now`` in Omise's ``YYYY-MM-DDTHH:MM:SSZ`` form) or not
+        updated since ``cutoff``; ``created`` with an unknown create outcome or not
+        updated since ``cutoff``.
+        """
+        sql = (
+            f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments WHERE "
+            "(status = 'pending' AND (expires_at IS NULL OR expires_at <= ? OR updated_at <= ?))"
+            " OR (status = 'created' AND (create_unknown = 1 OR updated_at <= ?))"
+            " ORDER BY updated_at LIMIT ?"
+        )
+        rows = self._read(partial(self._rows, sql, (now, cutoff, cutoff, limit)))
+        return [_codec.payment_from_row(r) for r in rows]
+
     # ------------------------------------------------------------------ consumers
 
     def consumer_position(self, name: str) -> int:

@@ -21,7 +21,7 @@ import attrs
 import sqlite_utils
 import structlog
 
-from . import _codec
+from . import _codec, _flow
 from ._machine import Decision, decide, fold
 from ._model import (
     ChargeSnapshot,
@@ -39,7 +39,7 @@ from ._model import (
     WebhookEvent,
     WebhookHint,
 )
-from ._ports import Store
+from ._ports import ChargeAPI, Store
 from ._store import InboxDraft, Recorded, ReplayReport, SQLiteStore, TimelineEntry, VerifyReport
 from .exceptions import (
     InvalidInputError,
@@ -433,6 +433,67 @@ class Tracker:
         )
         self._finish(rec)
         raise RefundNotSupportedError(reason, inbox_id=rec.inbox.id)
+
+    # ---------------------------------------------------------- the payment API
+
+    def create_charge(
+        self,
+        api: ChargeAPI,
+        request: PaymentRequest | None = None,
+        /,
+        *,
+        retry_unknown_after: dt.timedelta = _flow.DEFAULT_RETRY_UNKNOWN_AFTER,
+        **fields: Any,
+    ) -> Result:
+        """
+        The whole create flow: record the request (write-ahead), ``POST /charges``
+        through ``api`` (a :class:`ChargeAPI`, e.g. ``OmiseClient``), then record
+        the charge (``pending``), the error object (``failed``), or the unknown
+        outcome of a timeout or reset (``created``, flagged; then settled by a
+        search on the payment id when the search answers).
+
+        Never creates a second charge for a payment: if the payment already has a
+        charge or has ended, its current state is returned; if an earlier attempt
+        may have reached Omise, a search settles it first, and a new create is made
+        only when the search finds nothing and the earlier attempt is older than
+        ``retry_unknown_after``.
+
+        Returns the :class:`Result` of the last input recorded; ``rejected`` when
+        the payment id exists with other parameters.
+
+        Raises:
+            InvalidPaymentRequestError: a field is out of its limits (recorded).
+            StoreError: the log could not be written.
+        """
+        requested = (
+            self.request_payment(**fields) if request is None else self.request_payment(request)
+        )
+        return _flow.create_charge(self, api, requested, retry_unknown_after=retry_unknown_after)
+
+    def reconcile(
+        self,
+        api: ChargeAPI,
+        *,
+        now: dt.datetime | None = None,
+        pending_threshold: dt.timedelta = _flow.DEFAULT_PENDING_THRESHOLD,
+        limit: int = 100,
+    ) -> _flow.ReconcileReport:
+        """
+        Re-read, with the secret key, every charge ``pending`` past its
+        ``expires_at`` or not updated for ``pending_threshold``, and settle every
+        payment whose create outcome is unknown (by a search on its payment id).
+        At most ``limit`` payments per run, oldest first; stops at the first HTTP
+        429 (``rate_limited`` in the report). Run it from cron.
+        """
+        when = now if now is not None else self.clock()
+        candidates = self.store.reconcile_candidates(
+            now=when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            cutoff=format_time(when - pending_threshold),
+            limit=limit * 4,
+        )
+        return _flow.reconcile(
+            self, api, candidates, now=when, pending_threshold=pending_threshold, limit=limit
+        )
 
     # ------------------------------------------------------------------ machinery
 

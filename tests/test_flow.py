@@ -1,0 +1,251 @@
+"""The tracker's create flow and reconciliation, against a scripted ChargeAPI."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kplus_fsm import Outcome, Status, Tracker
+from kplus_fsm.exceptions import (
+    GatewayRefusedError,
+    GatewayUnavailableError,
+    InvalidPaymentRequestError,
+)
+from kplus_fsm.testing import FakeClock, charge_json, error_json
+
+Answer = Mapping[str, Any] | Exception | None
+
+
+class ScriptedAPI:
+    """A ChargeAPI whose answers are scripted per call; it records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.creates: list[Answer] = []
+        self.reads: dict[str, list[Answer]] = {}
+        self.searches: list[Answer] = []
+
+    def _next(self, queue: list[Answer], default: Answer) -> Any:
+        answer = queue.pop(0) if queue else default
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def create_charge(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        self.calls.append(("create", dict(params)))
+        return self._next(self.creates, None)  # type: ignore[no-any-return]
+
+    def retrieve_charge(self, charge_id: str) -> Mapping[str, Any]:
+        self.calls.append(("retrieve", charge_id))
+        return self._next(self.reads.setdefault(charge_id, []), None)  # type: ignore[no-any-return]
+
+    def find_charge(self, payment_id: str) -> Mapping[str, Any] | None:
+        self.calls.append(("find", payment_id))
+        return self._next(self.searches, None)  # type: ignore[no-any-return]
+
+    def count(self, kind: str) -> int:
+        return sum(1 for c in self.calls if c[0] == kind)
+
+
+REQ: dict[str, Any] = {
+    "payment_id": "order-9",
+    "amount": 25_000,
+    "return_uri": "https://shop.example/r",
+    "platform_type": "android",
+}
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> tuple[Tracker, ScriptedAPI, FakeClock]:
+    clock = FakeClock("2026-05-01T09:00:00+00:00")
+    return Tracker(tmp_path / "k.db", clock=clock), ScriptedAPI(), clock
+
+
+def _pending(**kw: Any) -> dict[str, Any]:
+    return charge_json(
+        payment_id="order-9",
+        charge_id="chrg_test_9",
+        amount=25_000,
+        created_at=dt.datetime(2026, 5, 1, 9, tzinfo=dt.UTC),
+        **kw,
+    )
+
+
+Env = tuple[Tracker, ScriptedAPI, FakeClock]
+
+
+class TestCreate:
+    """write-ahead request, POST /charges, record the answer."""
+
+    def test_success_records_pending(self, env: Env) -> None:
+        """The charge comes back pending; the params carry the inline source and metadata."""
+        t, api, _ = env
+        api.creates.append(_pending())
+        with t:
+            result = t.create_charge(api, **REQ)
+        assert (result.outcome, result.status) == (Outcome.APPLIED, Status.PENDING)
+        ((_, params),) = api.calls
+        assert params["source"] == {"type": "mobile_banking_kbank", "platform_type": "ANDROID"}
+        assert params["metadata"] == {"payment_id": "order-9"}
+        assert (params["amount"], params["currency"]) == (25_000, "THB")
+
+    def test_error_object_fails_the_payment(self, env: Env) -> None:
+        """An Omise error object is a definite failure with its code."""
+        t, api, _ = env
+        api.creates.append(
+            GatewayRefusedError("bad", http_status=400, code="invalid_charge", error=error_json())
+        )
+        with t:
+            result = t.create_charge(api, **REQ)
+            assert result.status is Status.FAILED
+            assert t.get("order-9").failure_code == "invalid_charge"
+
+    def test_timeout_then_search_finds_the_charge(self, env: Env) -> None:
+        """An unknown outcome is settled by a search on the payment id."""
+        t, api, _ = env
+        api.creates.append(GatewayUnavailableError("read timeout"))
+        api.searches.append(_pending())
+        with t:
+            result = t.create_charge(api, **REQ)
+            assert result.status is Status.PENDING
+            assert not t.get("order-9").create_unknown
+            kinds = [e.kind for e in t.timeline("order-9") if e.type == "input"]
+        assert kinds == ["payment_request", "create_unknown", "charge_snapshot"]
+
+    def test_timeout_search_empty_stays_unknown(self, env: Env) -> None:
+        """With nothing found the payment stays created, flagged."""
+        t, api, _ = env
+        api.creates.append(GatewayUnavailableError("connection reset"))
+        with t:
+            result = t.create_charge(api, **REQ)
+            assert (result.outcome, result.status) == (Outcome.UNKNOWN, Status.CREATED)
+            assert t.get("order-9").create_unknown
+
+    def test_never_a_second_charge(self, env: Env) -> None:
+        """Paying again with the same parameters returns the existing payment, no API call."""
+        t, api, _ = env
+        api.creates.append(_pending())
+        with t:
+            t.create_charge(api, **REQ)
+            again = t.create_charge(api, **REQ)
+        assert again.outcome is Outcome.DUPLICATE
+        assert again.payment is not None and again.payment.charge_id == "chrg_test_9"
+        assert api.count("create") == 1
+
+    def test_other_parameters_rejected_without_api_call(self, env: Env) -> None:
+        """The same payment id with another amount is rejected; Omise is not called."""
+        t, api, _ = env
+        api.creates.append(_pending())
+        with t:
+            t.create_charge(api, **REQ)
+            other = t.create_charge(api, **{**REQ, "amount": 30_000})
+        assert other.outcome is Outcome.REJECTED
+        assert "amount 25000 != 30000" in other.reason
+        assert api.count("create") == 1
+
+    def test_invalid_request_never_reaches_the_api(self, env: Env) -> None:
+        """Validation fails before the API; the refused request is recorded."""
+        t, api, _ = env
+        with t, pytest.raises(InvalidPaymentRequestError) as info:
+            t.create_charge(api, **{**REQ, "amount": 10})
+        assert info.value.field == "amount"
+        assert info.value.inbox_id == 1
+        assert api.calls == []
+
+    def test_unknown_retry_waits_then_searches_then_creates(self, env: Env) -> None:
+        """After an unknown outcome, a retry searches; it creates again only when old enough."""
+        t, api, clock = env
+        api.creates.append(GatewayUnavailableError("timeout"))
+        with t:
+            t.create_charge(api, **REQ)
+            deferred = t.create_charge(api, **REQ)
+            assert deferred.status is Status.CREATED
+            assert api.count("create") == 1
+            clock.advance(minutes=16)
+            api.creates.append(_pending())
+            created = t.create_charge(api, **REQ)
+        assert created.status is Status.PENDING
+        assert api.count("create") == 2
+        assert api.count("find") == 3
+
+
+class TestReconcile:
+    """reconcile() re-reads what webhooks may have missed."""
+
+    def _pending_payment(self, t: Tracker, api: ScriptedAPI) -> None:
+        api.creates.append(_pending())
+        t.create_charge(api, **REQ)
+
+    def test_pending_past_expiry_is_read(self, env: Env) -> None:
+        """A pending charge past expires_at is re-read and moved on."""
+        t, api, clock = env
+        with t:
+            self._pending_payment(t, api)
+            assert t.reconcile(api).checked == 0  # not due yet
+            clock.advance(minutes=11)
+            api.reads["chrg_test_9"] = [_pending(status="expired")]
+            report = t.reconcile(api)
+            assert (report.checked, report.changed) == (1, 1)
+            assert t.get("order-9").status is Status.EXPIRED
+            assert t.reconcile(api).checked == 0  # terminal: never again
+
+    def test_unknown_create_settled_by_search(self, env: Env) -> None:
+        """A payment whose create outcome is unknown is found by its payment id."""
+        t, api, _ = env
+        api.creates.append(GatewayUnavailableError("timeout"))
+        with t:
+            t.create_charge(api, **REQ)
+            api.searches.append(_pending(status="successful"))
+            report = t.reconcile(api)
+            assert report.items[0].action == "found"
+            assert t.get("order-9").status is Status.SUCCESSFUL
+
+    def test_stops_at_429(self, env: Env, tmp_path: Path) -> None:
+        """The first 429 ends the run and reports retry_after."""
+        t, api, clock = env
+        with t:
+            for i in range(3):
+                pid = f"order-r{i}"
+                api.creates.append(
+                    charge_json(payment_id=pid, charge_id=f"chrg_test_r{i}", amount=25_000)
+                )
+                t.create_charge(api, **{**REQ, "payment_id": pid})
+            clock.advance(hours=1)
+            api.reads["chrg_test_r0"] = [
+                GatewayUnavailableError("rate limited", http_status=429, retry_after=7)
+            ]
+            report = t.reconcile(api)
+        assert report.rate_limited
+        assert report.retry_after == 7
+        assert report.checked == 1
+        assert api.count("retrieve") == 1
+
+    def test_limit_bounds_a_run(self, env: Env) -> None:
+        """At most `limit` payments per run, oldest first."""
+        t, api, clock = env
+        with t:
+            for i in range(5):
+                pid = f"order-l{i}"
+                api.creates.append(
+                    charge_json(payment_id=pid, charge_id=f"chrg_test_l{i}", amount=25_000)
+                )
+                t.create_charge(api, **{**REQ, "payment_id": pid})
+                clock.advance(seconds=1)
+            clock.advance(hours=1)
+            report = t.reconcile(api, limit=2)
+        assert [i.payment_id for i in report.items] == ["order-l0", "order-l1"]
+
+    def test_errors_are_counted_not_raised(self, env: Env) -> None:
+        """A 5xx on one read is reported; the run goes on."""
+        t, api, clock = env
+        with t:
+            self._pending_payment(t, api)
+            clock.advance(hours=1)
+            api.reads["chrg_test_9"] = [GatewayUnavailableError("boom", http_status=503)]
+            report = t.reconcile(api)
+        assert (report.errors, report.rate_limited) == (1, False)
+        assert report.items[0].action == "error"
