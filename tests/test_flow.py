@@ -133,7 +133,8 @@ class TestCreate:
             t.create_charge(api, **REQ)
             again = t.create_charge(api, **REQ)
         assert again.outcome is Outcome.DUPLICATE
-        assert again.payment is not None and again.payment.charge_id == "chrg_test_9"
+        assert again.payment is not None
+        assert again.payment.charge_id == "chrg_test_9"
         assert api.count("create") == 1
 
     def test_other_parameters_rejected_without_api_call(self, env: Env) -> None:
