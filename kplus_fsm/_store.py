@@ -17,6 +17,7 @@ import contextlib
 import os
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -199,6 +200,9 @@ class SQLiteStore:
         read_only: bool = False,
     ) -> None:
         self.read_only = read_only
+        # One connection, shared by the threads of a host (a threaded webhook server):
+        # every transaction and every read holds this lock.
+        self._lock = threading.RLock()
         self.path: Path | None
         opened: sqlite3.Connection | None = None  # closed again if the open fails
         try:
@@ -286,6 +290,10 @@ class SQLiteStore:
     @contextlib.contextmanager
     def _immediate(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
+        with self._lock:
+            yield from self._immediate_locked()
+
+    def _immediate_locked(self) -> Iterator[sqlite3.Connection]:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
@@ -460,7 +468,8 @@ class SQLiteStore:
 
     def _read(self, work: Callable[[], T]) -> T:
         try:
-            return work()
+            with self._lock:
+                return work()
         except sqlite3.Error as exc:
             raise StoreError(f"event log read failed: {exc}") from exc
 
@@ -616,6 +625,10 @@ class SQLiteStore:
         Check the hash chains of ``inbox`` and ``events`` row by row, that the
         append-only triggers are present, and the schema version. Streams.
         """
+        with self._lock:
+            return self._verify()
+
+    def _verify(self) -> VerifyReport:
         counts = {"inbox": 0, "events": 0}
         heads = {"inbox": _codec.GENESIS, "events": _codec.GENESIS}
         version = _schema.schema_version(self.db)
@@ -690,6 +703,10 @@ class SQLiteStore:
         Raises:
             IntegrityError: an event cannot be folded (unknown kind, broken stream).
         """
+        with self._lock:
+            return self._replay(repair=repair)
+
+    def _replay(self, *, repair: bool) -> ReplayReport:
         differences: list[ReplayDifference] = []
         rebuilt: list[Payment] = []
         n_events = n_payments = 0
@@ -754,6 +771,10 @@ class SQLiteStore:
 
     def head(self) -> dict[str, Any]:
         """The position and hash of the last inbox row and the last event."""
+        with self._lock:
+            return self._head()
+
+    def _head(self) -> dict[str, Any]:
         inbox = self.conn.execute("SELECT id, hash FROM inbox ORDER BY id DESC LIMIT 1").fetchone()
         ev = self.conn.execute(
             "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"

@@ -635,3 +635,34 @@ class TestClock:
                 "2026-01-01T00:00:00.000000Z"
             )
             assert result.events[0].recorded_at == "2026-01-01T00:00:00.000000Z"
+
+
+class TestThreads:
+    """One tracker shared by the threads of a host (a threaded webhook server)."""
+
+    def test_eight_threads_share_one_tracker(self, tmp_path: Path) -> None:
+        """Concurrent inputs on one Tracker all commit; no transaction error escapes."""
+        import threading
+
+        from kplus_fsm.exceptions import StoreError
+
+        errors: list[StoreError] = []
+        with Tracker(tmp_path / "t.db") as t:
+
+            def work(i: int) -> None:
+                for j in range(50):
+                    try:
+                        t.request_payment(
+                            payment_id=f"p-{i}-{j}", amount=5_000, return_uri="https://s.example/r"
+                        )
+                    except StoreError as exc:
+                        errors.append(exc)
+
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            assert errors == []
+            assert t.store.counts() == {"inbox": 400, "events": 400, "payments": 400}
+            assert t.verify().ok

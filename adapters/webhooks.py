@@ -1,0 +1,719 @@
+"""
+Framework-neutral intake of Omise webhooks: raw bytes and headers in, an HTTP
+status and a small JSON answer out. ASGI and WSGI wrappers, a threaded
+loopback-or-LAN receiver (:func:`serve`) and :func:`intake_from_env` on top.
+
+The order of :meth:`WebhookIntake.handle` (ARCHITECTURE §4):
+
+1. verify the signature on the raw bytes, when webhook secrets are configured
+   (:func:`kplus_fsm.adapters.signatures.verify_signature`: timestamps more than
+   ``tolerance`` seconds old or ahead are refused; several comma-separated
+   signatures are accepted during a secret roll);
+2. record the delivery: a refused one with ``Tracker.refuse_webhook`` (its reason
+   kept), an accepted one with ``Tracker.record_webhook`` (which parses it,
+   refuses malformed bodies after recording them, and dedupes on the event id);
+3. if an API client is configured and the event carries a charge: **re-fetch the
+   charge** with the secret key and record it (``origin="refetch"``). The state
+   follows the re-fetch, not the payload: with a client, the payload is recorded
+   as a hint only (``apply_payload=False``), so a validly signed payload that
+   claims ``successful`` for a charge the API still shows ``pending`` leaves it
+   ``pending``. Without a client the payload is applied as an *unverified*
+   snapshot (it never overrides a terminal state).
+
+HTTP statuses (Omise retries any non-2xx delivery, so 2xx means "recorded, stop"):
+
+======  =====================================================================
+ 200    recorded: applied, duplicate (no second re-fetch), stale, conflict,
+        unknown, and rejected-but-recorded (no such payment, amount mismatch …);
+        also when the re-fetch failed: reconciliation will settle the charge
+ 400    recorded and refused: malformed body (not JSON, not an event), missing
+        signature headers, a timestamp that is not Unix seconds or is outside
+        the tolerance (stale or in the future)
+ 401    recorded and refused: no signature matches (forged, tampered body,
+        wrong or rolled-away secret)
+ 413    (wrappers) the body exceeds ``max_body``: not read and not stored; the
+        refusal itself is recorded with an empty body and the declared size
+ 500    nothing could be recorded (:class:`kplus_fsm.exceptions.StoreError`),
+        or an unexpected error in the wrappers: Omise should retry
+======  =====================================================================
+
+Errors: :meth:`WebhookIntake.handle` raises nothing for any request; store
+failures become status 500 and re-fetch failures become status 200 with a
+reason. The constructor and :func:`intake_from_env` raise::
+
+    ValueError                      a webhook secret is not base64, or
+                                    require_signature=True with no secret
+    KplusFSMError
+    └── StoreError                  (intake_from_env) the event log cannot be
+        └── SchemaVersionError      opened, or was written by a newer kplus_fsm
+
+Thread safety: one intake may serve many threads (the threaded WSGI server,
+ASGI worker threads); its calls into the tracker are serialised by a lock,
+while re-fetches run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import json
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from socketserver import ThreadingMixIn
+from typing import Any, Final, TypeVar
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+import attrs
+import httpx
+import structlog
+
+from kplus_fsm import ChargeAPI, Outcome, Result, Tracker, WebhookEvent
+from kplus_fsm.exceptions import (
+    GatewayError,
+    InvalidInputError,
+    KplusFSMError,
+    StoreError,
+)
+
+from .omise import DEFAULT_BASE_URL, OmiseClient
+from .signatures import DEFAULT_TOLERANCE, decode_secret, verify_signature
+
+__all__ = [
+    "DEFAULT_PATH",
+    "MAX_BODY",
+    "ASGIApp",
+    "IntakeResult",
+    "WebhookIntake",
+    "WebhookServer",
+    "asgi_app",
+    "intake_from_env",
+    "serve",
+    "wsgi_app",
+]
+
+log = structlog.get_logger("kplus_fsm.adapters.webhooks")
+
+#: Where the wrappers accept deliveries.
+DEFAULT_PATH: Final = "/webhooks/omise"
+#: The largest body the wrappers read (1 MiB; an Omise event is a few KiB).
+MAX_BODY: Final = 1 << 20
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+"""An ASGI 3 application."""
+
+_T = TypeVar("_T")
+
+
+@attrs.frozen(kw_only=True)
+class IntakeResult:
+    """
+    The answer to one delivery.
+
+    ``status`` is the HTTP status to return; ``outcome`` the recorded outcome
+    (``applied``, ``duplicate``, ``rejected`` …; ``None`` if nothing could be
+    recorded); ``inbox_id`` the inbox row that recorded the delivery;
+    ``refetch`` the :class:`kplus_fsm.Result` of recording the re-fetched
+    charge, when there was one.
+    """
+
+    status: int
+    outcome: str | None
+    reason: str
+    inbox_id: int | None = None
+    refetch: Result | None = None
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the delivery is in ``inbox``."""
+        return self.inbox_id is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """The response body: ``{"outcome", "reason", "inbox_id"}``."""
+        return {"outcome": self.outcome, "reason": self.reason, "inbox_id": self.inbox_id}
+
+
+def _plain_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in headers.items()}
+
+
+class WebhookIntake:
+    """
+    Receives Omise webhook deliveries for a :class:`kplus_fsm.Tracker`.
+
+    Args:
+        tracker: where every delivery is recorded.
+        client: a :class:`kplus_fsm.ChargeAPI` (e.g.
+            :class:`~kplus_fsm.adapters.omise.OmiseClient`) to re-fetch the
+            charge of each event with the secret key. Without one, the payload
+            is applied as an unverified snapshot.
+        secrets: the dashboard's webhook secret(s), base64; several during a
+            secret roll. Empty: signatures are not checked.
+        tolerance: how many seconds a signature timestamp may be away from
+            ``now()`` in either direction.
+        now: the clock, in Unix seconds.
+        require_signature: refuse deliveries whose signature fails (default:
+            ``True`` when secrets are given). ``False`` with secrets: check and
+            record the verdict, but process the delivery anyway (a rollout mode).
+
+    Raises:
+        ValueError: a secret is not base64, or ``require_signature=True`` without
+            any secret.
+    """
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        *,
+        client: ChargeAPI | None = None,
+        secrets: Sequence[str] = (),
+        tolerance: float = DEFAULT_TOLERANCE,
+        now: Callable[[], float] = time.time,
+        require_signature: bool | None = None,
+    ) -> None:
+        kept = (secrets,) if isinstance(secrets, str) else tuple(secrets)
+        for secret in kept:
+            decode_secret(secret)  # fail at start-up, not on the first delivery
+        if require_signature is None:
+            require_signature = bool(kept)
+        if require_signature and not kept:
+            raise ValueError("require_signature=True needs at least one webhook secret")
+        if tolerance < 0:
+            raise ValueError("tolerance must be 0 or more seconds")
+        self.tracker = tracker
+        self.client = client
+        self._secrets = kept
+        self.tolerance = float(tolerance)
+        self.now = now
+        self.require_signature = require_signature
+        self._lock = threading.RLock()
+        self._closers: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"WebhookIntake(secrets={len(self._secrets)}, "
+            f"require_signature={self.require_signature}, "
+            f"refetch={'yes' if self.client is not None else 'no'})"
+        )
+
+    @property
+    def verifies_signatures(self) -> bool:
+        """Whether webhook secrets are configured."""
+        return bool(self._secrets)
+
+    def close(self) -> None:
+        """Close what :func:`intake_from_env` opened for this intake (tracker, client)."""
+        closers, self._closers = self._closers, []
+        for close in reversed(closers):
+            close()
+
+    def __enter__(self) -> WebhookIntake:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ intake
+
+    def handle(self, body: bytes | str, headers: Mapping[str, str]) -> IntakeResult:
+        """
+        Verify, record, dedupe, re-fetch: one delivery (``body``: the raw bytes
+        as received; text is encoded as UTF-8). Raises nothing for any request,
+        whatever its content: store failures are status 500, re-fetch failures
+        status 200 (see the module docstring for every status).
+        """
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        hdrs = _plain_headers(headers)
+        verification = "unverified"
+        if self._secrets:
+            now = self.now()
+            check = verify_signature(body, hdrs, self._secrets, now=now, tolerance=self.tolerance)
+            verification = check.verification
+            if not check.ok and self.require_signature:
+                forged = check.timestamp is not None and abs(now - check.timestamp) <= (
+                    self.tolerance
+                )
+                return self._refuse(
+                    body,
+                    hdrs,
+                    verification=verification,
+                    reason=f"signature refused: {check.reason}",
+                    status=401 if forged else 400,
+                )
+            if not check.ok:
+                log.warning("webhook_signature_failed_but_accepted", reason=check.reason)
+        try:
+            result = self._locked(
+                lambda: self.tracker.record_webhook(
+                    body,
+                    headers=hdrs,
+                    verification=verification,
+                    apply_payload=self.client is None,
+                )
+            )
+        except InvalidInputError as exc:
+            return IntakeResult(
+                status=400,
+                outcome=Outcome.REJECTED.value if exc.inbox_id is not None else None,
+                reason=exc.reason,
+                inbox_id=exc.inbox_id,
+            )
+        except StoreError as exc:
+            return self._unrecorded(exc)
+        if result.outcome is Outcome.DUPLICATE or self.client is None:
+            return self._answer(result)
+        return self._refetch(result, body)
+
+    def refuse_oversized(
+        self, headers: Mapping[str, str], *, size: int | None, limit: int
+    ) -> IntakeResult:
+        """
+        Record (with an empty body) a delivery whose body was too large to read,
+        and answer 413. Never raises; if even that cannot be recorded the
+        answer is still 413, with ``inbox_id`` ``None``.
+        """
+        told = f"{size} bytes, over" if size is not None else "over"
+        reason = f"body too large ({told} the {limit}-byte limit): not read, not stored"
+        refused = self._refuse(
+            b"", _plain_headers(headers), verification="not checked", reason=reason, status=413
+        )
+        return attrs.evolve(refused, status=413)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _locked(self, work: Callable[[], _T]) -> _T:
+        with self._lock:
+            return work()
+
+    def _refuse(
+        self,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        verification: str,
+        reason: str,
+        status: int,
+    ) -> IntakeResult:
+        log.warning("webhook_refused", reason=reason, status=status)
+        try:
+            recorded = self._locked(
+                lambda: self.tracker.refuse_webhook(
+                    body, headers=headers, verification=verification, reason=reason
+                )
+            )
+        except StoreError as exc:
+            return self._unrecorded(exc)
+        return IntakeResult(
+            status=status,
+            outcome=recorded.outcome.value,
+            reason=reason,
+            inbox_id=recorded.inbox_id,
+        )
+
+    @staticmethod
+    def _unrecorded(exc: StoreError) -> IntakeResult:
+        log.error("webhook_not_recorded", error=type(exc).__name__)
+        return IntakeResult(
+            status=500,
+            outcome=None,
+            reason=f"the delivery could not be recorded ({type(exc).__name__}); retry later",
+        )
+
+    @staticmethod
+    def _answer(
+        result: Result, *, refetch: Result | None = None, note: str | None = None
+    ) -> IntakeResult:
+        reason = result.reason
+        if refetch is not None:
+            reason += f"; re-fetched charge: {refetch.outcome.value}: {refetch.reason}"
+        if note is not None:
+            reason += f"; {note}"
+        return IntakeResult(
+            status=200,
+            outcome=result.outcome.value,
+            reason=reason,
+            inbox_id=result.inbox_id,
+            refetch=refetch,
+        )
+
+    def _refetch(self, result: Result, body: bytes) -> IntakeResult:
+        client = self.client
+        assert client is not None
+        try:
+            event = WebhookEvent.from_json(json.loads(body))
+        except (ValueError, KplusFSMError):  # pragma: no cover - the tracker parsed it
+            return self._answer(result)
+        if event.charge is None:
+            return self._answer(result)
+        if result.payment is None:
+            return self._answer(result, note="no tracked payment, so not re-fetched")
+        charge_id = event.charge.charge_id
+        try:
+            charge = client.retrieve_charge(charge_id)
+        except GatewayError as exc:
+            log.warning(
+                "webhook_refetch_failed",
+                charge_id=charge_id,
+                inbox_id=result.inbox_id,
+                error=type(exc).__name__,
+                http_status=getattr(exc, "http_status", None),
+            )
+            return self._answer(
+                result,
+                note=f"re-fetch of {charge_id} failed ({exc}); reconciliation will settle it",
+            )
+        except Exception as exc:  # a broken client must not turn a recorded delivery into 5xx
+            log.exception("webhook_refetch_crashed", charge_id=charge_id, error=type(exc).__name__)
+            return self._answer(
+                result,
+                note=f"re-fetch of {charge_id} failed ({type(exc).__name__}); "
+                "reconciliation will settle it",
+            )
+        try:
+            refetched = self._locked(lambda: self.tracker.record_charge(charge, origin="refetch"))
+        except (InvalidInputError, StoreError) as exc:
+            log.warning(
+                "webhook_refetch_not_recorded", charge_id=charge_id, error=type(exc).__name__
+            )
+            return self._answer(
+                result,
+                note=f"the re-fetched charge {charge_id} was not applied ({type(exc).__name__}); "
+                "reconciliation will settle it",
+            )
+        return self._answer(result, refetch=refetched)
+
+
+# ---------------------------------------------------------------- HTTP wrappers
+
+
+def _json_bytes(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+
+
+def _route_error(status: int) -> dict[str, Any]:
+    return {"outcome": None, "reason": http.HTTPStatus(status).phrase, "inbox_id": None}
+
+
+def _route(method: str, route: str, path: str) -> tuple[int, dict[str, Any], str | None] | None:
+    """The answer for anything but a delivery: (status, body, Allow), or None."""
+    if route == path:
+        if method == "POST":
+            return None
+        return 405, _route_error(405), "POST"
+    if route == "/":
+        if method in ("GET", "HEAD"):
+            return 200, {"ready": True}, None
+        return 405, _route_error(405), "GET, HEAD"
+    return 404, _route_error(404), None
+
+
+def asgi_app(
+    intake: WebhookIntake, *, path: str = DEFAULT_PATH, max_body: int = MAX_BODY
+) -> ASGIApp:
+    """
+    An ASGI 3 application: ``POST <path>`` takes deliveries, ``GET /`` answers
+    ``{"ready": true}``, anything else 404/405. Bodies are read fully, up to
+    ``max_body`` bytes (413 beyond). :meth:`WebhookIntake.handle` runs in a
+    worker thread (it does SQLite and HTTP I/O). Lifespan events are accepted.
+    """
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        method = str(scope.get("method", "GET")).upper()
+        route = str(scope.get("path", "/"))
+        root = str(scope.get("root_path", ""))
+        if root and route.startswith(root):
+            route = route[len(root) :] or "/"
+        routed = _route(method, route, path)
+        if routed is not None:
+            status, payload, allow = routed
+            await _asgi_respond(send, status, payload, allow=allow, head=method == "HEAD")
+            return
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope.get("headers", []):
+            name = bytes(raw_name).decode("latin-1")
+            value = bytes(raw_value).decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        declared = _content_length(headers)
+        try:
+            if declared is not None and declared > max_body:
+                result = intake.refuse_oversized(headers, size=declared, limit=max_body)
+            else:
+                body = await _asgi_body(receive, max_body)
+                if body is None:
+                    result = intake.refuse_oversized(headers, size=None, limit=max_body)
+                else:
+                    result = await asyncio.to_thread(intake.handle, body, headers)
+        except Exception as exc:  # a bug must still get an answer
+            log.exception("webhook_intake_crashed", error=type(exc).__name__)
+            await _asgi_respond(send, 500, _route_error(500))
+            return
+        await _asgi_respond(send, result.status, result.to_json())
+
+    return app
+
+
+async def _asgi_body(receive: Receive, max_body: int) -> bytes | None:
+    """The whole body, or ``None`` once it grows past ``max_body``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = bytes(message.get("body", b""))
+        size += len(chunk)
+        if size > max_body:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _asgi_respond(
+    send: Send,
+    status: int,
+    payload: Mapping[str, Any],
+    *,
+    allow: str | None = None,
+    head: bool = False,
+) -> None:
+    body = _json_bytes(payload)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode("ascii")),
+    ]
+    if allow is not None:
+        headers.append((b"allow", allow.encode("ascii")))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    for name, value in headers.items():
+        if name.lower() == "content-length":
+            try:
+                return max(int(value.strip()), 0)
+            except ValueError:
+                return None
+    return None
+
+
+def wsgi_app(
+    intake: WebhookIntake, *, path: str = DEFAULT_PATH, max_body: int = MAX_BODY
+) -> WSGIApplication:
+    """
+    A WSGI application: ``POST <path>`` takes deliveries, ``GET /`` answers
+    ``{"ready": true}``, anything else 404/405. The body is read fully, up to
+    ``max_body`` bytes (413 beyond, judged on ``Content-Length`` before reading).
+    """
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        route = str(environ.get("PATH_INFO") or "/")
+        routed = _route(method, route, path)
+        if routed is not None:
+            status, payload, allow = routed
+            return _wsgi_respond(
+                start_response, status, payload, allow=allow, head=method == "HEAD"
+            )
+        headers = _wsgi_headers(environ)
+        try:
+            declared = _content_length(headers)
+            if declared is not None and declared > max_body:
+                result = intake.refuse_oversized(headers, size=declared, limit=max_body)
+            else:
+                body = _wsgi_body(environ, declared, max_body)
+                if body is None:
+                    result = intake.refuse_oversized(headers, size=None, limit=max_body)
+                else:
+                    result = intake.handle(body, headers)
+        except Exception as exc:  # a bug must still get an answer
+            log.exception("webhook_intake_crashed", error=type(exc).__name__)
+            return _wsgi_respond(start_response, 500, _route_error(500))
+        return _wsgi_respond(start_response, result.status, result.to_json())
+
+    return app
+
+
+def _wsgi_headers(environ: WSGIEnvironment) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            name = key[5:].replace("_", "-").title()
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            name = key.replace("_", "-").title()
+        else:
+            continue
+        if value:
+            headers[name] = str(value)
+    return headers
+
+
+def _wsgi_body(environ: WSGIEnvironment, declared: int | None, max_body: int) -> bytes | None:
+    stream = environ["wsgi.input"]
+    if declared is None:
+        if not environ.get("wsgi.input_terminated"):
+            return b""  # PEP 3333: no Content-Length, nothing to read
+        data = stream.read(max_body + 1)
+        return None if len(data) > max_body else bytes(data)
+    chunks: list[bytes] = []
+    remaining = declared
+    while remaining > 0:
+        chunk = stream.read(min(remaining, 65536))
+        if not chunk:
+            break  # the client went away: what arrived is recorded (and refused)
+        chunks.append(bytes(chunk))
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _wsgi_respond(
+    start_response: StartResponse,
+    status: int,
+    payload: Mapping[str, Any],
+    *,
+    allow: str | None = None,
+    head: bool = False,
+) -> list[bytes]:
+    body = _json_bytes(payload)
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    if allow is not None:
+        headers.append(("Allow", allow))
+    start_response(f"{status} {http.HTTPStatus(status).phrase}", headers)
+    return [] if head else [body]
+
+
+# --------------------------------------------------------------- the receiver
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """wsgiref's handler without the per-request line on stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class WebhookServer(ThreadingMixIn, WSGIServer):
+    """
+    A threaded wsgiref server (one thread per request, daemon threads).
+    ``serve_forever()``, ``shutdown()`` (from another thread),
+    ``server_close()``, ``server_address`` and :attr:`url`.
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the listening socket."""
+        host, port = self.server_address[:2]
+        host_text = host.decode() if isinstance(host, bytes) else str(host)
+        if ":" in host_text:
+            host_text = f"[{host_text}]"
+        return f"http://{host_text}:{port}"
+
+
+def serve(
+    intake: WebhookIntake,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    path: str = DEFAULT_PATH,
+    max_body: int = MAX_BODY,
+) -> WebhookServer:
+    """
+    A bound (not yet serving) threaded receiver of :func:`wsgi_app`; port 0
+    picks a free port (read it from ``server_address``). Call
+    ``serve_forever()``; stop it with ``shutdown()`` from another thread, then
+    ``server_close()``.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    server = make_server(
+        host,
+        port,
+        wsgi_app(intake, path=path, max_body=max_body),
+        server_class=WebhookServer,
+        handler_class=_QuietHandler,
+    )
+    assert isinstance(server, WebhookServer)
+    return server
+
+
+def intake_from_env(
+    environ: Mapping[str, str] = os.environ,
+    *,
+    db: str | os.PathLike[str] | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> WebhookIntake:
+    """
+    A :class:`WebhookIntake` configured from the environment:
+
+    - ``KPLUS_FSM_DB``: the event log (``db`` wins; default ``kplus.db``);
+    - ``OMISE_SECRET_KEY``: enables the re-fetch (an :class:`OmiseClient`);
+      without it the payload is applied as an unverified snapshot;
+    - ``OMISE_PUBLIC_KEY``: passed to the client (source creation only);
+    - ``OMISE_API_URL``: the API root (default ``https://api.omise.co``; the
+      fake Omise's URL in tests);
+    - ``OMISE_WEBHOOK_SECRET``: the webhook secret(s), comma-separated during a
+      roll; without it signatures are not checked.
+
+    ``transport`` is handed to the client (tests, the in-process fake). The
+    intake owns the tracker and client it opened: :meth:`WebhookIntake.close`
+    closes them.
+
+    Raises:
+        ValueError: a webhook secret is not base64.
+        StoreError: the event log cannot be opened (SchemaVersionError: newer).
+    """
+    path = db if db is not None else (environ.get("KPLUS_FSM_DB") or "kplus.db")
+    secrets = [s.strip() for s in environ.get("OMISE_WEBHOOK_SECRET", "").split(",") if s.strip()]
+    for secret in secrets:
+        decode_secret(secret)
+    tracker = Tracker(path)
+    client: OmiseClient | None = None
+    try:
+        secret_key = environ.get("OMISE_SECRET_KEY") or None
+        if secret_key is not None:
+            client = OmiseClient(
+                secret_key=secret_key,
+                public_key=environ.get("OMISE_PUBLIC_KEY") or None,
+                base_url=environ.get("OMISE_API_URL") or DEFAULT_BASE_URL,
+                transport=transport,
+            )
+        intake = WebhookIntake(tracker, client=client, secrets=secrets)
+    except BaseException:
+        if client is not None:
+            client.close()
+        tracker.close()
+        raise
+    intake._closers.append(tracker.close)
+    if client is not None:
+        intake._closers.append(client.close)
+    if not secrets:
+        log.warning("webhook_signatures_not_checked", hint="set OMISE_WEBHOOK_SECRET")
+    if client is None:
+        log.warning(
+            "webhook_refetch_disabled",
+            hint="set OMISE_SECRET_KEY: payloads are applied as unverified snapshots",
+        )
+    return intake

@@ -1,0 +1,744 @@
+"""Webhook intake: signatures, recording, dedupe, re-fetch, the HTTP wrappers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.util
+import io
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from wsgiref.util import setup_testing_defaults
+
+import httpx
+import pytest
+
+from kplus_fsm import InboxRow, Recorded, SQLiteStore, Status, Tracker
+from kplus_fsm.adapters.omise import OmiseClient
+from kplus_fsm.adapters.signatures import signature_headers
+from kplus_fsm.adapters.webhooks import (
+    ASGIApp,
+    IntakeResult,
+    WebhookIntake,
+    WebhookServer,
+    asgi_app,
+    intake_from_env,
+    serve,
+    wsgi_app,
+)
+from kplus_fsm.exceptions import GatewayUnavailableError, StoreError
+from kplus_fsm.testing import FakeClock, charge_json, error_json, webhook_json
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = base64.b64encode(b"webhook-secret-0123456789abcdef!").decode()
+OLD_SECRET = base64.b64encode(b"the-previous-secret-before-a-roll").decode()
+OTHER_SECRET = base64.b64encode(b"someone-else-entirely-0123456789").decode()
+NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+PID = "order-1"
+CID = "chrg_test_5xkplus0000000000001"
+SKEY = "skey_test_5xsecretsecretsecret01"
+
+
+class StubAPI:
+    """A ChargeAPI that serves charges from a dict and counts re-fetches."""
+
+    def __init__(self) -> None:
+        self.charges: dict[str, dict[str, Any]] = {}
+        self.calls: list[str] = []
+        self.fail: Exception | None = None
+
+    def create_charge(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        raise NotImplementedError
+
+    def retrieve_charge(self, charge_id: str) -> Mapping[str, Any]:
+        self.calls.append(charge_id)
+        if self.fail is not None:
+            raise self.fail
+        return dict(self.charges[charge_id])
+
+    def find_charge(self, payment_id: str) -> Mapping[str, Any] | None:
+        return None
+
+
+@pytest.fixture
+def tracker(db_path: Path, clock: FakeClock) -> Iterator[Tracker]:
+    with Tracker(db_path, clock=clock) as t:
+        yield t
+
+
+@pytest.fixture
+def api() -> StubAPI:
+    return StubAPI()
+
+
+def open_payment(
+    tracker: Tracker, api: StubAPI | None = None, pid: str = PID, cid: str = CID
+) -> None:
+    """A payment whose charge was created and is pending, here and at the API."""
+    tracker.request_payment(payment_id=pid, amount=10_000, return_uri="https://shop.example/r")
+    charge = charge_json(payment_id=pid, charge_id=cid)
+    tracker.record_charge(charge, origin="create_response")
+    if api is not None:
+        api.charges[cid] = charge
+
+
+def event(status: str = "successful", *, event_id: str = "evnt_test_1", **kw: Any) -> bytes:
+    charge = charge_json(payment_id=kw.pop("pid", PID), charge_id=kw.pop("cid", CID), status=status)
+    return json.dumps(webhook_json(charge, event_id=event_id, **kw)).encode()
+
+
+def signed(body: bytes, secrets: tuple[str, ...] = (SECRET,), at: float = NOW) -> dict[str, str]:
+    return {"Content-Type": "application/json", **signature_headers(body, secrets, int(at))}
+
+
+def intake_for(tracker: Tracker, api: StubAPI | None = None, **kw: Any) -> WebhookIntake:
+    kw.setdefault("secrets", (SECRET,))
+    return WebhookIntake(tracker, client=api, now=lambda: NOW, **kw)
+
+
+def last_inbox(tracker: Tracker) -> InboxRow:
+    return list(tracker.store.iter_inbox())[-1]
+
+
+def inbox_rows(tracker: Tracker) -> list[InboxRow]:
+    return list(tracker.store.iter_inbox())
+
+
+class TestSignatures:
+    """Refused deliveries are recorded with their reason and get 400 or 401."""
+
+    def test_valid_signature(self, tracker: Tracker, api: StubAPI) -> None:
+        open_payment(tracker, api)
+        api.charges[CID] = charge_json(payment_id=PID, charge_id=CID, status="successful")
+        body = event("successful")
+        result = intake_for(tracker, api).handle(body, signed(body))
+        assert result.status == 200
+        assert result.outcome == "applied"
+        assert result.refetch is not None
+        assert result.refetch.status is Status.SUCCESSFUL
+        assert tracker.get(PID).status is Status.SUCCESSFUL
+        webhook_row = next(r for r in inbox_rows(tracker) if r.id == result.inbox_id)
+        assert webhook_row.verification == "verified"
+        assert webhook_row.kind == "webhook"
+
+    @pytest.mark.parametrize(
+        ("case", "status", "words"),
+        [
+            ("wrong_secret", 401, "no signature matches"),
+            ("tampered", 401, "no signature matches"),
+            ("old", 400, "old"),
+            ("future", 400, "future"),
+            ("no_signature", 400, "missing Omise-Signature"),
+            ("no_timestamp", 400, "missing Omise-Signature-Timestamp"),
+            ("bad_timestamp", 400, "not Unix seconds"),
+        ],
+    )
+    def test_refused(
+        self, tracker: Tracker, api: StubAPI, case: str, status: int, words: str
+    ) -> None:
+        open_payment(tracker, api)
+        body = event("successful")
+        headers = signed(body)
+        if case == "wrong_secret":
+            headers = signed(body, (OTHER_SECRET,))
+        elif case == "tampered":
+            body = body.replace(b"10000", b"10001")
+        elif case == "old":
+            headers = signed(body, at=NOW - 301)
+        elif case == "future":
+            headers = signed(body, at=NOW + 301)
+        elif case == "no_signature":
+            del headers["Omise-Signature"]
+        elif case == "no_timestamp":
+            del headers["Omise-Signature-Timestamp"]
+        elif case == "bad_timestamp":
+            headers["Omise-Signature-Timestamp"] = "yesterday"
+        before = len(inbox_rows(tracker))
+        result = intake_for(tracker, api).handle(body, headers)
+        assert result.status == status
+        assert result.outcome == "rejected"
+        assert words in result.reason
+        assert result.refetch is None
+        assert api.calls == []
+        rows = inbox_rows(tracker)
+        assert len(rows) == before + 1
+        row = rows[-1]
+        assert row.id == result.inbox_id
+        assert (row.kind, row.outcome) == ("webhook", "rejected")
+        assert words in row.reason
+        assert row.verification.startswith("failed: ")
+        assert row.raw() == body.decode()
+        assert tracker.get(PID).status is Status.PENDING
+
+    def test_within_the_tolerance(self, tracker: Tracker, api: StubAPI) -> None:
+        open_payment(tracker, api)
+        body = event("pending")
+        for at in (NOW - 299, NOW + 299):
+            result = intake_for(tracker, api).handle(body, signed(body, at=at))
+            assert result.status == 200
+
+    def test_rotation_either_secret_matches(self, tracker: Tracker, api: StubAPI) -> None:
+        open_payment(tracker, api)
+        intake = intake_for(tracker, api, secrets=(SECRET, OLD_SECRET))
+        first = event("pending", event_id="evnt_test_a")
+        assert intake.handle(first, signed(first, (OLD_SECRET,))).status == 200
+        second = event("pending", event_id="evnt_test_b")
+        assert intake.handle(second, signed(second, (SECRET,))).status == 200
+
+    def test_rotation_two_signatures_in_the_header(self, tracker: Tracker, api: StubAPI) -> None:
+        open_payment(tracker, api)
+        body = event("pending")
+        headers = signed(body, (OTHER_SECRET, OLD_SECRET))
+        assert "," in headers["Omise-Signature"]
+        result = intake_for(tracker, api, secrets=(OLD_SECRET,)).handle(body, headers)
+        assert result.status == 200
+        assert last_inbox(tracker).verification != "unverified"
+
+    def test_header_names_are_case_insensitive(self, tracker: Tracker, api: StubAPI) -> None:
+        open_payment(tracker, api)
+        body = event("pending")
+        headers = {k.lower(): v for k, v in signed(body).items()}
+        assert intake_for(tracker, api).handle(body, headers).status == 200
+
+    def test_monitor_mode_records_the_failure_and_goes_on(
+        self, tracker: Tracker, api: StubAPI
+    ) -> None:
+        open_payment(tracker, api)
+        body = event("pending")
+        intake = intake_for(tracker, api, require_signature=False)
+        result = intake.handle(body, signed(body, (OTHER_SECRET,)))
+        assert result.status == 200
+        rows = inbox_rows(tracker)
+        webhook_row = next(r for r in rows if r.id == result.inbox_id)
+        assert webhook_row.verification.startswith("failed: ")
+
+    def test_no_secrets_means_unverified(self, tracker: Tracker, api: StubAPI) -> None:
+        open_payment(tracker, api)
+        body = event("pending")
+        intake = intake_for(tracker, api, secrets=())
+        assert not intake.verifies_signatures
+        result = intake.handle(body, {})
+        assert result.status == 200
+        assert next(r for r in inbox_rows(tracker) if r.id == result.inbox_id).verification == (
+            "unverified"
+        )
+
+    def test_configuration_errors(self, tracker: Tracker) -> None:
+        with pytest.raises(ValueError, match="base64"):
+            WebhookIntake(tracker, secrets=("not base64!",))
+        with pytest.raises(ValueError, match="secret"):
+            WebhookIntake(tracker, require_signature=True)
+        assert WebhookIntake(tracker, secrets=SECRET).require_signature  # one str is one secret
+        assert SECRET not in repr(WebhookIntake(tracker, secrets=(SECRET,)))
+
+
+class TestRecording:
+    """Everything recorded answers 2xx; the state follows the re-fetch."""
+
+    def test_duplicates_are_200_and_not_refetched_again(
+        self, tracker: Tracker, api: StubAPI
+    ) -> None:
+        open_payment(tracker, api)
+        intake = intake_for(tracker, api)
+        body = event("pending")
+        first = intake.handle(body, signed(body))
+        second = intake.handle(body, signed(body))
+        assert (first.status, second.status) == (200, 200)
+        assert second.outcome == "duplicate"
+        assert second.refetch is None
+        assert api.calls == [CID]
+        assert second.inbox_id is not None
+        assert second.inbox_id > (first.inbox_id or 0)
+
+    def test_signed_successful_but_api_pending_stays_pending(
+        self, tracker: Tracker, api: StubAPI
+    ) -> None:
+        open_payment(tracker, api)  # the API shows the charge pending
+        body = event("successful")
+        result = intake_for(tracker, api).handle(body, signed(body))
+        assert result.status == 200
+        assert last_inbox(tracker).origin == "refetch"
+        assert result.refetch is not None
+        assert tracker.get(PID).status is Status.PENDING
+
+    def test_without_a_client_the_payload_applies_unverified(self, tracker: Tracker) -> None:
+        open_payment(tracker)
+        body = event("successful")
+        result = intake_for(tracker, None).handle(body, signed(body))
+        assert result.status == 200
+        assert result.refetch is None
+        assert tracker.get(PID).status is Status.SUCCESSFUL
+
+    @pytest.mark.parametrize(
+        "failure",
+        [
+            GatewayUnavailableError("read timeout"),
+            RuntimeError("a broken client"),
+        ],
+    )
+    def test_refetch_failure_is_200_and_still_recorded(
+        self, tracker: Tracker, api: StubAPI, failure: Exception
+    ) -> None:
+        open_payment(tracker, api)
+        api.fail = failure
+        body = event("successful")
+        result = intake_for(tracker, api).handle(body, signed(body))
+        assert result.status == 200
+        assert result.refetch is None
+        assert "reconciliation will settle it" in result.reason
+        assert last_inbox(tracker).id == result.inbox_id
+        assert last_inbox(tracker).kind == "webhook"
+        assert tracker.get(PID).status is Status.PENDING
+
+    def test_refetch_with_the_real_client(self, tracker: Tracker) -> None:
+        open_payment(tracker)
+        seen: list[httpx.Request] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            if request.url.path == f"/charges/{CID}":
+                return httpx.Response(
+                    200, json=charge_json(payment_id=PID, charge_id=CID, status="failed")
+                )
+            return httpx.Response(404, json=error_json("not_found", "no"))
+
+        with OmiseClient(secret_key=SKEY, transport=httpx.MockTransport(handler)) as client:
+            body = event("failed")
+            result = intake_for(tracker, None, secrets=(SECRET,)).handle(body, signed(body))
+            assert tracker.get(PID).status is Status.FAILED  # no client: the payload applied
+            other = "order-2"
+            other_cid = "chrg_test_5xkplus0000000000002"
+            open_payment(tracker, None, pid=other, cid=other_cid)
+            body = event("failed", event_id="evnt_test_2", pid=other, cid=other_cid)
+            result = WebhookIntake(tracker, client=client).handle(body, {})
+        assert result.status == 200
+        assert "re-fetch" in result.reason
+        assert result.refetch is None  # 404 not_found: the re-fetch failed
+        assert seen[-1].url.path == f"/charges/{other_cid}"
+        assert tracker.get(other).status is Status.PENDING
+
+    def test_refetched_object_that_is_not_a_charge(self, tracker: Tracker, api: StubAPI) -> None:
+        open_payment(tracker, api)
+        api.charges[CID] = {"object": "refund", "id": CID}
+        body = event("successful")
+        result = intake_for(tracker, api).handle(body, signed(body))
+        assert result.status == 200
+        assert "reconciliation will settle it" in result.reason
+
+    @pytest.mark.parametrize(
+        "body",
+        [b"{not json", b"", b"[]", b'{"object": "charge"}', b'{"object": "event", "id": 5}'],
+    )
+    def test_malformed_body_is_400_and_recorded(
+        self, tracker: Tracker, api: StubAPI, body: bytes
+    ) -> None:
+        result = intake_for(tracker, api).handle(body, signed(body))
+        assert result.status == 400
+        assert result.outcome == "rejected"
+        assert result.inbox_id is not None
+        row = last_inbox(tracker)
+        assert row.id == result.inbox_id
+        assert row.outcome == "rejected"
+        assert row.verification == "verified"
+        assert api.calls == []
+
+    def test_unknown_payment_is_200_without_refetch(self, tracker: Tracker, api: StubAPI) -> None:
+        body = event("successful", pid="order-unknown", cid="chrg_test_unknown")
+        result = intake_for(tracker, api).handle(body, signed(body))
+        assert result.status == 200
+        assert result.outcome == "rejected"
+        assert api.calls == []
+
+    def test_non_charge_event_is_200(self, tracker: Tracker, api: StubAPI) -> None:
+        envelope = {
+            "object": "event",
+            "id": "evnt_test_c",
+            "key": "customer.create",
+            "livemode": False,
+            "data": {"object": "customer", "id": "cust_test_1"},
+        }
+        body = json.dumps(envelope).encode()
+        result = intake_for(tracker, api).handle(body, signed(body))
+        assert result.status == 200
+        assert api.calls == []
+
+    def test_mismatched_payload_is_200(self, tracker: Tracker, api: StubAPI) -> None:
+        open_payment(tracker, api)
+        charge = charge_json(payment_id=PID, charge_id=CID, status="successful", amount=99_999)
+        body = json.dumps(webhook_json(charge)).encode()
+        result = intake_for(tracker, api).handle(body, signed(body))
+        assert result.status == 200
+        assert result.outcome == "rejected"
+        assert tracker.get(PID).status is Status.PENDING
+
+    def test_headers_are_recorded_without_secrets(self, tracker: Tracker, api: StubAPI) -> None:
+        open_payment(tracker, api)
+        body = event("pending")
+        headers = {**signed(body), "Authorization": "Basic c2VjcmV0", "Cookie": "sid=1"}
+        result = intake_for(tracker, api).handle(body, headers)
+        row = next(r for r in inbox_rows(tracker) if r.id == result.inbox_id)
+        stored = json.loads(row.headers or "{}")
+        assert "omise-signature" in stored
+        assert "authorization" not in stored
+        assert "cookie" not in stored
+
+    def test_to_json(self) -> None:
+        result = IntakeResult(status=200, outcome="applied", reason="ok", inbox_id=3)
+        assert result.to_json() == {"outcome": "applied", "reason": "ok", "inbox_id": 3}
+        assert result.recorded
+
+    def test_many_threads_share_one_intake(self, tracker: Tracker) -> None:
+        open_payment(tracker)
+        intake = WebhookIntake(tracker)
+        statuses: list[int] = []
+
+        def deliver(n: int) -> None:
+            for k in range(5):
+                body = event("pending", event_id=f"evnt_test_{n}_{k}")
+                statuses.append(intake.handle(body, {}).status)
+
+        threads = [threading.Thread(target=deliver, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert statuses == [200] * 30
+
+
+class _BrokenStore(SQLiteStore):
+    """A store whose writes fail after ``ok`` successful ones."""
+
+    ok = 0
+
+    def record(self, *args: Any, **kwargs: Any) -> Recorded:
+        if self.ok <= 0:
+            raise StoreError("event log write failed: disk I/O error")
+        self.ok -= 1
+        return super().record(*args, **kwargs)
+
+
+class TestStoreFailures:
+    """5xx only when nothing could be recorded."""
+
+    def test_nothing_recorded_is_500(self, db_path: Path, api: StubAPI) -> None:
+        with Tracker(_BrokenStore(db_path)) as broken:
+            intake = intake_for(broken, api)
+            body = event("successful")
+            result = intake.handle(body, signed(body))
+            assert (result.status, result.outcome, result.inbox_id) == (500, None, None)
+            refused = intake.handle(body, signed(body, (OTHER_SECRET,)))
+            assert refused.status == 500
+            oversized = intake.refuse_oversized({}, size=10**9, limit=1024)
+            assert (oversized.status, oversized.inbox_id) == (413, None)
+            assert api.calls == []
+
+    def test_webhook_recorded_but_refetch_not_is_200(self, db_path: Path, api: StubAPI) -> None:
+        store = _BrokenStore(db_path)
+        store.ok = 3  # the request, the create response, the webhook
+        with Tracker(store) as flaky:
+            open_payment(flaky, api)
+            body = event("successful")
+            result = intake_for(flaky, api).handle(body, signed(body))
+        assert result.status == 200
+        assert result.inbox_id is not None
+        assert "StoreError" in result.reason
+        assert api.calls == [CID]
+
+
+# ---------------------------------------------------------------- HTTP wrappers
+
+
+async def _asgi(app: ASGIApp, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        return await c.request(method, url, **kwargs)
+
+
+def asgi_call(app: ASGIApp, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    return asyncio.run(_asgi(app, method, url, **kwargs))
+
+
+class TestASGI:
+    """asgi_app driven through httpx.ASGITransport."""
+
+    def test_delivery(self, tracker: Tracker, api: StubAPI) -> None:
+        open_payment(tracker, api)
+        app = asgi_app(intake_for(tracker, api))
+        body = event("pending")
+        response = asgi_call(app, "POST", "/webhooks/omise", content=body, headers=signed(body))
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        payload = response.json()
+        assert set(payload) == {"outcome", "reason", "inbox_id"}
+        assert payload["outcome"] == "applied"
+        assert api.calls == [CID]
+
+    def test_forged_delivery(self, tracker: Tracker) -> None:
+        app = asgi_app(intake_for(tracker))
+        body = event("successful")
+        response = asgi_call(
+            app, "POST", "/webhooks/omise", content=body, headers=signed(body, (OTHER_SECRET,))
+        )
+        assert response.status_code == 401
+        assert response.json()["inbox_id"] == last_inbox(tracker).id
+
+    def test_routes(self, tracker: Tracker) -> None:
+        app = asgi_app(intake_for(tracker), path="/hooks")
+        ready = asgi_call(app, "GET", "/")
+        assert (ready.status_code, ready.json()) == (200, {"ready": True})
+        assert asgi_call(app, "GET", "/hooks").status_code == 405
+        assert asgi_call(app, "GET", "/hooks").headers["allow"] == "POST"
+        assert asgi_call(app, "POST", "/").status_code == 405
+        assert asgi_call(app, "POST", "/webhooks/omise").status_code == 404
+        assert asgi_call(app, "GET", "/nope").status_code == 404
+        assert inbox_rows(tracker) == []
+
+    def test_too_large_by_content_length(self, tracker: Tracker) -> None:
+        app = asgi_app(intake_for(tracker), max_body=100)
+        response = asgi_call(app, "POST", "/webhooks/omise", content=b"x" * 101)
+        assert response.status_code == 413
+        assert "not read, not stored" in response.json()["reason"]
+        row = last_inbox(tracker)
+        assert (row.outcome, row.raw()) == ("rejected", "")
+        assert "101 bytes" in row.reason
+
+    def test_too_large_while_streaming(self, tracker: Tracker) -> None:
+        app = asgi_app(intake_for(tracker), max_body=100)
+
+        async def chunks() -> Any:
+            for _ in range(5):
+                yield b"y" * 30
+
+        response = asgi_call(app, "POST", "/webhooks/omise", content=chunks())
+        assert response.status_code == 413
+        assert last_inbox(tracker).outcome == "rejected"
+
+    def test_lifespan(self, tracker: Tracker) -> None:
+        app = asgi_app(intake_for(tracker))
+        incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+        sent: list[Mapping[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return incoming.pop(0)
+
+        async def send(message: Mapping[str, Any]) -> None:
+            sent.append(message)
+
+        asyncio.run(app({"type": "lifespan"}, receive, send))  # type: ignore[arg-type]
+        assert [m["type"] for m in sent] == [
+            "lifespan.startup.complete",
+            "lifespan.shutdown.complete",
+        ]
+
+
+@pytest.fixture
+def server(tracker: Tracker, api: StubAPI) -> Iterator[WebhookServer]:
+    srv = serve(intake_for(tracker, api), "127.0.0.1", 0, max_body=4096)
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+class TestWSGI:
+    """wsgi_app behind the real threaded loopback receiver, and called directly."""
+
+    def test_serve_over_loopback(
+        self, server: WebhookServer, tracker: Tracker, api: StubAPI
+    ) -> None:
+        open_payment(tracker, api)
+        host, port = server.server_address[:2]
+        assert server.url == f"http://127.0.0.1:{port}"
+        assert host == "127.0.0.1"
+        with httpx.Client(base_url=server.url, timeout=5) as http:
+            assert http.get("/").json() == {"ready": True}
+            body = event("pending")
+            delivered = http.post("/webhooks/omise", content=body, headers=signed(body))
+            assert delivered.status_code == 200
+            assert delivered.json()["outcome"] == "applied"
+            again = http.post("/webhooks/omise", content=body, headers=signed(body))
+            assert again.json()["outcome"] == "duplicate"
+            forged = http.post(
+                "/webhooks/omise", content=body, headers=signed(body, (OTHER_SECRET,))
+            )
+            assert forged.status_code == 401
+            assert http.get("/webhooks/omise").status_code == 405
+            assert http.get("/elsewhere").status_code == 404
+            big = http.post("/webhooks/omise", content=b"z" * 5000)
+            assert big.status_code == 413
+            broken = http.post("/webhooks/omise", content=b"{oops", headers=signed(b"{oops"))
+            assert broken.status_code == 400
+        assert api.calls == [CID]
+
+    def _call(
+        self, app: Any, body: bytes, headers: Mapping[str, str], **environ: Any
+    ) -> tuple[str, dict[str, Any]]:
+        env: dict[str, Any] = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/webhooks/omise",
+            "wsgi.input": io.BytesIO(body),
+        }
+        setup_testing_defaults(env)
+        for name, value in headers.items():
+            key = name.upper().replace("-", "_")
+            env[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"] = value
+        env.update(environ)
+        status: list[str] = []
+        chunks = app(env, lambda s, h, exc_info=None: status.append(s))
+        return status[0], json.loads(b"".join(chunks))
+
+    def test_direct_call(self, tracker: Tracker, api: StubAPI) -> None:
+        open_payment(tracker, api)
+        app = wsgi_app(intake_for(tracker, api))
+        body = event("pending")
+        headers = {**signed(body), "Content-Length": str(len(body))}
+        status, payload = self._call(app, body, headers)
+        assert status == "200 OK"
+        assert payload["outcome"] == "applied"
+
+    def test_chunked_input_without_length(self, tracker: Tracker, api: StubAPI) -> None:
+        open_payment(tracker, api)
+        app = wsgi_app(intake_for(tracker, api), max_body=2048)
+        body = event("pending")
+        status, _ = self._call(app, body, signed(body), **{"wsgi.input_terminated": True})
+        assert status == "200 OK"
+        status, payload = self._call(app, b"q" * 4096, {}, **{"wsgi.input_terminated": True})
+        assert status.startswith("413")
+        assert payload["inbox_id"] == last_inbox(tracker).id
+
+
+class TestFromEnv:
+    """intake_from_env: what `kplus-fsm serve` builds."""
+
+    def test_everything_configured(self, tmp_path: Path) -> None:
+        db = tmp_path / "env.db"
+        seen: list[httpx.Request] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            return httpx.Response(
+                200, json=charge_json(payment_id=PID, charge_id=CID, status="successful")
+            )
+
+        env = {
+            "KPLUS_FSM_DB": str(db),
+            "OMISE_SECRET_KEY": SKEY,
+            "OMISE_PUBLIC_KEY": "pkey_test_5xpublic",
+            "OMISE_API_URL": "http://fake-omise.test",
+            "OMISE_WEBHOOK_SECRET": f"{SECRET}, {OLD_SECRET}",
+        }
+        intake = intake_from_env(env, transport=httpx.MockTransport(handler))
+        with intake:
+            assert isinstance(intake.client, OmiseClient)
+            assert intake.client.base_url == "http://fake-omise.test"
+            assert intake.require_signature
+            open_payment(intake.tracker)
+            body = event("successful")
+            result = intake.handle(body, signed(body, (OLD_SECRET,), at=time.time()))
+            assert result.status == 200
+            assert intake.tracker.get(PID).status is Status.SUCCESSFUL
+        assert str(seen[0].url) == f"http://fake-omise.test/charges/{CID}"
+        assert db.exists()
+        with pytest.raises(StoreError):
+            intake.tracker.find(PID)  # closed with the intake
+
+    def test_nothing_configured(self, tmp_path: Path) -> None:
+        db = tmp_path / "bare.db"
+        with intake_from_env({}, db=db) as intake:
+            assert intake.client is None
+            assert not intake.require_signature
+            assert intake.handle(b"{}", {}).status == 400
+        assert db.exists()
+
+    def test_db_argument_wins(self, tmp_path: Path) -> None:
+        with intake_from_env({"KPLUS_FSM_DB": str(tmp_path / "a.db")}, db=tmp_path / "b.db"):
+            pass
+        assert (tmp_path / "b.db").exists()
+        assert not (tmp_path / "a.db").exists()
+
+    def test_bad_secret_opens_nothing(self, tmp_path: Path) -> None:
+        db = tmp_path / "never.db"
+        with pytest.raises(ValueError, match="base64"):
+            intake_from_env({"OMISE_WEBHOOK_SECRET": "!!!"}, db=db)
+        assert not db.exists()
+
+
+# --------------------------------------------------------- integration examples
+
+
+def _load(name: str) -> ModuleType:
+    path = ROOT / "docs" / "integrations" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"kplus_docs_{name}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class TestIntegrationExamples:
+    """docs/integrations/*.py work as written."""
+
+    def test_flask(self, tracker: Tracker, api: StubAPI) -> None:
+        open_payment(tracker, api)
+        app = _load("flask_app").create_app(intake_for(tracker, api))
+        client = app.test_client()
+        body = event("pending")
+        response = client.post("/webhooks/omise", data=body, headers=signed(body))
+        assert response.status_code == 200
+        assert response.get_json()["outcome"] == "applied"
+        forged = client.post("/webhooks/omise", data=body, headers=signed(body, (OTHER_SECRET,)))
+        assert forged.status_code == 401
+        big = client.post("/webhooks/omise", data=b"x" * (2 << 20))
+        assert big.status_code == 413
+        assert client.get("/").get_json() == {"ready": True}
+        assert api.calls == [CID]
+
+    def test_fastapi(self, tracker: Tracker, api: StubAPI) -> None:
+        open_payment(tracker, api)
+        app = _load("fastapi_app").create_app(intake_for(tracker, api))
+        body = event("pending")
+        response = asgi_call(app, "POST", "/webhooks/omise", content=body, headers=signed(body))
+        assert response.status_code == 200
+        assert response.json()["outcome"] == "applied"
+        stale = asgi_call(
+            app, "POST", "/webhooks/omise", content=body, headers=signed(body, at=NOW - 3600)
+        )
+        assert stale.status_code == 400
+        big = asgi_call(app, "POST", "/webhooks/omise", content=b"x" * (2 << 20))
+        assert big.status_code == 413
+        assert asgi_call(app, "GET", "/").json() == {"ready": True}
+        assert api.calls == [CID]
+
+    def test_django(self, tracker: Tracker, api: StubAPI) -> None:
+        open_payment(tracker, api)
+        module = _load("django_app")
+        import django  # type: ignore[import-untyped]
+        from django.test import Client  # type: ignore[import-untyped]
+
+        django.setup()
+        module.set_intake(intake_for(tracker, api))
+        client = Client()
+        body = event("pending")
+        extra = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in signed(body).items()}
+        response = client.post(
+            "/webhooks/omise", data=body, content_type="application/json", **extra
+        )
+        assert response.status_code == 200
+        assert response.json()["outcome"] == "applied"
+        broken = client.post("/webhooks/omise", data=b"{", content_type="application/json")
+        assert broken.status_code == 400  # no signature headers: refused, recorded
+        assert client.get("/").json() == {"ready": True}
+        assert client.get("/webhooks/omise").status_code == 405
+        assert api.calls == [CID]
