@@ -1,0 +1,158 @@
+"""
+The fake Omise on a real socket: a standard-library ``ThreadingHTTPServer``
+whose handler converts each request to an ``httpx.Request``, asks the fake for
+its reply, and writes it back (or drops the connection, for the faults that
+say so).
+
+Private to :mod:`kplus_fsm.adapters.fake`, which re-exports :class:`FakeOmiseServer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from ._fake_objects import error_object, json_response
+
+if TYPE_CHECKING:
+    from .fake import FakeOmise
+
+_HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+
+
+def _read_chunked(handler: BaseHTTPRequestHandler) -> bytes:
+    body = bytearray()
+    while True:
+        line = handler.rfile.readline(65537)
+        size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            while handler.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                pass
+            return bytes(body)
+        body += handler.rfile.read(size)
+        handler.rfile.readline(65537)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "FakeOmise/1"
+    sys_version = ""
+    #: Seconds an idle keep-alive connection may wait for its next request.
+    timeout = 60
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: nothing about requests is printed (no secrets can leak there)."""
+
+    def _serve(self) -> None:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = _read_chunked(self)
+        else:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        host = self.headers.get("Host") or self.server.authority
+        try:
+            request = httpx.Request(
+                self.command,
+                f"http://{host}{self.path}",
+                headers=[(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS],
+                content=body,
+            )
+        except (httpx.InvalidURL, ValueError):
+            self._answer(json_response(error_object("bad_request", "malformed request"), 400))
+            return
+        try:
+            reply = self.server.fake._reply(request)
+        except Exception:
+            message = "the fake Omise failed to handle the request"
+            response: httpx.Response | None = json_response(
+                error_object("internal_error", message), 500
+            )
+        else:
+            stop = self.server.stopping
+            if reply.delay:
+                stop.wait(reply.delay)
+            response = reply.response
+            if response is None and reply.timeout:
+                stop.wait(reply.hang)
+        if response is None:
+            # Drop the connection without an answer.
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self._answer(response)
+
+    def _answer(self, response: httpx.Response) -> None:
+        content = response.read()
+        self.send_response(response.status_code)
+        for key, value in response.headers.multi_items():
+            if key.lower() not in _HOP_HEADERS:
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(content)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], fake: FakeOmise, *, ipv6: bool) -> None:
+        self.address_family = socket.AF_INET6 if ipv6 else socket.AF_INET
+        self.fake = fake
+        self.stopping = threading.Event()
+        super().__init__(address, _Handler)
+        host, port = str(self.server_address[0]), int(self.server_address[1])
+        self.authority = f"[{host}]:{port}" if ipv6 else f"{host}:{port}"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet when a client went away (a timed-out test client); loud otherwise."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
+class FakeOmiseServer:
+    """
+    A :class:`FakeOmise` served on a socket by a background thread.
+
+    ``url`` is the base URL to give clients (``http://127.0.0.1:PORT``, no
+    trailing slash). Use as a context manager, or call :meth:`close`.
+    Closing the server does not close the fake.
+    """
+
+    def __init__(self, fake: FakeOmise, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = _Server((host, port), fake, ipv6=":" in host)
+        self.url = f"http://{self._server.authority}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-omise-server",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop accepting, wake sleeping fault handlers, and close the socket."""
+        self._server.stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5.0)
+
+    def __enter__(self) -> FakeOmiseServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<FakeOmiseServer {self.url}>"
