@@ -1,23 +1,40 @@
 """
-The offline demo: real scenarios of K PLUS payments fed through the tracker
-into a real SQLite log, with Omise-shaped inputs built by :mod:`kplus_fsm.testing`.
+The demo, the README's first command: real K PLUS payment scenarios into a real
+SQLite log.
 
-It needs no network and no configuration. (When the adapters land, the demo
-runs the same scenarios over loopback HTTP against the fake Omise.)
+- :func:`run_demo` (``kplus-fsm demo``) starts the fake Omise and the webhook
+  receiver on loopback and drives everything over real HTTP: the tracker creates
+  charges through :class:`~kplus_fsm.adapters.omise.OmiseClient`, the fake sends
+  signed webhooks to the receiver, which records them and re-fetches the charge.
+- :func:`run_offline_demo` (``kplus-fsm demo --offline``) feeds Omise-shaped
+  inputs built by :mod:`kplus_fsm.testing` straight into the tracker: no sockets.
+
+Both need no configuration and no network beyond 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
+import json
 import secrets
+import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import attrs
+import httpx
 
 from ._model import Origin, Payment
 from ._tracker import Tracker, parse_time
+from .adapters.fake import FakeOmise, start_server
+from .adapters.fake import RetryPolicy as DeliveryRetry
+from .adapters.omise import OmiseClient
+from .adapters.omise import RetryPolicy as ReadRetry
+from .adapters.signatures import signature_headers
+from .adapters.webhooks import WebhookIntake, serve
 from .exceptions import MalformedInputError
 from .testing import FakeClock, charge_json, error_json, webhook_json
 
@@ -28,7 +45,7 @@ class Scenario:
     title: str
 
 
-def run_demo(path: Path, *, say: Callable[[str], None] = print) -> list[Scenario]:
+def run_offline_demo(path: Path, *, say: Callable[[str], None] = print) -> list[Scenario]:
     """
     Run every scenario into the log at ``path``; return them in order. Payment
     ids carry a run prefix, so running the demo again appends to the same log.
@@ -138,24 +155,8 @@ def run_demo(path: Path, *, say: Callable[[str], None] = print) -> list[Scenario
         for sc in scenarios:
             say("")
             print_payment(t, sc.payment_id, title=sc.title, say=say)
-        loose = [r for r in t.store.iter_inbox(first_input) if r.payment_id is None]
-        if loose:
-            say("")
-            say("== Inputs refused before they could be tied to a payment")
-            for row in loose:
-                say(
-                    f"   {row.received_at[11:19]}  in  #{row.id:<4} {row.kind:<32} "
-                    f"{row.outcome:<9} {row.reason}"
-                )
-        report = t.verify()
-        replay = t.replay()
-        say("")
-        verdict = "ok" if report.ok else report.problem
-        replayed = "no differences" if replay.ok else f"{len(replay.differences)} differences"
-        say(
-            f"Log verified: {verdict} ({report.inbox_rows} inputs, {report.events} events; "
-            f"head {report.events_head[:12]}); replay: {replayed}"
-        )
+        _print_loose(t, first_input, say)
+        _print_verdict(t, say)
     return scenarios
 
 
@@ -185,3 +186,173 @@ def print_payment(
             say(f"   {time}  in  #{entry.inbox_id:<4} {what:<32} {entry.outcome:<9} {entry.reason}")
         else:
             say(f"   {time}  ev  @{entry.position:<4} {entry.kind}")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_demo(path: Path, *, say: Callable[[str], None] = print) -> list[Scenario]:
+    """
+    Start the fake Omise and the webhook receiver on 127.0.0.1 and run every
+    scenario over real HTTP into the log at ``path``; return them in order.
+    """
+    secret_key = f"skey_test_{secrets.token_hex(12)}"
+    public_key = f"pkey_test_{secrets.token_hex(12)}"
+    webhook_secret = base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+    receiver_port = _free_port()
+    webhook_url = f"http://127.0.0.1:{receiver_port}/webhooks/omise"
+    scenarios: list[Scenario] = []
+    run = f"demo-{dt.datetime.now(dt.UTC).strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(2)}"
+    with contextlib.ExitStack() as stack:
+        fake = stack.enter_context(
+            FakeOmise(
+                secret_key=secret_key,
+                public_key=public_key,
+                webhook_url=webhook_url,
+                webhook_secrets=[webhook_secret],
+                retry=DeliveryRetry(max_attempts=3, backoff=0.05, max_backoff=0.2),
+            )
+        )
+        api = stack.enter_context(start_server(fake, host="127.0.0.1", port=0))
+        # One world, one clock: the tracker and the receiver read the fake's clock,
+        # which the demo moves forward to make charges expire.
+        tracker = stack.enter_context(Tracker(path, clock=fake.now))
+        first_input = tracker.store.head()["inbox_id"]
+        client = stack.enter_context(
+            OmiseClient(
+                secret_key=secret_key,
+                public_key=public_key,
+                base_url=api.url,
+                create_timeout=httpx.Timeout(5.0, read=3.0),
+                retry=ReadRetry(attempts=2, base_delay=0.05, max_delay=0.2),
+            )
+        )
+        intake = stack.enter_context(
+            WebhookIntake(
+                tracker,
+                client=client,
+                secrets=[webhook_secret],
+                now=lambda: fake.now().timestamp(),
+            )
+        )
+        receiver = serve(intake, "127.0.0.1", receiver_port)
+        stack.callback(receiver.server_close)
+        thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+        thread.start()
+        stack.callback(thread.join, 5)
+        stack.callback(receiver.shutdown)
+        browser = stack.enter_context(httpx.Client(timeout=5.0))
+        say(f"fake Omise on {api.url}; webhook receiver on {webhook_url}")
+
+        def pay(name: str, title: str, amount: int = 35_000) -> str:
+            pid = f"{run}-{name}"
+            scenarios.append(Scenario(pid, title))
+            tracker.create_charge(
+                client,
+                payment_id=pid,
+                amount=amount,
+                currency="THB",
+                return_uri="https://shop.example/orders/return",
+                platform_type="IOS",
+            )
+            fake.flush()
+            return pid
+
+        def charge_id(pid: str) -> str:
+            cid = tracker.get(pid).charge_id
+            assert cid is not None
+            return cid
+
+        def buyer(pid: str, action: str, failure_code: str | None = None) -> None:
+            """The buyer approves or declines on the authorize page (the K PLUS app)."""
+            uri = tracker.get(pid).authorize_uri
+            assert uri is not None
+            form = {"action": action}
+            if failure_code is not None:
+                form["failure_code"] = failure_code
+            browser.post(uri, data=form)
+            fake.flush()
+
+        # 1. The happy path; Omise delivers the completion webhook twice.
+        pid = pay("paid", "buyer approves in K PLUS; the webhook arrives twice")
+        fake.duplicate_next(times=2)
+        buyer(pid, "approve")
+
+        # 2. Declined for lack of funds.
+        pid = pay("declined", "the buyer's account has insufficient funds")
+        buyer(pid, "decline", failure_code="insufficient_fund")
+
+        # 3. Reordered: charge.complete is delivered before charge.create.
+        fake.hold_webhooks()
+        pid = pay("reordered", "webhooks delivered out of order")
+        buyer(pid, "approve")
+        fake.release_webhooks("reversed")
+        fake.flush()
+
+        # 4. The create times out after Omise made the charge, and the search that
+        #    should settle it fails too: reconciliation settles it later.
+        fake.inject_fault("POST /charges", "commit_then_drop")
+        fake.inject_fault("GET /search", "error", status=503)
+        fake.drop_next()  # and its charge.create webhook is lost
+        pid = pay("timeout", "the create call is cut off; reconciliation finds the charge")
+        tracker.reconcile(client)
+        buyer(pid, "approve")
+
+        # 5. The completion webhook is lost; reconciliation reads the charge.
+        pid = pay("lost", "the completion webhook never arrives; reconciliation reads it")
+        fake.drop_next()
+        buyer(pid, "approve")
+        tracker.reconcile(client, pending_threshold=dt.timedelta(0))
+
+        # 6. A forged webhook claims success: refused (401), recorded, no change.
+        pid = pay("forged", "a forged webhook claims success; later the charge expires")
+        forged = charge_json(
+            payment_id=pid, charge_id=charge_id(pid), status="successful", amount=35_000
+        )
+        body = json.dumps(webhook_json(forged)).encode()
+        wrong = base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+        headers = signature_headers(body, [wrong], int(fake.now().timestamp()))
+        browser.post(webhook_url, content=body, headers=headers)
+
+        # 7. The buyer never opens K PLUS: ten minutes later the charge expires.
+        pay("expired", "the buyer never approves; Omise expires the charge")
+        fake.advance_clock(dt.timedelta(minutes=11))
+        fake.flush()
+
+        # 8. Omise refuses the create outright.
+        fake.inject_fault("POST /charges", "error", status=400, code="invalid_charge")
+        pay("refused", "Omise refuses the create (a definite failure)")
+
+        for sc in scenarios:
+            say("")
+            print_payment(tracker, sc.payment_id, title=sc.title, say=say)
+        _print_loose(tracker, first_input, say)
+        _print_verdict(tracker, say)
+    return scenarios
+
+
+def _print_loose(t: Tracker, first_input: int, say: Callable[[str], None]) -> None:
+    loose = [r for r in t.store.iter_inbox(first_input) if r.payment_id is None]
+    if loose:
+        say("")
+        say("== Inputs refused before they could be tied to a payment")
+        for row in loose:
+            say(
+                f"   {row.received_at[11:19]}  in  #{row.id:<4} {row.kind:<32} "
+                f"{row.outcome:<9} {row.reason}"
+            )
+
+
+def _print_verdict(t: Tracker, say: Callable[[str], None]) -> None:
+    report = t.verify()
+    replay = t.replay()
+    verdict = "ok" if report.ok else report.problem
+    replayed = "no differences" if replay.ok else f"{len(replay.differences)} differences"
+    say("")
+    say(
+        f"Log verified: {verdict} ({report.inbox_rows} inputs, {report.events} events; "
+        f"head {report.events_head[:12]}); replay: {replayed}"
+    )

@@ -135,16 +135,37 @@ class Result:
         }
 
 
-def _rejected(reason: str, payment_id: str | None = None) -> Callable[[Payment | None], Decision]:
+def _rejected(
+    reason: str, payment_id: str | None = None, charge_id: str | None = None
+) -> Callable[[Payment | None], Decision]:
     def decide_rejected(payment: Payment | None) -> Decision:
         return Decision(
             outcome=Outcome.REJECTED,
             reason=reason,
             payment_id=payment_id,
-            charge_id=payment.charge_id if payment is not None else None,
+            charge_id=charge_id or (payment.charge_id if payment is not None else None),
         )
 
     return decide_rejected
+
+
+def _claimed_ids(body: bytes | str) -> tuple[str | None, str | None, str | None]:
+    """The (event id, charge id, payment id) an untrusted body claims, if readable."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        return None, None, None
+    if not isinstance(obj, dict):
+        return None, None, None
+    data = obj.get("data")
+    data = data if isinstance(data, dict) else {}
+    metadata = data.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+
+    def text(value: object) -> str | None:
+        return value[:128] if isinstance(value, str) and value else None
+
+    return text(obj.get("id")), text(data.get("id")), text(metadata.get("payment_id"))
 
 
 def _safe_headers(headers: Mapping[str, str] | None) -> str | None:
@@ -393,20 +414,26 @@ class Tracker:
         reason: str,
     ) -> Result:
         """
-        Record a delivery the intake refused before parsing (a bad signature, a
-        stale timestamp): the raw body and the reason, outcome ``rejected``.
+        Record a delivery the intake refused before trusting it (a bad signature,
+        a stale timestamp): the raw body and the reason, outcome ``rejected``.
+
+        The ids the body *claims* (event id, charge id, ``metadata.payment_id``)
+        are read leniently and stored with the row, so the refusal shows in that
+        payment's timeline; nothing in the body is applied.
         """
         raw_body, encoding = _codec.encode_body(body)
+        event_id, charge_id, payment_id = _claimed_ids(body)
         rec = self._commit(
             InboxDraft(
                 kind=InputKind.WEBHOOK,
                 body=raw_body,
                 body_encoding=encoding,
                 origin="webhook",
+                external_id=event_id,
                 headers=_safe_headers(headers),
                 verification=verification,
             ),
-            _rejected(reason),
+            _rejected(reason, payment_id, charge_id),
             payment_id=None,
         )
         return self._finish(rec)

@@ -11,6 +11,7 @@ Exit codes: 0 success; 1 a check found a problem (``verify``, ``replay
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -21,11 +22,17 @@ from typing import Any, NoReturn
 import click
 import structlog
 
-from . import __version__
-from ._demo import print_payment, run_demo
+from . import __version__, validate_payment_request
+from ._demo import print_payment, run_demo, run_offline_demo
+from ._model import Outcome, Status
 from ._store import SQLiteStore
 from ._tracker import Tracker, format_time, parse_time
-from .exceptions import KplusFSMError, PaymentNotFoundError, StoreError
+from .adapters.fake import run_server as run_fake_server
+from .adapters.omise import DEFAULT_BASE_URL as DEFAULT_API_URL
+from .adapters.omise import OmiseClient
+from .adapters.webhooks import intake_from_env
+from .adapters.webhooks import serve as serve_webhooks
+from .exceptions import InvalidInputError, KplusFSMError, PaymentNotFoundError, StoreError
 
 EXIT_PROBLEM = 1
 EXIT_NOT_FOUND = 3
@@ -99,15 +106,22 @@ def cli(verbose: int) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the demo's event log (appended to if it exists).",
 )
-def demo(db: Path) -> None:
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Feed the inputs straight into the tracker: no fake API, no sockets.",
+)
+def demo(db: Path, offline: bool) -> None:
     """
     Run real K PLUS payment scenarios into a SQLite event log and print each
-    payment's timeline: paid, declined, expired, reordered and duplicated
-    webhooks, a forged webhook, a create timeout settled by reconciliation, a
-    refused create and a late correction.
+    payment's timeline. Starts the fake Omise and the webhook receiver on
+    127.0.0.1 and drives them over real HTTP: a paid charge with a duplicated
+    webhook, a decline (insufficient_fund), reordered webhooks, a create cut off
+    and settled by reconciliation, a lost webhook, a forged webhook, an expiry,
+    and a refused create. Needs no configuration.
     """
     try:
-        scenarios = run_demo(db)
+        scenarios = (run_offline_demo if offline else run_demo)(db, say=click.echo)
     except KplusFSMError as exc:
         _fail(str(exc), EXIT_STORE)
     click.echo("")
@@ -250,6 +264,221 @@ def replay(db: Path, check: bool, as_json: bool) -> None:
             click.echo("no differences")
     if check and not report.ok:
         sys.exit(EXIT_PROBLEM)
+
+
+def _client_from_env() -> OmiseClient:
+    secret_key = os.environ.get("OMISE_SECRET_KEY")
+    if not secret_key:
+        _fail("OMISE_SECRET_KEY is not set: the Opn secret key is needed to create charges", 2)
+    return OmiseClient(
+        secret_key=secret_key,
+        public_key=os.environ.get("OMISE_PUBLIC_KEY") or None,
+        base_url=os.environ.get("OMISE_API_URL") or DEFAULT_API_URL,
+    )
+
+
+def _open_rw(db: Path) -> Tracker:
+    try:
+        return Tracker(db)
+    except KplusFSMError as exc:
+        _fail(str(exc), EXIT_STORE)
+
+
+@cli.command()
+@db_option
+@click.option("--payment-id", required=True, help="Your id for this payment (1-64 safe chars).")
+@click.option("--amount", required=True, type=int, help="In satang: 35000 is THB 350.00.")
+@click.option("--currency", default="THB", show_default=True)
+@click.option("--platform-type", default=None, help="IOS or ANDROID (the buyer's device).")
+@click.option("--return-uri", required=True, help="Where K PLUS sends the buyer back.")
+@json_option
+def pay(
+    db: Path,
+    payment_id: str,
+    amount: int,
+    currency: str,
+    platform_type: str | None,
+    return_uri: str,
+    as_json: bool,
+) -> None:
+    """
+    Create a K PLUS charge through the tracker and print where to send the buyer.
+
+    The API is configured from the environment: OMISE_SECRET_KEY (required),
+    OMISE_PUBLIC_KEY, OMISE_API_URL. Paying an existing payment id again never
+    creates a second charge: with the same parameters it prints the existing
+    payment; with other parameters it is an error (exit 1). Exit 1 also when Omise
+    refused the charge or its outcome is unknown (`kplus-fsm reconcile` settles it).
+    """
+    fields: dict[str, Any] = {
+        "payment_id": payment_id,
+        "amount": amount,
+        "currency": currency,
+        "platform_type": platform_type,
+        "return_uri": return_uri,
+    }
+    try:
+        validate_payment_request(**fields)
+    except InvalidInputError as exc:
+        _fail(f"invalid payment: {exc.reason}", 2)
+    with _client_from_env() as client, _open_rw(db) as tracker:
+        try:
+            result = tracker.create_charge(client, **fields)
+        except InvalidInputError as exc:  # pragma: no cover - validated above
+            _fail(f"invalid payment: {exc.reason}", 2)
+        except StoreError as exc:
+            _fail(str(exc), EXIT_STORE)
+    payment = result.payment
+    assert payment is not None
+    out = {
+        "payment_id": payment.payment_id,
+        "charge_id": payment.charge_id,
+        "status": payment.status.value,
+        "authorize_uri": payment.authorize_uri,
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "failure_code": payment.failure_code,
+        "create_unknown": payment.create_unknown,
+        "outcome": result.outcome.value,
+        "reason": result.reason,
+    }
+    if as_json:
+        _echo_json(out)
+    else:
+        for key in ("payment_id", "charge_id", "status", "authorize_uri"):
+            click.echo(f"{key:<14} {out[key] if out[key] is not None else '-'}")
+        if result.outcome is not Outcome.APPLIED:
+            click.echo(f"{'note':<14} {result.outcome.value}: {result.reason}")
+    if result.outcome is Outcome.REJECTED:
+        click.echo(f"kplus-fsm: {result.reason}", err=True)
+        sys.exit(EXIT_PROBLEM)
+    if payment.status is Status.FAILED or payment.create_unknown:
+        sys.exit(EXIT_PROBLEM)
+
+
+@cli.command()
+@db_option
+@click.option("--limit", default=100, show_default=True, help="At most this many payments.")
+@click.option(
+    "--pending-minutes",
+    default=30,
+    show_default=True,
+    help="Also re-read pending charges not updated for this long.",
+)
+@json_option
+def reconcile(db: Path, limit: int, pending_minutes: int, as_json: bool) -> None:
+    """
+    Re-read every charge pending past its expires_at (or for too long) and
+    settle every create whose outcome is unknown. Run it from cron. Exit 1 when
+    a read failed or Omise rate-limited the run. API from OMISE_SECRET_KEY,
+    OMISE_API_URL.
+    """
+    if not db.exists():
+        _fail(f"no database at {db}", EXIT_STORE)
+    with _client_from_env() as client, _open_rw(db) as tracker:
+        report = tracker.reconcile(
+            client, limit=limit, pending_threshold=dt.timedelta(minutes=pending_minutes)
+        )
+    if as_json:
+        _echo_json(report.to_json())
+    else:
+        click.echo(
+            f"checked {report.checked}, changed {report.changed}, errors {report.errors}"
+            + (
+                f"; rate limited (retry after {report.retry_after} s)"
+                if report.rate_limited
+                else ""
+            )
+        )
+        for item in report.items:
+            click.echo(
+                f"  {item.payment_id:<32} {item.action:<10} {item.from_status or '-':>10} -> "
+                f"{item.to_status or '-':<10} {item.reason}"
+            )
+    if report.errors or report.rate_limited:
+        sys.exit(EXIT_PROBLEM)
+
+
+@cli.command()
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(db: Path, host: str, port: int) -> None:
+    """
+    Run the webhook receiver: POST /webhooks/omise (GET / answers when ready).
+    Configured from the environment: OMISE_WEBHOOK_SECRET (base64; several,
+    comma-separated, while rolling), OMISE_SECRET_KEY and OMISE_API_URL (to
+    re-fetch each charge), KPLUS_FSM_DB (--db wins).
+    """
+    try:
+        intake = intake_from_env(os.environ, db=db)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    except KplusFSMError as exc:
+        _fail(str(exc), EXIT_STORE)
+    try:
+        server = serve_webhooks(intake, host, port)
+    except OSError as exc:
+        intake.close()
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_STORE)
+    click.echo(f"kplus-fsm: receiving webhooks on {server.url}/webhooks/omise (db {db})")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        intake.close()
+
+
+@cli.command("fake-omise")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option(
+    "--secret-key", required=True, help="The secret key clients must use (skey_test_...)."
+)
+@click.option("--public-key", required=True, help="The public key (pkey_test_...).")
+@click.option("--webhook-url", default=None, help="Where to POST webhook events.")
+@click.option(
+    "--webhook-secret", default=None, help="Base64 secret to sign webhooks with (Omise-Signature)."
+)
+@click.option(
+    "--charge-minutes",
+    default=10,
+    show_default=True,
+    type=int,
+    help="How long a charge stays pending before it expires.",
+)
+def fake_omise(
+    host: str,
+    port: int,
+    secret_key: str,
+    public_key: str,
+    webhook_url: str | None,
+    webhook_secret: str | None,
+    charge_minutes: int,
+) -> None:
+    """
+    Serve a fake Opn (Omise) API for integration tests: sources, charges, events,
+    search, the test-mode mark_as_paid / mark_as_failed / expire, an authorize
+    page, signed webhooks, and test controls under /_fake/. GET / answers when
+    ready. Serves until Ctrl-C.
+    """
+    try:
+        run_fake_server(
+            host,
+            port,
+            secret_key=secret_key,
+            public_key=public_key,
+            webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
+            charge_lifetime=dt.timedelta(minutes=charge_minutes),
+            announce=lambda url: click.echo(f"fake Omise listening on {url} (Ctrl-C to stop)"),
+        )
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_STORE)
 
 
 def main() -> None:

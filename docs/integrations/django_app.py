@@ -26,6 +26,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
+
 from kplus_fsm.adapters.webhooks import MAX_BODY, WebhookIntake, intake_from_env
 
 if not settings.configured:

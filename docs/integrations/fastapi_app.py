@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+
 from kplus_fsm.adapters.webhooks import MAX_BODY, WebhookIntake, intake_from_env
 
 

@@ -14,8 +14,9 @@ and the headers to :class:`WebhookIntake`, and answers with the status it chose.
 from __future__ import annotations
 
 from flask import Flask, Response, jsonify, request
-from kplus_fsm.adapters.webhooks import MAX_BODY, WebhookIntake, intake_from_env
 from werkzeug.exceptions import RequestEntityTooLarge
+
+from kplus_fsm.adapters.webhooks import MAX_BODY, WebhookIntake, intake_from_env
 
 
 def create_app(intake: WebhookIntake | None = None) -> Flask:
