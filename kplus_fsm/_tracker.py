@@ -246,34 +246,16 @@ class Tracker:
                 request = PaymentRequest.create(**fields)
             except InvalidPaymentRequestError as exc:
                 pid = fields.get("payment_id")
-                rec = self._commit(
-                    InboxDraft(
-                        kind=InputKind.PAYMENT_REQUEST,
-                        body=_codec.dumps(_jsonable(fields)),
-                        body_encoding="json",
-                        origin="merchant",
-                    ),
-                    _rejected(exc.reason, pid if isinstance(pid, str) else None),
-                    payment_id=None,
+                # Keeps the reason as recorded (with "got ...").
+                exc.inbox_id = self._refuse_request(
+                    fields, exc.reason, pid if isinstance(pid, str) else None
                 )
-                self._finish(rec)
-                exc.inbox_id = rec.inbox.id  # keeps the reason as recorded (with "got ...")
                 raise exc from None
             except TypeError as exc:
                 # An unexpected or missing field: recorded like any other refused input.
                 reason = f"payment request: {exc}"
-                rec = self._commit(
-                    InboxDraft(
-                        kind=InputKind.PAYMENT_REQUEST,
-                        body=_codec.dumps(_jsonable(fields)),
-                        body_encoding="json",
-                        origin="merchant",
-                    ),
-                    _rejected(reason),
-                    payment_id=None,
-                )
-                self._finish(rec)
-                raise InvalidInputError(reason, inbox_id=rec.inbox.id) from None
+                inbox_id = self._refuse_request(fields, reason, None)
+                raise InvalidInputError(reason, inbox_id=inbox_id) from None
         return self._apply(
             request,
             InboxDraft(
@@ -523,6 +505,23 @@ class Tracker:
         )
 
     # ------------------------------------------------------------------ machinery
+
+    def _refuse_request(
+        self, fields: Mapping[str, Any], reason: str, payment_id: str | None
+    ) -> int:
+        """Record a payment request that could not be built; return its inbox id."""
+        rec = self._commit(
+            InboxDraft(
+                kind=InputKind.PAYMENT_REQUEST,
+                body=_codec.dumps(_jsonable(fields)),
+                body_encoding="json",
+                origin="merchant",
+            ),
+            _rejected(reason, payment_id),
+            payment_id=None,
+        )
+        self._finish(rec)
+        return rec.inbox.id
 
     def _refuse(
         self, draft: InboxDraft, exc: InvalidInputError, *, payment_id: str | None = None
