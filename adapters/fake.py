@@ -83,6 +83,7 @@ import binascii
 import datetime as dt
 import hmac
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -437,8 +438,11 @@ class FakeOmise:
         advance = getattr(self._clock, "advance", None)
         if advance is None:
             raise TypeError("the injected clock cannot be advanced; advance it and call tick()")
-        advance(step)
-        return self.tick()
+        # Hold the ledger while the clock moves, so the background sweeper cannot
+        # expire the charges between the two steps (and the ids are reported here).
+        with self._ledger.lock:
+            advance(step)
+            return self.tick()
 
     def tick(self) -> list[str]:
         """Expire the pending charges whose ``expires_at`` has passed; return their ids."""
@@ -601,6 +605,10 @@ def run_server(
         webhook_secrets=[webhook_secret] if webhook_secret else [],
         charge_lifetime=charge_lifetime,
         seed=seed,
+        # A receiver in another process reads the wall clock: sign with it, so that
+        # moving the fake's clock forward (/_fake/clock/advance) does not make every
+        # later delivery look "from the future".
+        signature_time=time.time,
     )
     waiter = stop if stop is not None else threading.Event()
     try:
