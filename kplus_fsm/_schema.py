@@ -117,6 +117,122 @@ def _initial(db: sqlite_utils.Database) -> None:
             )
 
 
+@migrations(name="0002_views")
+def _views(db: sqlite_utils.Database) -> None:
+    """
+    Read-only views for sqlite-utils and Datasette users (the same answers as
+    ``kplus-fsm show``, ``list --stuck``, ``anomalies`` and ``stats``), and the
+    indexes that keep those questions fast on a large log. Views and indexes hold
+    no data of their own: the hash chains and the triggers are untouched.
+    """
+    db.execute("CREATE INDEX payments_created ON payments (created_at)")
+    db.execute("CREATE INDEX inbox_kind ON inbox (kind, outcome, received_at)")
+    db.execute("CREATE INDEX events_kind ON events (kind, stream)")
+    db.execute(
+        """
+        CREATE VIEW timeline AS
+        SELECT i.payment_id AS payment_id, 'input' AS type, i.id AS inbox_id,
+               NULL AS position, i.received_at AS at, i.kind AS kind, i.origin AS origin,
+               i.verification AS verification, i.outcome AS outcome, i.reason AS reason,
+               i.external_id AS external_id, i.charge_id AS charge_id,
+               NULL AS version, NULL AS data
+          FROM inbox i
+         WHERE i.payment_id IS NOT NULL
+        UNION ALL
+        SELECT p.payment_id, 'input', i.id, NULL, i.received_at, i.kind, i.origin,
+               i.verification, i.outcome, i.reason, i.external_id, i.charge_id, NULL, NULL
+          FROM inbox i JOIN payments p ON p.charge_id = i.charge_id
+         WHERE i.payment_id IS NULL
+        UNION ALL
+        SELECT e.stream, 'event', e.causation, e.position, e.recorded_at, e.kind, NULL,
+               NULL, NULL, NULL, NULL, NULL, e.version, e.data
+          FROM events e
+        """
+    )
+    db.execute(
+        """
+        CREATE VIEW stuck_payments AS
+        SELECT payment_id, status, amount, currency, charge_id, expires_at, create_unknown,
+               flags, created_at, updated_at,
+               CASE WHEN status = 'created' THEN 'create outcome unknown'
+                    ELSE 'pending past expires_at' END AS reason
+          FROM payments
+         WHERE (status = 'pending' AND expires_at <= strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+            OR (status = 'created' AND create_unknown = 1)
+        """
+    )
+    db.execute(
+        """
+        CREATE VIEW anomalies AS
+        SELECT i.received_at AS at,
+               CASE
+                   WHEN i.outcome = 'duplicate' THEN 'duplicate_delivery'
+                   WHEN i.outcome = 'conflict' THEN 'conflict'
+                   WHEN i.outcome = 'unknown' AND i.kind = 'create_unknown'
+                       THEN 'create_unknown'
+                   WHEN i.outcome = 'unknown' THEN 'unknown'
+                   WHEN i.reason LIKE 'signature refused: the signature timestamp is % s %'
+                       THEN 'stale_timestamp'
+                   WHEN i.reason LIKE 'signature refused:%' THEN 'bad_signature'
+                   WHEN i.reason LIKE '%mismatch%'
+                     OR i.reason LIKE '%already exists with different parameters%'
+                       THEN 'mismatch'
+                   WHEN i.reason LIKE 'body too large%' THEN 'oversized'
+                   WHEN i.kind = 'refund_request' THEN 'refund_refused'
+                   WHEN i.reason = 'no such payment' THEN 'unknown_payment'
+                   WHEN i.kind = 'payment_request' THEN 'invalid_request'
+                   ELSE 'malformed'
+               END AS category,
+               coalesce(i.payment_id, (SELECT p.payment_id FROM payments p
+                                        WHERE p.charge_id = i.charge_id
+                                        ORDER BY p.created_at LIMIT 1)) AS payment_id,
+               i.charge_id AS charge_id, i.id AS inbox_id, NULL AS position, i.kind AS kind,
+               i.origin AS origin, i.external_id AS external_id,
+               i.verification AS verification, i.outcome AS outcome, i.reason AS reason
+          FROM inbox i
+         WHERE i.outcome IN ('conflict', 'rejected', 'unknown')
+            OR (i.outcome = 'duplicate' AND i.kind = 'webhook')
+        UNION ALL
+        SELECT e.recorded_at, 'correction', e.stream, i.charge_id, e.causation, e.position,
+               i.kind, i.origin, i.external_id, i.verification, i.outcome, i.reason
+          FROM events e JOIN inbox i ON i.id = e.causation
+         WHERE e.kind = 'charge.corrected'
+        """
+    )
+    db.execute(
+        """
+        CREATE VIEW webhook_lag AS
+        WITH seen AS (
+            SELECT stream,
+                   coalesce(min(CASE WHEN kind = 'charge.pending' THEN recorded_at END),
+                            min(recorded_at)) AS charge_created_at,
+                   min(CASE WHEN kind IN ('charge.successful', 'charge.failed',
+                                          'charge.expired') THEN position END) AS completion
+              FROM events
+             WHERE kind IN ('payment.requested', 'charge.pending', 'charge.successful',
+                            'charge.failed', 'charge.expired')
+             GROUP BY stream
+        )
+        SELECT s.stream AS payment_id, e.kind AS completion, i.origin AS via,
+               s.charge_created_at AS charge_created_at,
+               e.recorded_at AS completion_received_at,
+               round((julianday(e.recorded_at) - julianday(s.charge_created_at)) * 86400.0, 3)
+                   AS lag_seconds
+          FROM seen s
+          JOIN events e ON e.position = s.completion
+          JOIN inbox i ON i.id = e.causation
+        """
+    )
+    db.execute(
+        """
+        CREATE VIEW payment_stats AS
+        SELECT status, failure_code, count(*) AS payments, sum(amount) AS amount
+          FROM payments
+         GROUP BY status, failure_code
+        """
+    )
+
+
 KNOWN: Final = frozenset(m.name for m in migrations._migrations)
 TRIGGERS: Final = frozenset(
     f"{t}_no_{op}" for t in APPEND_ONLY_TABLES for op in ("update", "delete")

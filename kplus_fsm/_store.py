@@ -19,7 +19,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
@@ -37,6 +37,7 @@ T = TypeVar("T")
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
 _MAX_ATTEMPTS: Final = 50
+_PROGRESS_EVERY: Final = 5000
 
 
 @attrs.frozen(kw_only=True)
@@ -473,6 +474,19 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"event log read failed: {exc}") from exc
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """
+        Run one read-only ``SELECT`` (values only as ``params``, never in ``sql``)
+        and return its rows. The incident queries of ``kplus-fsm`` use it.
+
+        Raises:
+            ValueError: ``sql`` is not a ``SELECT`` (or ``WITH`` ... ``SELECT``).
+            StoreError: the read failed.
+        """
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            raise ValueError("query() runs SELECT statements only")
+        return self._read(partial(self._rows, sql, tuple(params)))
+
     def stream(self, payment_id: str, *, until: str | None = None) -> list[StoredEvent]:
         """A payment's events in order (only those recorded at or before ``until``)."""
         sql = f"SELECT {', '.join(_codec.EVENT_COLUMNS)} FROM events WHERE stream = ?"
@@ -620,15 +634,16 @@ class SQLiteStore:
 
     # --------------------------------------------------------------------- audit
 
-    def verify(self) -> VerifyReport:
+    def verify(self, *, progress: Callable[[int], None] | None = None) -> VerifyReport:
         """
         Check the hash chains of ``inbox`` and ``events`` row by row, that the
         append-only triggers are present, and the schema version. Streams.
+        ``progress(n)`` is called after each batch with the rows it checked.
         """
         with self._lock:
-            return self._verify()
+            return self._verify(progress)
 
-    def _verify(self) -> VerifyReport:
+    def _verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
         counts = {"inbox": 0, "events": 0}
         heads = {"inbox": _codec.GENESIS, "events": _codec.GENESIS}
         version = _schema.schema_version(self.db)
@@ -688,25 +703,32 @@ class SQLiteStore:
                     heads[table] = computed
                     counts[table] += 1
                     expected_key += 1
+                if progress is not None:
+                    progress(len(rows))
                 if len(rows) < 2000:
                     break
                 after = rows[-1][0]
         return report(None)
 
-    def replay(self, *, repair: bool = False) -> ReplayReport:
+    def replay(
+        self, *, repair: bool = False, progress: Callable[[int], None] | None = None
+    ) -> ReplayReport:
         """
         Rebuild every payment's projection from its events (streamed, one stream
         at a time) and compare it with the stored ``payments`` row. With
         ``repair=True`` the differing rows are rewritten from the events, in one
-        transaction.
+        transaction. ``progress(n)`` is called every few thousand events with
+        the events folded since the last call.
 
         Raises:
             IntegrityError: an event cannot be folded (unknown kind, broken stream).
         """
         with self._lock:
-            return self._replay(repair=repair)
+            return self._replay(repair=repair, progress=progress)
 
-    def _replay(self, *, repair: bool) -> ReplayReport:
+    def _replay(
+        self, *, repair: bool, progress: Callable[[int], None] | None = None
+    ) -> ReplayReport:
         differences: list[ReplayDifference] = []
         rebuilt: list[Payment] = []
         n_events = n_payments = 0
@@ -742,7 +764,11 @@ class SQLiteStore:
                 current = evolve(current, event)
                 expected_version += 1
                 n_events += 1
+                if progress is not None and n_events % _PROGRESS_EVERY == 0:
+                    progress(_PROGRESS_EVERY)
             finish(current)
+            if progress is not None and n_events % _PROGRESS_EVERY:
+                progress(n_events % _PROGRESS_EVERY)
             orphans = self.conn.execute(
                 "SELECT payment_id FROM payments WHERE payment_id NOT IN "
                 "(SELECT DISTINCT stream FROM events)"

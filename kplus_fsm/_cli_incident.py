@@ -1,0 +1,762 @@
+"""
+The on-call and audit commands of ``kplus-fsm``: ``show``, ``list``,
+``anomalies``, ``stats``, ``export``, ``checkpoint``, ``verify`` and ``replay``.
+
+Registered on the :data:`kplus_fsm.cli.cli` group when :mod:`kplus_fsm.cli` is
+imported. Everything here except ``replay`` (without ``--check``) opens the
+database read-only (``mode=ro``, ``query_only``): the file is left byte for byte
+as it was. Every command prints an aligned table for people and, with
+``--json``, an object for machines. Exit codes: 0 ok; 1 a check found a problem
+(``verify``, ``replay --check``, ``checkpoint`` of a log that does not verify);
+2 usage (a bad option, time or checkpoint); 3 no such payment; 4 the database
+cannot be read.
+
+Long work (``verify``, ``replay``, ``checkpoint``, ``export --output``) shows a
+progress bar on stderr when run in a terminal, never with ``--json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import click
+
+from . import _queries
+from ._model import Payment, Status
+from ._store import SQLiteStore, TimelineEntry, VerifyReport
+from ._tracker import Tracker, format_time, utc_now
+from .cli import (
+    EXIT_NOT_FOUND,
+    EXIT_PROBLEM,
+    EXIT_STORE,
+    _echo_json,
+    _fail,
+    cli,
+    db_option,
+    json_option,
+)
+from .exceptions import KplusFSMError, PaymentNotFoundError, StoreError
+
+EXIT_USAGE = 2
+
+if TYPE_CHECKING:
+    _TextParam = click.ParamType[str, str]
+else:  # click < 8.2 has no type parameters
+    _TextParam = click.ParamType
+
+
+class TimeParam(_TextParam):
+    """ISO-8601, ``now``, or a time ago (``-30m``, ``-2h``, ``-7d``), as the stored string."""
+
+    name = "TIME"
+
+    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return _queries.parse_when(value, now=utc_now())
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+TIME = TimeParam()
+
+since_option = click.option(
+    "--since",
+    type=TIME,
+    default=None,
+    help="Only from this time on (ISO-8601, or ago: -30m, -2h, -7d).",
+)
+
+
+def _open(db: Path) -> SQLiteStore:
+    """The log at ``db``, read-only; exit 4 when it cannot be read."""
+    if not db.exists():
+        _fail(f"no database at {db}", EXIT_STORE)
+    try:
+        return SQLiteStore(db, read_only=True)
+    except KplusFSMError as exc:
+        _fail(str(exc), EXIT_STORE)
+
+
+@contextlib.contextmanager
+def _reading(db: Path) -> Iterator[SQLiteStore]:
+    """Open ``db`` read-only; a read that fails half-way exits 4, never a traceback."""
+    store = _open(db)
+    try:
+        yield store
+    except StoreError as exc:
+        _fail(str(exc), EXIT_STORE)
+    finally:
+        store.close()
+
+
+def _interactive(as_json: bool = False) -> bool:
+    """Whether to draw progress bars: a person at a terminal, not --json."""
+    return not as_json and sys.stdout.isatty() and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A ``click.progressbar`` on stderr when ``enabled``; else a no-op ``update``."""
+    if not enabled or total <= 0:
+        yield lambda _n: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+def _table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    indent: str = "",
+    *,
+    right: Sequence[int] = (),
+) -> list[str]:
+    """Aligned columns for people; the columns numbered in ``right`` are right-aligned."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        out = []
+        for i, cell in enumerate(cells):
+            if i in right:
+                out.append(cell.rjust(widths[i]))
+            else:
+                out.append(cell if i == len(cells) - 1 else cell.ljust(widths[i]))
+        return (indent + "  ".join(out)).rstrip()
+
+    return [line(headers), *(line(r) for r in rows)]
+
+
+def _short_time(stored: str | None) -> str:
+    """``2026-03-01T10:00:05.123456Z`` as ``2026-03-01T10:00:05Z`` (UTC)."""
+    if not stored:
+        return "-"
+    return stored[:19] + "Z" if len(stored) > 19 else stored
+
+
+def _baht(satang: int) -> str:
+    return f"{satang / 100:,.2f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours:02d}h"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate * 100:.1f}%"
+
+
+# -------------------------------------------------------------------------- show
+
+
+def _event_detail(entry: TimelineEntry) -> str:
+    data = entry.data if isinstance(entry.data, dict) else {}
+    kind = entry.kind
+    if kind == "payment.requested":
+        return f"{_baht(int(data.get('amount', 0)))} {data.get('currency', '')}".strip()
+    if kind == "charge.create_unknown":
+        return str(data.get("reason", ""))
+    if kind == "charge.create_failed":
+        return f"{data.get('code')}: {data.get('message') or ''}".rstrip(": ")
+    if kind == "webhook.accepted":
+        return f"{data.get('key')} {data.get('event_id')} (claims {data.get('status')})"
+    status = data.get("status")
+    text = f"{data.get('from', '')} -> {status}" if data.get("from") else f"-> {status}"
+    if data.get("failure_code"):
+        text += f" ({data['failure_code']})"
+    if data.get("origin"):
+        text += f" by {data['origin']}"
+    return text
+
+
+def _source(entry: TimelineEntry) -> str:
+    origin = entry.origin or ""
+    verification = entry.verification or ""
+    if verification and verification != "not_applicable":
+        short = verification if len(verification) <= 24 else verification[:21] + "..."
+        return f"{origin} ({short})" if origin else short
+    return origin
+
+
+def _timeline_rows(timeline: Sequence[TimelineEntry]) -> list[list[str]]:
+    rows = []
+    for e in timeline:
+        if e.type == "input":
+            rows.append(
+                [
+                    _short_time(e.at),
+                    f"in #{e.inbox_id}",
+                    e.kind,
+                    _source(e),
+                    e.outcome or "",
+                    e.reason or "",
+                ]
+            )
+        else:
+            rows.append([_short_time(e.at), f"ev @{e.position}", e.kind, "", "", _event_detail(e)])
+    return rows
+
+
+def _print_payment(
+    payment: Payment, timeline: Sequence[TimelineEntry], *, as_of: str | None, stuck: str | None
+) -> None:
+    head = f"== {payment.payment_id}: {payment.status.value.upper()}"
+    if as_of is not None:
+        head += f" as of {as_of}"
+    click.echo(head)
+    failure = "-"
+    if payment.failure_code:
+        failure = payment.failure_code
+        if payment.failure_message:
+            failure += f": {payment.failure_message}"
+    flags = sorted(payment.flags)
+    if payment.create_unknown:
+        flags.insert(0, "create_unknown")
+    fields = [
+        ("amount", f"{_baht(payment.amount)} {payment.currency}"),
+        ("payment_id", payment.payment_id),
+        ("charge_id", payment.charge_id or "-"),
+        ("authorize_uri", payment.authorize_uri or "-"),
+        ("expires_at", payment.expires_at or "-"),
+        ("failure", failure),
+        ("flags", ", ".join(flags) or "-"),
+        ("stuck", stuck or "no"),
+        ("created_at", _short_time(payment.created_at)),
+        ("updated_at", _short_time(payment.updated_at)),
+        ("version", str(payment.version)),
+    ]
+    for key, value in fields:
+        click.echo(f"   {key:<14} {value}")
+    click.echo("")
+    rows = _timeline_rows(timeline)
+    for text in _table(("TIME (UTC)", "ROW", "KIND", "SOURCE", "OUTCOME", "REASON"), rows, "   "):
+        click.echo(text)
+
+
+@cli.command()
+@click.argument("payment_or_charge_id")
+@db_option
+@click.option(
+    "--as-of",
+    "as_of",
+    type=TIME,
+    default=None,
+    help="The payment as it stood at this time (ISO-8601, or ago: -2h).",
+)
+@json_option
+def show(payment_or_charge_id: str, db: Path, as_of: str | None, as_json: bool) -> None:
+    """
+    Show a payment (by payment id or charge id): state, amount, ids,
+    authorize_uri, failure, expires_at, flags, and the timeline (every input
+    with its time, source, outcome and reason, each followed by its events).
+    """
+    with _reading(db) as store:
+        t = Tracker(store)
+        try:
+            current = t.get(payment_or_charge_id)
+        except PaymentNotFoundError as exc:
+            _fail(str(exc), EXIT_NOT_FOUND)
+        payment = current if as_of is None else t.state_as_of(current.payment_id, as_of)
+        timeline = t.timeline(current.payment_id, as_of=as_of)
+    when = dt.datetime.fromisoformat(as_of) if as_of is not None else utc_now()
+    stuck = _queries.stuck_reason(payment, now=when) if payment is not None else None
+    if as_json:
+        out: dict[str, Any] = {
+            "payment_id": current.payment_id,
+            "charge_id": current.charge_id,
+            "as_of": as_of,
+            "exists": payment is not None,
+        }
+        if payment is not None:
+            out.update(payment.to_json())
+        out["stuck"] = stuck
+        out["timeline"] = [e.to_json() for e in timeline]
+        _echo_json(out)
+        return
+    if payment is None:
+        click.echo(f"{current.payment_id} did not exist yet at {as_of}")
+        return
+    _print_payment(payment, timeline, as_of=as_of, stuck=stuck)
+
+
+# -------------------------------------------------------------------------- list
+
+
+@cli.command("list")
+@db_option
+@click.option(
+    "--status",
+    type=click.Choice([s.value for s in Status]),
+    default=None,
+    help="Only payments in this state.",
+)
+@click.option(
+    "--stuck",
+    is_flag=True,
+    help="Only stuck payments: pending past expires_at, or create outcome unknown.",
+)
+@since_option
+@click.option("--until", type=TIME, default=None, help="Only created up to this time.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="At most this many payments (newest first).",
+)
+@json_option
+def list_payments(
+    db: Path,
+    status: str | None,
+    stuck: bool,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """
+    List payments, newest first: their state, amount, charge, times, flags, and
+    why they are stuck. --since and --until filter on when the payment was created.
+    """
+    now = utc_now()
+    with _reading(db) as store:
+        listed, more = _queries.list_payments(
+            store, now=now, status=status, stuck=stuck, since=since, until=until, limit=limit
+        )
+    if as_json:
+        _echo_json(
+            {
+                "count": len(listed),
+                "limit": limit,
+                "truncated": more,
+                "payments": [item.to_json() for item in listed],
+            }
+        )
+        return
+    if not listed:
+        click.echo("no payments match")
+        return
+    rows = []
+    for item in listed:
+        p = item.payment
+        notes = sorted(p.flags)
+        if item.stuck:
+            notes.insert(0, f"STUCK: {item.stuck}")
+        rows.append(
+            [
+                p.payment_id,
+                p.status.value,
+                _baht(p.amount),
+                p.charge_id or "-",
+                _short_time(p.created_at),
+                _short_time(p.updated_at),
+                p.expires_at or "-",
+                p.failure_code or "-",
+                "; ".join(notes),
+            ]
+        )
+    headers = (
+        "PAYMENT",
+        "STATUS",
+        "AMOUNT (THB)",
+        "CHARGE",
+        "CREATED (UTC)",
+        "UPDATED",
+        "EXPIRES_AT",
+        "FAILURE",
+        "NOTES",
+    )
+    for text in _table(headers, rows, right=(2,)):
+        click.echo(text)
+    tail = _plural(len(listed), "payment")
+    if more:
+        tail += f" (the newest {limit}; more with --limit)"
+    click.echo(tail)
+
+
+# --------------------------------------------------------------------- anomalies
+
+
+@cli.command("anomalies")
+@db_option
+@since_option
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="At most this many rows (newest first); the counts cover them all.",
+)
+@json_option
+def anomalies_cmd(db: Path, since: str | None, limit: int, as_json: bool) -> None:
+    """
+    Conflicts, corrections, rejected inputs (bad signature, stale timestamp,
+    malformed body, mismatches), unknown outcomes and duplicate deliveries,
+    newest first, each with its payment, time and reason.
+    """
+    with _reading(db) as store:
+        found, counts = _queries.anomalies(store, since=since, limit=limit)
+    if as_json:
+        _echo_json(
+            {
+                "since": since,
+                "count": sum(counts.values()),
+                "by_category": counts,
+                "anomalies": [a.to_json() for a in found],
+            }
+        )
+        return
+    if not found:
+        click.echo("no anomalies" + (f" since {since}" if since else ""))
+        return
+    rows = [
+        [
+            _short_time(a.at),
+            a.category,
+            a.payment_id or "-",
+            f"#{a.inbox_id}" + (f" @{a.position}" if a.position is not None else ""),
+            a.kind + (f"/{a.origin}" if a.origin and a.origin not in ("merchant", a.kind) else ""),
+            a.reason,
+        ]
+        for a in found
+    ]
+    for text in _table(("TIME (UTC)", "CATEGORY", "PAYMENT", "ROW", "INPUT", "REASON"), rows):
+        click.echo(text)
+    total = sum(counts.values())
+    shown = f"{len(found)} of {total}" if total > len(found) else str(total)
+    summary = ", ".join(f"{c} {n}" for c, n in counts.items())
+    noun = "anomaly" if total == 1 else "anomalies"
+    click.echo(f"{shown} {noun}" + (f" since {since}" if since else "") + f": {summary}")
+
+
+# ------------------------------------------------------------------------- stats
+
+
+@cli.command("stats")
+@db_option
+@since_option
+@json_option
+def stats_cmd(db: Path, since: str | None, as_json: bool) -> None:
+    """
+    Payments by status and by failure code, conversion, webhook lag (charge
+    created -> completion received) percentiles, duplicate and rejection rates.
+    --since counts the payments created, and the inputs received, from then on.
+    """
+    with _reading(db) as store:
+        out = _queries.stats(store, since=since)
+    if as_json:
+        _echo_json(out)
+        return
+    total = out["payments"]
+    click.echo(f"payments created {'since ' + since if since else 'ever'}: {total:,}")
+    rows = [
+        [
+            status,
+            f"{v['payments']:,}",
+            _pct(v["payments"] / total if total else None),
+            _baht(v["amount"]),
+        ]
+        for status, v in out["by_status"].items()
+    ]
+    for text in _table(
+        ("STATUS", "PAYMENTS", "SHARE", "AMOUNT (THB)"), rows, "  ", right=(1, 2, 3)
+    ):
+        click.echo(text)
+    if out["by_failure_code"]:
+        click.echo("")
+        codes = [[code, f"{n:,}"] for code, n in out["by_failure_code"].items()]
+        for text in _table(("FAILURE CODE", "PAYMENTS"), codes, "  ", right=(1,)):
+            click.echo(text)
+    conv = out["conversion"]
+    lag = out["webhook_lag_seconds"]
+    hooks = out["webhooks"]
+    inputs = out["inputs"]
+    click.echo("")
+    click.echo(
+        f"conversion    {_pct(conv['of_ended'])} of ended payments successful "
+        f"({conv['successful']:,} of {conv['ended']:,}); {_pct(conv['of_all'])} of all; "
+        f"{conv['open']:,} still open"
+    )
+    click.echo(
+        "webhook lag   "
+        + "  ".join(f"p{p} {_duration(lag[f'p{p}'])}" for p in _queries.PERCENTILES)
+        + f"  max {_duration(lag['max'])}"
+        + f"  (charge created -> completion received, over {lag['completions']:,} "
+        "approvals and declines announced by a webhook)"
+    )
+    by_source = ", ".join(f"{k} {v:,}" for k, v in out["completions_by_source"].items())
+    click.echo(f"completions   by source: {by_source or '-'}")
+    click.echo(
+        f"webhooks      {hooks['deliveries']:,} deliveries; duplicates {hooks['duplicates']:,} "
+        f"({_pct(hooks['duplicate_rate'])}); rejected {hooks['rejected']:,} "
+        f"({_pct(hooks['rejection_rate'])})"
+    )
+    click.echo(
+        f"inputs        {inputs['total']:,}; rejected {inputs['rejected']:,} "
+        f"({_pct(inputs['rejection_rate'])})"
+    )
+
+
+# ------------------------------------------------------------------------ export
+
+
+def _write_export(
+    rows: Iterator[dict[str, Any]], out: IO[str], fmt: str, update: Callable[[int], None]
+) -> int:
+    n = 0
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=_queries.EXPORT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+            n += 1
+            if n % 1000 == 0:
+                update(1000)
+    else:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
+            out.write("\n")
+            n += 1
+            if n % 1000 == 0:
+                update(1000)
+    update(n % 1000)
+    return n
+
+
+@cli.command("export")
+@db_option
+@since_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    default="jsonl",
+    show_default=True,
+    help="JSON lines, or CSV with every stored column of both tables.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    default=Path("-"),
+    show_default="stdout",
+    help="Write to this file instead of stdout.",
+)
+def export(db: Path, since: str | None, fmt: str, output: Path) -> None:
+    """
+    Stream the audit trail: every input and every event as stored (with its
+    hash), in commit order, each input followed by the events it caused.
+    Constant memory whatever the size of the log.
+    """
+    with _reading(db) as store:
+        bounds = _queries.export_bounds(store)
+        rows = _queries.iter_audit(store, since=since, bounds=bounds)
+        if str(output) == "-":
+            try:
+                _write_export(rows, sys.stdout, fmt, lambda _n: None)
+                sys.stdout.flush()
+            except BrokenPipeError:  # `kplus-fsm export | head`: the reader left
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            return
+        with (
+            output.open("w", encoding="utf-8", newline="") as out,
+            _progress("export", bounds[0] + bounds[1], _interactive()) as update,
+        ):
+            n = _write_export(rows, out, fmt, update)
+    click.echo(f"exported {n} rows to {output}", err=True)
+
+
+# -------------------------------------------------------------- verify, checkpoint
+
+
+def _verify(store: SQLiteStore, *, bar: bool) -> VerifyReport:
+    head = store.head()
+    total = int(head["inbox_id"]) + int(head["event_position"])
+    with _progress("verify", total, bar) as update:
+        return store.verify(progress=update)
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--checkpoint",
+    "checkpoint_arg",
+    metavar="FILE_OR_JSON",
+    default=None,
+    help="Also prove the log still holds the prefix of this checkpoint "
+    "(a file written by `kplus-fsm checkpoint --json`, or the JSON itself).",
+)
+@json_option
+def verify(db: Path, checkpoint_arg: str | None, as_json: bool) -> None:
+    """
+    Check the hash chains, the append-only triggers and the schema version; exit
+    1 naming the first bad row. With --checkpoint, also check that the log still
+    holds the exact prefix the checkpoint anchors.
+    """
+    cp = None
+    if checkpoint_arg is not None:
+        try:
+            cp = _queries.load_checkpoint(checkpoint_arg)
+        except ValueError as exc:
+            _fail(str(exc), EXIT_USAGE)
+    with _reading(db) as store:
+        report = _verify(store, bar=_interactive(as_json))
+        problem, table, row_id = report.problem, report.table, report.row_id
+        cp_problem = None
+        if report.ok and cp is not None:
+            cp_problem = _queries.check_checkpoint(store, cp)
+            if cp_problem is not None:
+                problem, table, row_id = cp_problem.problem, cp_problem.table, cp_problem.row_id
+    ok = problem is None
+    if as_json:
+        _echo_json(
+            {
+                "ok": ok,
+                "inbox_rows": report.inbox_rows,
+                "events": report.events,
+                "inbox_head": report.inbox_head,
+                "events_head": report.events_head,
+                "schema_version": report.schema_version,
+                "problem": problem,
+                "table": table,
+                "row_id": row_id,
+                "checkpoint": cp.to_json() if cp is not None else None,
+                "checkpoint_ok": None if cp is None or not report.ok else cp_problem is None,
+            }
+        )
+    elif ok:
+        click.echo(
+            f"ok: {report.inbox_rows} inputs and {report.events} events match the hash chain; "
+            f"schema {report.schema_version}; events head {report.events_head}"
+        )
+        if cp is not None:
+            click.echo(
+                f"ok: the log still holds the checkpoint of {cp.created_at or 'unknown time'} "
+                f"(inbox row {cp.inbox_id}, events row {cp.event_position}); "
+                f"{report.inbox_rows - cp.inbox_id} inputs and "
+                f"{report.events - cp.event_position} events appended since"
+            )
+    else:
+        click.echo(f"FAILED: {problem}")
+    if not ok:
+        sys.exit(EXIT_PROBLEM)
+
+
+@cli.command()
+@db_option
+@json_option
+def checkpoint(db: Path, as_json: bool) -> None:
+    """
+    Verify the log, then print its position and head hashes: keep them outside
+    the database (a ticket, a log line, an email to the auditor). Later,
+    `kplus-fsm verify --checkpoint` proves the log still holds that exact prefix.
+    """
+    with _reading(db) as store:
+        report = _verify(store, bar=_interactive(as_json))
+    if not report.ok:
+        _fail(f"the log does not verify, so no checkpoint: {report.problem}", EXIT_PROBLEM)
+    cp = _queries.Checkpoint(
+        inbox_id=report.inbox_rows,
+        inbox_hash=report.inbox_head,
+        event_position=report.events,
+        event_hash=report.events_head,
+        schema_version=report.schema_version,
+        created_at=format_time(utc_now()),
+    )
+    if as_json:
+        _echo_json(cp.to_json())
+        return
+    click.echo(f"checkpoint of {db} (verified first):")
+    for key, value in cp.to_json().items():
+        click.echo(f"  {key:<15} {value}")
+    click.echo("Keep this line outside the database (a ticket, a log line, an email):")
+    click.echo(json.dumps(cp.to_json(), separators=(",", ":")))
+    click.echo(f"Later: kplus-fsm verify --db {db} --checkpoint '<that line>'")
+
+
+# ------------------------------------------------------------------------ replay
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Only compare (read-only); exit 1 and list every difference.",
+)
+@json_option
+def replay(db: Path, check: bool, as_json: bool) -> None:
+    """Rebuild the payments projection from the events and compare it."""
+    if check:
+        store = _open(db)
+    else:
+        if not db.exists():
+            _fail(f"no database at {db}", EXIT_STORE)
+        try:
+            store = SQLiteStore(db)
+        except KplusFSMError as exc:
+            _fail(str(exc), EXIT_STORE)
+    with store:
+        total = int(store.head()["event_position"])
+        try:
+            with _progress("replay", total, _interactive(as_json)) as update:
+                report = store.replay(repair=not check, progress=update)
+        except KplusFSMError as exc:
+            _fail(str(exc), EXIT_PROBLEM)
+    diffs = [
+        {"payment_id": d.payment_id, "field": d.field, "stored": d.stored, "replayed": d.replayed}
+        for d in report.differences
+    ]
+    if as_json:
+        _echo_json(
+            {
+                "ok": report.ok,
+                "events": report.events,
+                "payments": report.payments,
+                "differences": diffs,
+                "repaired": report.repaired,
+            }
+        )
+    else:
+        click.echo(f"replayed {report.events} events into {report.payments} payments")
+        for d in diffs:
+            click.echo(
+                f"  {d['payment_id']}: {d['field']}: stored {d['stored']!r}, "
+                f"replayed {d['replayed']!r}"
+            )
+        if report.repaired:
+            click.echo(f"repaired {len(diffs)} differences from the events")
+        elif report.ok:
+            click.echo("no differences")
+    if check and not report.ok:
+        sys.exit(EXIT_PROBLEM)
+
+
+__all__ = ["TIME", "TimeParam"]

@@ -1,0 +1,610 @@
+"""
+The incident and audit queries behind ``kplus-fsm list``, ``anomalies``,
+``stats``, ``export`` and ``checkpoint``.
+
+Read-only SQL over the store's connection (:meth:`SQLiteStore.query`); every
+value is a parameter, and the only text ever joined into a statement is one of
+the constant fragments below. The queries read the base tables, not the views
+of migration ``0002_views``, so that a log opened read-only before that
+migration answers too; ``tests/test_cli_incident.py`` checks that the views and
+these queries give the same answers.
+
+One time parser for every ``--since``, ``--until`` and ``--as-of``:
+:func:`parse_when` (ISO-8601, or relative to now such as ``-2h``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from . import _codec
+from ._model import Payment, Status
+from ._store import INBOX_COLUMNS, SQLiteStore
+from ._tracker import format_time, parse_time
+
+# ------------------------------------------------------------------------ times
+
+_RELATIVE: Final = re.compile(r"-?\s*(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_when(text: str, *, now: dt.datetime) -> str:
+    """
+    A time given by a person, in the stored form (UTC, microseconds, ``Z``).
+
+    Accepts ISO-8601 (``2026-03-01T10:00:00Z``, ``2026-03-01 17:00+07:00``,
+    ``2026-03-01``; no offset means UTC), ``now``, or a time relative to ``now``:
+    a number and a unit ``s``, ``m``, ``h``, ``d`` or ``w``, with or without a
+    leading ``-`` (``-2h``, ``30m`` and ``-7d`` all mean "ago").
+
+    Raises:
+        ValueError: anything else; the message says what is accepted.
+    """
+    raw = text.strip()
+    if raw.lower() == "now":
+        return format_time(now)
+    match = _RELATIVE.fullmatch(raw)
+    if match is not None:
+        seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
+        return format_time(now - dt.timedelta(seconds=seconds))
+    try:
+        return format_time(parse_time(raw))
+    except (ValueError, OverflowError):
+        raise ValueError(
+            f"not a time: {text!r} (use ISO-8601 such as 2026-03-01T10:00:00Z, "
+            "or a time ago such as -30m, -2h, -7d)"
+        ) from None
+
+
+def omise_time(when: dt.datetime) -> str:
+    """``when`` in Omise's ``expires_at`` form (``YYYY-MM-DDTHH:MM:SSZ``)."""
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------- payments
+
+STUCK_PENDING: Final = "pending past expires_at"
+STUCK_CREATE_UNKNOWN: Final = "create outcome unknown"
+
+_PAYMENT_SELECT: Final = f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments"
+_STUCK_SQL: Final = (
+    "((status = 'pending' AND expires_at <= ?) OR (status = 'created' AND create_unknown = 1))"
+)
+
+
+def stuck_reason(payment: Payment, *, now: dt.datetime) -> str | None:
+    """Why ``payment`` is stuck at ``now`` (the ``list --stuck`` rule), or ``None``."""
+    if payment.status is Status.CREATED and payment.create_unknown:
+        return STUCK_CREATE_UNKNOWN
+    if (
+        payment.status is Status.PENDING
+        and payment.expires_at is not None
+        and payment.expires_at <= omise_time(now)
+    ):
+        return STUCK_PENDING
+    return None
+
+
+@attrs.frozen(kw_only=True)
+class Listed:
+    """One payment of ``kplus-fsm list``, and why it is stuck (if it is)."""
+
+    payment: Payment
+    stuck: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.payment.to_json(), "stuck": self.stuck}
+
+
+def list_payments(
+    store: SQLiteStore,
+    *,
+    now: dt.datetime,
+    status: str | None = None,
+    stuck: bool = False,
+    since: str | None = None,
+    until: str | None = None,
+    limit: int = 50,
+) -> tuple[list[Listed], bool]:
+    """
+    Payments, newest first (by ``created_at``), filtered by status, stuckness
+    (pending past ``expires_at``, or a create whose outcome is unknown) and
+    creation time (``since`` <= ``created_at`` <= ``until``, stored form).
+    Returns at most ``limit`` and whether there were more.
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    if status is not None:
+        where.append("status = ?")
+        params.append(status)
+    if stuck:
+        where.append(_STUCK_SQL)
+        params.append(omise_time(now))
+    if since is not None:
+        where.append("created_at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("created_at <= ?")
+        params.append(until)
+    sql = _PAYMENT_SELECT
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY created_at DESC, payment_id DESC LIMIT ?"
+    params.append(limit + 1)
+    rows = store.query(sql, params)
+    listed = []
+    for row in rows[:limit]:
+        payment = _codec.payment_from_row(row)
+        listed.append(Listed(payment=payment, stuck=stuck_reason(payment, now=now)))
+    return listed, len(rows) > limit
+
+
+# --------------------------------------------------------------------- anomalies
+
+#: How an inbox row is classified; the ``anomalies`` view of 0002_views has the
+#: same expression, frozen (a test checks that both classify every row alike).
+ANOMALY_CATEGORY_SQL: Final = """CASE
+    WHEN i.outcome = 'duplicate' THEN 'duplicate_delivery'
+    WHEN i.outcome = 'conflict' THEN 'conflict'
+    WHEN i.outcome = 'unknown' AND i.kind = 'create_unknown' THEN 'create_unknown'
+    WHEN i.outcome = 'unknown' THEN 'unknown'
+    WHEN i.reason LIKE 'signature refused: the signature timestamp is % s %'
+        THEN 'stale_timestamp'
+    WHEN i.reason LIKE 'signature refused:%' THEN 'bad_signature'
+    WHEN i.reason LIKE '%mismatch%'
+      OR i.reason LIKE '%already exists with different parameters%' THEN 'mismatch'
+    WHEN i.reason LIKE 'body too large%' THEN 'oversized'
+    WHEN i.kind = 'refund_request' THEN 'refund_refused'
+    WHEN i.reason = 'no such payment' THEN 'unknown_payment'
+    WHEN i.kind = 'payment_request' THEN 'invalid_request'
+    ELSE 'malformed'
+END"""
+
+ANOMALY_CATEGORIES: Final = (
+    "conflict",
+    "correction",
+    "bad_signature",
+    "stale_timestamp",
+    "malformed",
+    "mismatch",
+    "unknown",
+    "create_unknown",
+    "duplicate_delivery",
+    "unknown_payment",
+    "invalid_request",
+    "oversized",
+    "refund_refused",
+)
+
+ANOMALY_COLUMNS: Final = (
+    "at",
+    "category",
+    "payment_id",
+    "charge_id",
+    "inbox_id",
+    "position",
+    "kind",
+    "origin",
+    "external_id",
+    "verification",
+    "outcome",
+    "reason",
+)
+
+
+def _anomaly_sql(since: str | None) -> tuple[str, list[Any]]:
+    inbox_since = " AND i.received_at >= ?" if since is not None else ""
+    event_since = " AND e.recorded_at >= ?" if since is not None else ""
+    sql = f"""
+        SELECT i.received_at AS at, {ANOMALY_CATEGORY_SQL} AS category,
+               coalesce(i.payment_id, (SELECT p.payment_id FROM payments p
+                                        WHERE p.charge_id = i.charge_id
+                                        ORDER BY p.created_at LIMIT 1)) AS payment_id,
+               i.charge_id AS charge_id, i.id AS inbox_id, NULL AS position, i.kind AS kind,
+               i.origin AS origin, i.external_id AS external_id,
+               i.verification AS verification, i.outcome AS outcome, i.reason AS reason
+          FROM inbox i
+         WHERE (i.outcome IN ('conflict', 'rejected', 'unknown')
+                OR (i.outcome = 'duplicate' AND i.kind = 'webhook')){inbox_since}
+        UNION ALL
+        SELECT e.recorded_at, 'correction', e.stream, i.charge_id, e.causation, e.position,
+               i.kind, i.origin, i.external_id, i.verification, i.outcome, i.reason
+          FROM events e JOIN inbox i ON i.id = e.causation
+         WHERE e.kind = 'charge.corrected'{event_since}
+    """
+    return sql, [since, since] if since is not None else []
+
+
+@attrs.frozen(kw_only=True)
+class Anomaly:
+    """One anomaly: a refused, conflicting or unplaceable input, a duplicate, a correction."""
+
+    at: str
+    category: str
+    payment_id: str | None
+    charge_id: str | None
+    inbox_id: int
+    position: int | None
+    kind: str
+    origin: str | None
+    external_id: str | None
+    verification: str
+    outcome: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def anomalies(
+    store: SQLiteStore, *, since: str | None = None, limit: int = 100
+) -> tuple[list[Anomaly], dict[str, int]]:
+    """
+    The newest ``limit`` anomalies (received at or after ``since``), and the
+    count of every category over the whole window.
+    """
+    sql, params = _anomaly_sql(since)
+    rows = store.query(f"{sql} ORDER BY inbox_id DESC, position DESC LIMIT ?", [*params, limit])
+    counts = store.query(
+        f"SELECT category, count(*) FROM ({sql}) GROUP BY category ORDER BY 2 DESC, 1", params
+    )
+    found = [Anomaly(**dict(zip(ANOMALY_COLUMNS, r, strict=True))) for r in rows]
+    return found, {str(c): int(n) for c, n in counts}
+
+
+# ------------------------------------------------------------------------- stats
+
+_LAG_SQL: Final = """
+    WITH seen AS (
+        SELECT stream,
+               coalesce(min(CASE WHEN kind = 'charge.pending' THEN recorded_at END),
+                        min(recorded_at)) AS charge_created_at,
+               min(CASE WHEN kind IN ('charge.successful', 'charge.failed',
+                                      'charge.expired') THEN position END) AS completion
+          FROM events
+         WHERE kind IN ('payment.requested', 'charge.pending', 'charge.successful',
+                        'charge.failed', 'charge.expired'){since}
+         GROUP BY stream
+    )
+    SELECT i.origin, e.kind,
+           round((julianday(e.recorded_at) - julianday(s.charge_created_at)) * 86400.0, 3)
+      FROM seen s
+      JOIN events e ON e.position = s.completion
+      JOIN inbox i ON i.id = e.causation
+"""
+_LAG_SINCE: Final = " AND stream IN (SELECT payment_id FROM payments WHERE created_at >= ?)"
+
+#: Where a completion came from when a webhook announced it: the intake's
+#: re-fetch after the delivery, or the delivery's own payload.
+WEBHOOK_ORIGINS: Final = frozenset({"refetch", "webhook"})
+#: The completions the lag percentiles cover: the buyer's approval or the bank's
+#: decline. An expiry comes when the charge's lifetime ends, whatever the webhooks do.
+LAG_COMPLETIONS: Final = frozenset({"charge.successful", "charge.failed"})
+
+PERCENTILES: Final = (50, 90, 95, 99)
+
+
+def percentile(ordered: Sequence[float], pct: float) -> float | None:
+    """The nearest-rank percentile of an ascending sequence (``None`` if empty)."""
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def stats(store: SQLiteStore, *, since: str | None = None) -> dict[str, Any]:
+    """
+    Payments (created at or after ``since``) by status and by failure code,
+    conversion, webhook lag percentiles, and the duplicate and rejection rates of
+    the inputs (received at or after ``since``). A JSON-ready dict.
+    """
+    p_where = " WHERE created_at >= ?" if since is not None else ""
+    i_where = " WHERE received_at >= ?" if since is not None else ""
+    params = [since] if since is not None else []
+    by_status: dict[str, dict[str, int]] = {s.value: {"payments": 0, "amount": 0} for s in Status}
+    for status, n, amount in store.query(
+        f"SELECT status, count(*), coalesce(sum(amount), 0) FROM payments{p_where} GROUP BY status",
+        params,
+    ):
+        by_status[status] = {"payments": int(n), "amount": int(amount)}
+    codes = store.query(
+        "SELECT coalesce(failure_code, '-'), count(*) FROM payments WHERE status = 'failed'"
+        + (" AND created_at >= ?" if since is not None else "")
+        + " GROUP BY 1 ORDER BY 2 DESC, 1",
+        params,
+    )
+    total = sum(v["payments"] for v in by_status.values())
+    successful = by_status["successful"]["payments"]
+    ended = sum(by_status[s.value]["payments"] for s in Status if s.is_terminal)
+    inputs: dict[str, dict[str, int]] = {}
+    for kind, outcome, n in store.query(
+        f"SELECT kind, outcome, count(*) FROM inbox{i_where} GROUP BY kind, outcome", params
+    ):
+        inputs.setdefault(kind, {})[outcome] = int(n)
+    n_inputs = sum(sum(v.values()) for v in inputs.values())
+    rejected = sum(v.get("rejected", 0) for v in inputs.values())
+    hooks = inputs.get("webhook", {})
+    n_hooks = sum(hooks.values())
+    lags: list[float] = []
+    via: dict[str, int] = {}
+    for origin, completion, seconds in store.query(
+        _LAG_SQL.format(since=_LAG_SINCE if since is not None else ""), params
+    ):
+        via[origin] = via.get(origin, 0) + 1
+        if origin in WEBHOOK_ORIGINS and completion in LAG_COMPLETIONS and seconds is not None:
+            lags.append(float(seconds))
+    lags.sort()
+    lag: dict[str, Any] = {"completions": len(lags)}
+    for pct in PERCENTILES:
+        lag[f"p{pct}"] = percentile(lags, pct)
+    lag["max"] = lags[-1] if lags else None
+    return {
+        "since": since,
+        "payments": total,
+        "by_status": by_status,
+        "by_failure_code": {str(c): int(n) for c, n in codes},
+        "conversion": {
+            "successful": successful,
+            "ended": ended,
+            "open": total - ended,
+            "of_ended": _rate(successful, ended),
+            "of_all": _rate(successful, total),
+        },
+        "webhook_lag_seconds": lag,
+        "completions_by_source": dict(sorted(via.items())),
+        "inputs": {
+            "total": n_inputs,
+            "rejected": rejected,
+            "rejection_rate": _rate(rejected, n_inputs),
+            "by_kind": {k: dict(sorted(v.items())) for k, v in sorted(inputs.items())},
+        },
+        "webhooks": {
+            "deliveries": n_hooks,
+            "duplicates": hooks.get("duplicate", 0),
+            "duplicate_rate": _rate(hooks.get("duplicate", 0), n_hooks),
+            "rejected": hooks.get("rejected", 0),
+            "rejection_rate": _rate(hooks.get("rejected", 0), n_hooks),
+        },
+    }
+
+
+# ------------------------------------------------------------------------ export
+
+EVENT_ONLY: Final = ("position", "stream", "version", "event_version", "data", "recorded_at")
+EXPORT_COLUMNS: Final = (
+    "table",
+    *(c for c in INBOX_COLUMNS if c != "hash"),
+    *EVENT_ONLY,
+    "causation",
+    "hash",
+)
+"""The CSV header of ``kplus-fsm export --format csv``: every stored column of both tables."""
+
+_BATCH: Final = 2000
+
+
+def _keyset(
+    store: SQLiteStore, sql: str, params: Sequence[Any], *, batch: int = _BATCH
+) -> Iterator[tuple[Any, ...]]:
+    """Rows of ``sql`` (``WHERE key > ? ... ORDER BY key LIMIT ?``), one batch at a time."""
+    after = 0
+    while True:
+        rows = store.query(sql, [after, *params, batch])
+        yield from rows
+        if len(rows) < batch:
+            return
+        after = rows[-1][0]
+
+
+def export_bounds(store: SQLiteStore) -> tuple[int, int]:
+    """The last inbox id and the last event position when the export starts."""
+    head = store.head()
+    return int(head["inbox_id"]), int(head["event_position"])
+
+
+def iter_audit(
+    store: SQLiteStore, *, since: str | None = None, bounds: tuple[int, int] | None = None
+) -> Iterator[dict[str, Any]]:
+    """
+    Every inbox row and every event as stored (the hashed columns and the hash,
+    so a reader can recompute the chains), in commit order: each input followed
+    by the events it caused. Streamed in batches; bounded by the log's head when
+    it starts (``bounds``), so rows appended meanwhile are left for the next export.
+    """
+    last_inbox, _ = bounds if bounds is not None else export_bounds(store)
+    t_since = " AND received_at >= ?" if since is not None else ""
+    e_since = " AND recorded_at >= ?" if since is not None else ""
+    extra = [since] if since is not None else []
+    inbox = _keyset(
+        store,
+        f"SELECT {', '.join(INBOX_COLUMNS)} FROM inbox WHERE id > ? AND id <= ?{t_since} "
+        "ORDER BY id LIMIT ?",
+        [last_inbox, *extra],
+    )
+    events = _keyset(
+        store,
+        f"SELECT {', '.join(_codec.EVENT_COLUMNS)} FROM events WHERE position > ? "
+        f"AND causation <= ?{e_since} ORDER BY position LIMIT ?",
+        [last_inbox, *extra],
+    )
+    causation = _codec.EVENT_COLUMNS.index("causation")
+    pending = next(events, None)
+    for row in inbox:
+        while pending is not None and pending[causation] < row[0]:
+            yield {"table": "events", **dict(zip(_codec.EVENT_COLUMNS, pending, strict=True))}
+            pending = next(events, None)
+        yield {"table": "inbox", **dict(zip(INBOX_COLUMNS, row, strict=True))}
+        while pending is not None and pending[causation] == row[0]:
+            yield {"table": "events", **dict(zip(_codec.EVENT_COLUMNS, pending, strict=True))}
+            pending = next(events, None)
+    while pending is not None:
+        yield {"table": "events", **dict(zip(_codec.EVENT_COLUMNS, pending, strict=True))}
+        pending = next(events, None)
+
+
+# -------------------------------------------------------------------- checkpoints
+
+CHECKPOINT_KEYS: Final = (
+    "inbox_id",
+    "inbox_hash",
+    "event_position",
+    "event_hash",
+    "schema_version",
+    "created_at",
+)
+_HASH: Final = re.compile(r"[0-9a-f]{64}")
+
+
+@attrs.frozen(kw_only=True)
+class Checkpoint:
+    """
+    The position and hash of the last inbox row and the last event at a moment:
+    kept outside the database, it proves later that the log still holds that
+    exact prefix (a rewrite of the whole file changes the hashes).
+    """
+
+    inbox_id: int
+    inbox_hash: str
+    event_position: int
+    event_hash: str
+    schema_version: str | None
+    created_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in CHECKPOINT_KEYS}
+
+    @classmethod
+    def from_json(cls, obj: object) -> Checkpoint:
+        """
+        Read a checkpoint object.
+
+        Raises:
+            ValueError: a key is missing or has the wrong type.
+        """
+        if not isinstance(obj, Mapping):
+            raise ValueError("a checkpoint is a JSON object")
+        for key in ("inbox_id", "event_position"):
+            value = obj.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"checkpoint: {key!r} must be a non-negative integer")
+        for key in ("inbox_hash", "event_hash"):
+            value = obj.get(key)
+            if not isinstance(value, str) or not _HASH.fullmatch(value):
+                raise ValueError(f"checkpoint: {key!r} must be 64 lower-case hex digits")
+        version = obj.get("schema_version")
+        if version is not None and not isinstance(version, str):
+            raise ValueError("checkpoint: 'schema_version' must be a string")
+        created = obj.get("created_at")
+        return cls(
+            inbox_id=obj["inbox_id"],
+            inbox_hash=obj["inbox_hash"],
+            event_position=obj["event_position"],
+            event_hash=obj["event_hash"],
+            schema_version=version,
+            created_at=created if isinstance(created, str) else "",
+        )
+
+
+def load_checkpoint(file_or_json: str) -> Checkpoint:
+    """
+    A checkpoint from a file path or an inline JSON string.
+
+    Raises:
+        ValueError: neither a readable file nor JSON, or not a checkpoint.
+    """
+    text = file_or_json.strip()
+    if not text.startswith("{"):
+        path = Path(file_or_json)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(
+                f"--checkpoint: not inline JSON, and {file_or_json!r} cannot be read "
+                f"({exc.strerror or exc})"
+            ) from None
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        raise ValueError("--checkpoint: not valid JSON") from None
+    return Checkpoint.from_json(obj)
+
+
+@attrs.frozen(kw_only=True)
+class CheckpointProblem:
+    """Why a log does not hold a checkpoint's prefix."""
+
+    problem: str
+    table: str
+    row_id: int | None
+
+
+def check_checkpoint(store: SQLiteStore, cp: Checkpoint) -> CheckpointProblem | None:
+    """
+    Whether the log still holds the prefix ``cp`` anchors: the row at each
+    checkpoint position exists and carries the checkpoint's hash. Run it after
+    a successful :meth:`SQLiteStore.verify` (which proved every stored hash is
+    the recomputed chain), so the stored hash at a position *is* the chain's.
+    """
+    for table, key, position, expected in (
+        ("inbox", "id", cp.inbox_id, cp.inbox_hash),
+        ("events", "position", cp.event_position, cp.event_hash),
+    ):
+        if position == 0:
+            if expected != _codec.GENESIS:
+                return CheckpointProblem(
+                    problem=f"the checkpoint's empty {table} chain has a hash other than genesis",
+                    table=table,
+                    row_id=None,
+                )
+            continue
+        rows = store.query(f"SELECT hash FROM {table} WHERE {key} = ?", [position])
+        if not rows:
+            count = store.query(f"SELECT count(*) FROM {table}")[0][0]
+            return CheckpointProblem(
+                problem=f"the log is shorter than the checkpoint: {table} has {count} rows, "
+                f"the checkpoint was taken at {table} row {position}",
+                table=table,
+                row_id=position,
+            )
+        if rows[0][0] != expected:
+            return CheckpointProblem(
+                problem=f"{table} row {position} hash differs from the checkpoint "
+                "(the log was rewritten up to there)",
+                table=table,
+                row_id=position,
+            )
+    return None
+
+
+__all__ = [
+    "ANOMALY_CATEGORIES",
+    "ANOMALY_CATEGORY_SQL",
+    "EXPORT_COLUMNS",
+    "Anomaly",
+    "Checkpoint",
+    "CheckpointProblem",
+    "Listed",
+    "anomalies",
+    "check_checkpoint",
+    "export_bounds",
+    "iter_audit",
+    "list_payments",
+    "load_checkpoint",
+    "omise_time",
+    "parse_when",
+    "percentile",
+    "stats",
+    "stuck_reason",
+]
