@@ -115,7 +115,9 @@ def verify_signature(
     if not raw_ts:
         return SignatureCheck(False, f"missing {TIMESTAMP_HEADER} header")
     ts_text = raw_ts.strip()
-    if not ts_text.isdigit() or len(ts_text) > 12:
+    # isascii: str.isdigit() also accepts superscripts and other scripts' digits
+    # (U+00B2, U+0661), which int() or the ASCII signed message refuse.
+    if not ts_text.isascii() or not ts_text.isdigit() or len(ts_text) > 12:
         return SignatureCheck(False, "the signature timestamp is not Unix seconds")
     timestamp = int(ts_text)
     skew = now - timestamp
@@ -132,7 +134,8 @@ def verify_signature(
             timestamp,
         )
     message = ts_text.encode("ascii") + b"." + body
-    offered = [s.strip().lower() for s in raw_sig.split(",") if s.strip()]
+    # compare_digest refuses non-ASCII text: such a "signature" can only be wrong.
+    offered = [s.strip().lower() for s in raw_sig.split(",") if s.strip() and s.isascii()]
     for key in keys:
         expected = hmac.new(key, message, hashlib.sha256).hexdigest()
         # compare_digest: constant time for each comparison.

@@ -229,7 +229,9 @@ class WebhookIntake:
         status 200 (see the module docstring for every status).
         """
         if isinstance(body, str):
-            body = body.encode("utf-8")
+            # surrogatepass: a str holding lone surrogates still becomes bytes (and
+            # then a malformed body, recorded and refused) rather than an exception.
+            body = body.encode("utf-8", "surrogatepass")
         hdrs = _plain_headers(headers)
         verification = "unverified"
         if self._secrets:

@@ -76,9 +76,18 @@ def create_charge(
         return requested  # the charge exists (or the payment ended): never a second one
     if requested.outcome is Outcome.DUPLICATE:
         # An earlier attempt may have reached Omise: settle by search before anything else.
-        settled = _settle_by_search(tracker, api, payment)
+        settled, searched = _search(tracker, api, payment)
         if settled is not None:
             return settled
+        if not searched:
+            # The search did not answer: "no charge found" is unknown, so a new create
+            # could be a second charge. Reconciliation (or a later retry) settles it.
+            log.warning(
+                "create_deferred",
+                payment_id=payment.payment_id,
+                reason="an earlier create may have reached Omise and the search failed",
+            )
+            return requested
         if _age(payment, tracker.clock()) < retry_unknown_after:
             log.warning(
                 "create_deferred",
@@ -102,14 +111,22 @@ def create_charge(
 
 
 def _settle_by_search(tracker: Tracker, api: ChargeAPI, payment: Payment) -> Result | None:
+    return _search(tracker, api, payment)[0]
+
+
+def _search(tracker: Tracker, api: ChargeAPI, payment: Payment) -> tuple[Result | None, bool]:
+    """
+    Search for the payment's charge and record it if found. Returns the result
+    (``None``: nothing found or no answer) and whether the search answered.
+    """
     try:
         found = api.find_charge(payment.payment_id)
     except GatewayError as exc:
         log.warning("search_failed", payment_id=payment.payment_id, error=type(exc).__name__)
-        return None
+        return None, False
     if found is None:
-        return None
-    return tracker.record_charge(found, origin=Origin.POLL, payment_id=payment.payment_id)
+        return None, True
+    return tracker.record_charge(found, origin=Origin.POLL, payment_id=payment.payment_id), True
 
 
 @attrs.frozen(kw_only=True)

@@ -154,6 +154,7 @@ def _check_return_uri(value: object) -> str:
     scheme, sep, rest = value.partition(":")
     if (
         not sep
+        or not is_text(value)
         or not _SCHEME_RE.fullmatch(scheme)
         or not rest
         or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value)
@@ -168,7 +169,11 @@ def _check_return_uri(value: object) -> str:
 
 def _json_value(value: Any) -> Any:
     """``value`` as it reads back from JSON; TypeError if JSON cannot hold it."""
-    if value is None or isinstance(value, str | bool | int):
+    if isinstance(value, str):
+        if not is_text(value):
+            raise TypeError("JSON strings are Unicode text (a lone surrogate is not)")
+        return value
+    if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -177,10 +182,24 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_value(v) for v in value]
     if isinstance(value, Mapping):
-        if not all(isinstance(k, str) for k in value):
-            raise TypeError("JSON object keys are strings")
+        if not all(isinstance(k, str) and is_text(k) for k in value):
+            raise TypeError("JSON object keys are strings of Unicode text")
         return {k: _json_value(v) for k, v in value.items()}
     raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def is_text(value: str) -> bool:
+    """
+    Whether ``value`` is Unicode text that UTF-8 (and so SQLite) can hold: no lone
+    surrogates, which a JSON ``"\\ud800"`` escape parses into.
+    """
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _describe(value: object) -> str:
@@ -253,7 +272,9 @@ class PaymentRequest:
             platform = platform_type.upper()
         uri = _check_return_uri(return_uri)
         if description is not None and (
-            not isinstance(description, str) or len(description) > _MAX_DESCRIPTION
+            not isinstance(description, str)
+            or len(description) > _MAX_DESCRIPTION
+            or not is_text(description)
         ):
             raise InvalidPaymentRequestError(
                 "description",
@@ -331,7 +352,7 @@ def _get(obj: Mapping[str, Any], key: str, types: type | tuple[type, ...], what:
     value = obj.get(key)
     if value is None or not _is(value, types):
         raise MalformedInputError(f"{what}: field {key!r} is missing or not {_type_name(types)}")
-    return value
+    return _text_checked(value, key, what)
 
 
 def _opt(obj: Mapping[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:
@@ -340,6 +361,12 @@ def _opt(obj: Mapping[str, Any], key: str, types: type | tuple[type, ...], what:
         return None
     if not _is(value, types):
         raise MalformedInputError(f"{what}: field {key!r} is not {_type_name(types)}")
+    return _text_checked(value, key, what)
+
+
+def _text_checked(value: Any, key: str, what: str) -> Any:
+    if isinstance(value, str) and not is_text(value):
+        raise MalformedInputError(f"{what}: field {key!r} is not valid Unicode text")
     return value
 
 
@@ -393,6 +420,8 @@ class ChargeView:
             raw_pid = metadata.get(METADATA_PAYMENT_ID)
             if raw_pid is not None and not isinstance(raw_pid, str):
                 raise MalformedInputError("charge: metadata.payment_id is not a string")
+            if raw_pid is not None and not is_text(raw_pid):
+                raise MalformedInputError("charge: metadata.payment_id is not valid Unicode text")
             payment_id = raw_pid
         currency = _get(obj, "currency", str, what)
         return cls(

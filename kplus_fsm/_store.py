@@ -35,6 +35,8 @@ from .exceptions import ConcurrencyError, IntegrityError, SchemaVersionError, St
 T = TypeVar("T")
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+#: SQLite's ``synchronous`` levels, as the numbers the PRAGMA takes (never caller text).
+SYNCHRONOUS_LEVELS: Final = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
 
 _MAX_ATTEMPTS: Final = 50
 _PROGRESS_EVERY: Final = 5000
@@ -190,6 +192,7 @@ class SQLiteStore:
         SchemaVersionError: the file was written by a newer kplus_fsm, or (read
             only) is not a kplus_fsm log.
         StoreError: the file cannot be opened.
+        ValueError: ``synchronous`` is not one of OFF, NORMAL, FULL, EXTRA.
     """
 
     def __init__(
@@ -200,6 +203,11 @@ class SQLiteStore:
         busy_timeout: float = 30.0,
         read_only: bool = False,
     ) -> None:
+        level = str(synchronous).upper()
+        if level not in SYNCHRONOUS_LEVELS:
+            raise ValueError(
+                f"synchronous must be one of {', '.join(SYNCHRONOUS_LEVELS)}, not {synchronous!r}"
+            )
         self.read_only = read_only
         # One connection, shared by the threads of a host (a threaded webhook server):
         # every transaction and every read holds this lock.
@@ -239,7 +247,7 @@ class SQLiteStore:
             else:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute(f"PRAGMA synchronous = {synchronous}")
+                conn.execute(f"PRAGMA synchronous = {int(SYNCHRONOUS_LEVELS[level])}")
                 self._migrate()
         except BaseException as exc:
             if opened is not None:

@@ -38,6 +38,7 @@ from ._model import (
     StoredEvent,
     WebhookEvent,
     WebhookHint,
+    is_text,
 )
 from ._ports import ChargeAPI, Store
 from ._store import InboxDraft, Recorded, ReplayReport, SQLiteStore, TimelineEntry, VerifyReport
@@ -163,7 +164,9 @@ def _claimed_ids(body: bytes | str) -> tuple[str | None, str | None, str | None]
     metadata = metadata if isinstance(metadata, dict) else {}
 
     def text(value: object) -> str | None:
-        return value[:128] if isinstance(value, str) and value else None
+        if not isinstance(value, str) or not value or not is_text(value[:128]):
+            return None
+        return value[:128]
 
     return text(obj.get("id")), text(data.get("id")), text(metadata.get("payment_id"))
 
@@ -174,7 +177,30 @@ def _safe_headers(headers: Mapping[str, str] | None) -> str | None:
     kept = {
         str(k).lower(): str(v) for k, v in headers.items() if str(k).lower() not in SECRET_HEADERS
     }
-    return _codec.dumps(kept)
+    return _storable_json(kept)
+
+
+def _storable_json(value: Any) -> str:
+    """
+    ``_codec.dumps(value)``, or the same JSON with ASCII escapes when it holds text
+    that UTF-8 cannot carry (lone surrogates): what SQLite and the hash chain need.
+    """
+    text = _codec.dumps(value)
+    if is_text(text):
+        return text
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _encode_body(raw: Raw) -> tuple[str, str]:
+    """
+    ``_codec.encode_body(raw)``, made storable: a body holding lone surrogates (a
+    ``"\\ud800"`` escape parsed by the host, text decoded with ``surrogateescape``)
+    is kept exactly, as ASCII-escaped JSON.
+    """
+    body, encoding = _codec.encode_body(raw)
+    if is_text(body):
+        return body, encoding
+    return _storable_json(raw if encoding == "json" else body), "json"
 
 
 def _parse_json(raw: Raw) -> Any:
@@ -281,7 +307,7 @@ class Tracker:
             MalformedInputError: not a charge object (recorded as ``rejected`` first).
         """
         origin = Origin(origin)
-        body, encoding = _codec.encode_body(charge)
+        body, encoding = _encode_body(charge)
         draft = InboxDraft(
             kind=InputKind.CHARGE_SNAPSHOT, body=body, body_encoding=encoding, origin=origin.value
         )
@@ -306,7 +332,7 @@ class Tracker:
         Raises:
             MalformedInputError: not an Omise error object (recorded first).
         """
-        body, encoding = _codec.encode_body(error)
+        body, encoding = _encode_body(error)
         draft = InboxDraft(
             kind=InputKind.CREATE_ERROR,
             body=body,
@@ -357,7 +383,7 @@ class Tracker:
         Raises:
             MalformedInputError: not an event envelope (recorded first).
         """
-        raw_body, encoding = _codec.encode_body(body)
+        raw_body, encoding = _encode_body(body)
         draft = InboxDraft(
             kind=InputKind.WEBHOOK,
             body=raw_body,
@@ -375,7 +401,12 @@ class Tracker:
         except MalformedInputError as exc:
             external = parsed.get("id") if isinstance(parsed, Mapping) else None
             self._refuse(
-                attrs.evolve(draft, external_id=external if isinstance(external, str) else None),
+                attrs.evolve(
+                    draft,
+                    external_id=external
+                    if isinstance(external, str) and is_text(external)
+                    else None,
+                ),
                 exc,
             )
         draft = attrs.evolve(draft, external_id=event.event_id)
@@ -403,7 +434,7 @@ class Tracker:
         are read leniently and stored with the row, so the refusal shows in that
         payment's timeline; nothing in the body is applied.
         """
-        raw_body, encoding = _codec.encode_body(body)
+        raw_body, encoding = _encode_body(body)
         event_id, charge_id, payment_id = _claimed_ids(body)
         rec = self._commit(
             InboxDraft(
@@ -513,7 +544,7 @@ class Tracker:
         rec = self._commit(
             InboxDraft(
                 kind=InputKind.PAYMENT_REQUEST,
-                body=_codec.dumps(_jsonable(fields)),
+                body=_storable_json(_jsonable(fields)),
                 body_encoding="json",
                 origin="merchant",
             ),

@@ -23,3 +23,14 @@ def clock() -> FakeClock:
 def db_path(tmp_path: Path) -> Path:
     """A path for a fresh event log file (not created yet)."""
     return tmp_path / "kplus.db"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figures reported by the reliability suite (``tests/reliability``)."""
+    support = sys.modules.get("reliability_support")
+    figures = getattr(support, "FIGURES", None)
+    if not figures:
+        return
+    terminalreporter.section("reliability figures")
+    for test, name, value in figures:
+        terminalreporter.write_line(f"{test}: {name} = {value}")
