@@ -54,7 +54,8 @@ class StubAPI:
         self.fail: Exception | None = None
 
     def create_charge(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
-        raise NotImplementedError
+        # Webhook intake must never create a charge: fail loudly if it tries.
+        raise AssertionError("webhook intake called create_charge")
 
     def retrieve_charge(self, charge_id: str) -> Mapping[str, Any]:
         self.calls.append(charge_id)
