@@ -173,16 +173,29 @@ def _iso(when: dt.datetime) -> str:
 # ------------------------------------------------------------------- scenarios
 
 
-def paid(w: World, pid: str, amount: int) -> Scenario:
-    """Create, charge.create webhook, approval, completion webhook delivered twice: 5 events."""
+def opened(
+    w: World, pid: str, amount: int, *, announced: bool
+) -> Generator[float, None, tuple[str, dt.datetime]]:
+    """
+    The start most payments share: the request, then the create response
+    (``pending``), then (``announced``) the ``charge.create`` webhook and its
+    re-fetch. Returns the charge id and its creation time.
+    """
     cid = w.oid("chrg_test_")
     created = w.clock()
     w.request(pid, amount)
     yield w.rng.uniform(0.3, 2.0)
     pending = w.charge(pid, cid, amount, "pending", created_at=created)
     w.read(pending, Origin.CREATE_RESPONSE)
-    yield w.rng.uniform(0.5, 3.0)
-    w.webhook(pending, "charge.create", refetch=pending)
+    if announced:
+        yield w.rng.uniform(0.5, 3.0)
+        w.webhook(pending, "charge.create", refetch=pending)
+    return cid, created
+
+
+def paid(w: World, pid: str, amount: int) -> Scenario:
+    """Create, charge.create webhook, approval, completion webhook delivered twice: 5 events."""
+    cid, created = yield from opened(w, pid, amount, announced=True)
     yield w.rng.lognormvariate(3.5, 0.8)  # the buyer approves in K PLUS: ~30 s
     done = w.charge(pid, cid, amount, "successful", created_at=created)
     eid = w.webhook(done, "charge.complete", refetch=done)
@@ -193,14 +206,7 @@ def paid(w: World, pid: str, amount: int) -> Scenario:
 
 def declined(w: World, pid: str, amount: int) -> Scenario:
     """The bank declines: 5 events."""
-    cid = w.oid("chrg_test_")
-    created = w.clock()
-    w.request(pid, amount)
-    yield w.rng.uniform(0.3, 2.0)
-    pending = w.charge(pid, cid, amount, "pending", created_at=created)
-    w.read(pending, Origin.CREATE_RESPONSE)
-    yield w.rng.uniform(0.5, 3.0)
-    w.webhook(pending, "charge.create", refetch=pending)
+    cid, created = yield from opened(w, pid, amount, announced=True)
     yield w.rng.lognormvariate(3.0, 0.7)
     failed = w.charge(
         pid, cid, amount, "failed", created_at=created, failure_code=w.rng.choice(FAILURE_CODES)
@@ -210,14 +216,7 @@ def declined(w: World, pid: str, amount: int) -> Scenario:
 
 def expired(w: World, pid: str, amount: int) -> Scenario:
     """Never approved: the expiry webhook, then reconciliation's poll: 5 events."""
-    cid = w.oid("chrg_test_")
-    created = w.clock()
-    w.request(pid, amount)
-    yield w.rng.uniform(0.3, 2.0)
-    pending = w.charge(pid, cid, amount, "pending", created_at=created)
-    w.read(pending, Origin.CREATE_RESPONSE)
-    yield w.rng.uniform(0.5, 3.0)
-    w.webhook(pending, "charge.create", refetch=pending)
+    cid, created = yield from opened(w, pid, amount, announced=True)
     yield 600 + w.rng.uniform(1, 30)
     gone = w.charge(pid, cid, amount, "expired", created_at=created)
     w.webhook(gone, "charge.expire", refetch=gone)
@@ -242,11 +241,7 @@ def timeout(w: World, pid: str, amount: int) -> Scenario:
 
 def lost(w: World, pid: str, amount: int) -> Scenario:
     """The completion webhook never arrives; a poll reads it: 3 events."""
-    cid = w.oid("chrg_test_")
-    created = w.clock()
-    w.request(pid, amount)
-    yield w.rng.uniform(0.3, 2.0)
-    w.read(w.charge(pid, cid, amount, "pending", created_at=created), Origin.CREATE_RESPONSE)
+    cid, created = yield from opened(w, pid, amount, announced=False)
     yield 1800 + w.rng.uniform(0, 300)
     w.read(w.charge(pid, cid, amount, "successful", created_at=created), Origin.POLL)
 
@@ -263,11 +258,7 @@ def refused(w: World, pid: str, amount: int) -> Scenario:
 
 def late(w: World, pid: str, amount: int) -> Scenario:
     """Expired by a poll, then an authoritative read says successful: a correction, 4 events."""
-    cid = w.oid("chrg_test_")
-    created = w.clock()
-    w.request(pid, amount)
-    yield w.rng.uniform(0.3, 2.0)
-    w.read(w.charge(pid, cid, amount, "pending", created_at=created), Origin.CREATE_RESPONSE)
+    cid, created = yield from opened(w, pid, amount, announced=False)
     yield 660.0
     w.read(w.charge(pid, cid, amount, "expired", created_at=created), Origin.POLL)
     yield w.rng.uniform(60, 900)
@@ -276,11 +267,7 @@ def late(w: World, pid: str, amount: int) -> Scenario:
 
 def hostile(w: World, pid: str, amount: int) -> Scenario:
     """Forged and stale deliveries, a conflicting payload, a mismatch, a malformed body."""
-    cid = w.oid("chrg_test_")
-    created = w.clock()
-    w.request(pid, amount)
-    yield w.rng.uniform(0.3, 2.0)
-    w.read(w.charge(pid, cid, amount, "pending", created_at=created), Origin.CREATE_RESPONSE)
+    cid, created = yield from opened(w, pid, amount, announced=False)
     yield w.rng.uniform(5, 60)
     cheap = w.charge(pid, cid, 100, "successful", created_at=created)
     w.refused(cheap, stale=w.rng.random() < 0.5)
