@@ -617,11 +617,40 @@ class WebhookServer(ThreadingMixIn, WSGIServer):
     """
     A threaded wsgiref server (one thread per request, daemon threads).
     ``serve_forever()``, ``shutdown()`` (from another thread),
-    ``server_close()``, ``server_address`` and :attr:`url`.
+    ``server_close()``, ``server_address`` and :attr:`url`; or :meth:`start` it
+    in a background thread and :meth:`close` it (also a context manager), as in
+    tests and the demo.
     """
 
     daemon_threads = True
     allow_reuse_address = True
+    _thread: threading.Thread | None = None
+
+    def start(self, *, poll_interval: float = 0.05) -> WebhookServer:
+        """Serve from a background thread and return at once; :meth:`close` stops it."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self.serve_forever,
+                kwargs={"poll_interval": poll_interval},
+                name="kplus-fsm-webhooks",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the background thread (if :meth:`start` ran) and close the socket."""
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join(5.0)
+            self._thread = None
+        self.server_close()
+
+    def __enter__(self) -> WebhookServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def url(self) -> str:

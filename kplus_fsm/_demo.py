@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import secrets
 import socket
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -238,12 +237,7 @@ def run_demo(path: Path, *, say: Callable[[str], None] = print) -> list[Scenario
                 now=lambda: fake.now().timestamp(),
             )
         )
-        receiver = serve(intake, "127.0.0.1", receiver_port)
-        stack.callback(receiver.server_close)
-        thread = threading.Thread(target=receiver.serve_forever, daemon=True)
-        thread.start()
-        stack.callback(thread.join, 5)
-        stack.callback(receiver.shutdown)
+        stack.enter_context(serve(intake, "127.0.0.1", receiver_port).start())
         browser = stack.enter_context(httpx.Client(timeout=5.0))
         say(f"fake Omise on {api.url}; webhook receiver on {webhook_url}")
 

@@ -153,14 +153,7 @@ def world(
         tracker = stack.enter_context(Tracker(db))
         receiver_tracker = tracker if mode == "shared" else stack.enter_context(Tracker(db))
         intake = WebhookIntake(receiver_tracker, secrets=[WEBHOOK_SECRET])
-        receiver = serve(intake, "127.0.0.1", 0)
-        stack.callback(receiver.server_close)
-        thread = threading.Thread(
-            target=receiver.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        thread.start()
-        stack.callback(thread.join, 5.0)
-        stack.callback(receiver.shutdown)
+        receiver = stack.enter_context(serve(intake, "127.0.0.1", 0).start())
         fake = FakeOmise(
             secret_key=SK,
             public_key=PK,

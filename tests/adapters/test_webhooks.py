@@ -540,15 +540,8 @@ class TestASGI:
 
 @pytest.fixture
 def server(tracker: Tracker, api: StubAPI) -> Iterator[WebhookServer]:
-    srv = serve(intake_for(tracker, api), "127.0.0.1", 0, max_body=4096)
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with serve(intake_for(tracker, api), "127.0.0.1", 0, max_body=4096).start() as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
 
 
 class TestWSGI:

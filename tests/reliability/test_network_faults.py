@@ -24,7 +24,6 @@ import base64
 import contextlib
 import datetime as dt
 import socket
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +38,7 @@ from kplus_fsm import Payment, Result, Status, Tracker, charge_params
 from kplus_fsm.adapters.fake import FakeOmise, start_server
 from kplus_fsm.adapters.fake import RetryPolicy as DeliveryRetry
 from kplus_fsm.adapters.omise import OmiseClient, RetryPolicy
-from kplus_fsm.adapters.webhooks import WebhookIntake, WebhookServer, serve
+from kplus_fsm.adapters.webhooks import WebhookIntake, serve
 
 pytestmark = pytest.mark.slow
 
@@ -128,14 +127,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         stack.enter_context(quiet_structlog())
         receiver_tracker = stack.enter_context(Tracker(db))
         intake = WebhookIntake(receiver_tracker, secrets=[SECRET])
-        receiver: WebhookServer = serve(intake, "127.0.0.1", 0)
-        stack.callback(receiver.server_close)
-        thread = threading.Thread(
-            target=receiver.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        thread.start()
-        stack.callback(thread.join, 5.0)
-        stack.callback(receiver.shutdown)
+        receiver = stack.enter_context(serve(intake, "127.0.0.1", 0).start())
         fake = FakeOmise(
             secret_key=SK,
             public_key=PK,

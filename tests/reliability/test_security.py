@@ -33,7 +33,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -70,15 +69,8 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def receiver_on(intake: WebhookIntake) -> Iterator[str]:
     """The intake served on loopback; yields the delivery URL."""
-    server = serve(intake, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serve(intake, "127.0.0.1", 0).start() as server:
         yield server.url + "/webhooks/omise"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 # ------------------------------------------------------------ refused webhooks
