@@ -11,6 +11,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+import orjson
+
 from ._model import EVENT_VERSIONS, EventKind, Payment, Status, StoredEvent
 
 GENESIS: Final = "0" * 64
@@ -43,18 +45,54 @@ EVENT_HASHED: Final = (
 )
 
 
-def dumps(value: Any) -> str:
-    """Canonical JSON: sorted keys, no spaces, UTF-8 kept as is."""
+_SORTED: Final = orjson.OPT_SORT_KEYS
+
+#: The first character of a value :func:`dumps` had to encode with the standard
+#: library (JSON allows leading whitespace); :func:`loads` decodes those with it too.
+_STDLIB_MARK: Final = " "
+
+
+def _stdlib_dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-loads: Final[Callable[[str | bytes], Any]] = json.loads
+def dumps(value: Any) -> str:
+    """
+    Canonical JSON: sorted keys, no spaces, UTF-8 kept as is (orjson, ~8x the
+    standard library). What orjson cannot encode exactly (integers beyond 64
+    bits, non-string keys) is encoded by the standard library and marked with a
+    leading space, so that :func:`loads` reads it back exactly too.
+    """
+    try:
+        return orjson.dumps(value, option=_SORTED).decode("utf-8")
+    except orjson.JSONEncodeError:
+        return _STDLIB_MARK + _stdlib_dumps(value)
+
+
+def loads(text: str | bytes) -> Any:
+    """Decode JSON written by :func:`dumps` (or any standard JSON text)."""
+    if text[:1] in (" ", b" "):
+        return json.loads(text)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)  # the standard library's reading (and error) of odd text
 
 
 def chain_hash(previous: str, row: Mapping[str, Any], columns: tuple[str, ...]) -> str:
-    """``sha256(previous || canonical JSON of the row's columns)``, hex."""
-    payload = dumps([row[c] for c in columns])
-    return hashlib.sha256((previous + payload).encode("utf-8")).hexdigest()
+    """
+    ``sha256(previous || JSON array of the row's columns)``, hex. The array is
+    the standard library's compact form (``json.dumps(..., separators=(",", ":"),
+    ensure_ascii=False)``), which orjson produces byte for byte for the values
+    rows hold (text, integers, null): it is used, and the standard library only
+    for text orjson refuses.
+    """
+    values = [row[c] for c in columns]
+    try:
+        payload = orjson.dumps(values)
+    except orjson.JSONEncodeError:
+        payload = _stdlib_dumps(values).encode("utf-8")
+    return hashlib.sha256(previous.encode("ascii") + payload).hexdigest()
 
 
 def encode_body(raw: bytes | str | Mapping[str, Any] | list[Any] | None) -> tuple[str, str]:

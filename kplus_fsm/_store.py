@@ -29,8 +29,22 @@ import sqlite_utils
 
 from . import _codec, _schema
 from ._machine import Decision, evolve
-from ._model import EVENT_VERSIONS, Payment, StoredEvent
+from ._model import Payment, StoredEvent
+from ._rows import INBOX_COLUMNS, Heads, InboxDraft, InboxRow, Plan, Recorded, plan
 from .exceptions import ConcurrencyError, IntegrityError, SchemaVersionError, StoreError
+
+__all__ = [
+    "INBOX_COLUMNS",
+    "SYNCHRONOUS_LEVELS",
+    "InboxDraft",
+    "InboxRow",
+    "Recorded",
+    "ReplayDifference",
+    "ReplayReport",
+    "SQLiteStore",
+    "TimelineEntry",
+    "VerifyReport",
+]
 
 T = TypeVar("T")
 
@@ -39,58 +53,9 @@ Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 SYNCHRONOUS_LEVELS: Final = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
 
 _MAX_ATTEMPTS: Final = 50
+#: Payments the writer keeps in memory (the write cache; cleared when full).
+_CACHE_PAYMENTS: Final = 4096
 _PROGRESS_EVERY: Final = 5000
-
-
-@attrs.frozen(kw_only=True)
-class InboxDraft:
-    """An input as received, before the machine decided its outcome."""
-
-    kind: str
-    body: str
-    body_encoding: str
-    origin: str | None = None
-    external_id: str | None = None
-    headers: str | None = None
-    verification: str = "not_applicable"
-
-
-@attrs.frozen(kw_only=True)
-class InboxRow:
-    """One stored input with its outcome."""
-
-    id: int
-    received_at: str
-    kind: str
-    origin: str | None
-    payment_id: str | None
-    charge_id: str | None
-    external_id: str | None
-    body: str
-    body_encoding: str
-    headers: str | None
-    verification: str
-    outcome: str
-    reason: str
-    hash: str
-
-    def raw(self) -> Any:
-        """The input as it was received (bytes, text or a JSON value)."""
-        return _codec.decode_body(self.body, self.body_encoding)
-
-
-INBOX_COLUMNS: Final = (*_codec.INBOX_HASHED, "hash")
-
-
-@attrs.frozen(kw_only=True)
-class Recorded:
-    """What one committed input wrote."""
-
-    inbox: InboxRow
-    decision: Decision
-    events: tuple[StoredEvent, ...]
-    before: Payment | None
-    after: Payment | None
 
 
 @attrs.frozen(kw_only=True)
@@ -176,6 +141,54 @@ def _create_private(path: Path) -> None:
         os.close(fd)
 
 
+def _retryable(exc: sqlite3.Error) -> Exception | None:
+    """The error to report if retries run out, or ``None`` when ``exc`` is final."""
+    if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+        return exc
+    if isinstance(exc, sqlite3.IntegrityError) and _is_version_clash(exc):
+        return ConcurrencyError(f"stream version taken: {exc}")
+    return None
+
+
+def _translate(exc: sqlite3.Error) -> StoreError:
+    if isinstance(exc, sqlite3.IntegrityError):
+        return StoreError(f"event log write refused: {exc}")
+    return StoreError(f"event log write failed: {exc}")
+
+
+#: What :meth:`SQLiteStore.record_many` takes per input.
+Input = tuple[InboxDraft, Callable[[Payment | None], Decision], str, str | None, str | None]
+
+
+@attrs.define(eq=False)
+class _Pending:
+    """One input on its way into a (group) commit."""
+
+    draft: InboxDraft
+    decide: Callable[[Payment | None], Decision]
+    now: str
+    payment_id: str | None
+    charge_id: str | None
+    result: Recorded | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+    def failure(self) -> Exception:
+        if isinstance(self.error, Exception):
+            return self.error
+        return StoreError("the input was not recorded")
+
+    def outcome(self) -> Recorded:
+        """The recorded input, or raise what kept it out of the log."""
+        if self.result is not None:
+            return self.result
+        error = self.error
+        if isinstance(error, StoreError) and not isinstance(error, ConcurrencyError):
+            # The batch's shared error: a fresh instance per waiting thread.
+            raise type(error)(str(error)) from error
+        raise self.failure() if error is None else error
+
+
 class SQLiteStore:
     """
     The event log in one SQLite file.
@@ -187,6 +200,7 @@ class SQLiteStore:
             an acknowledged input survives power loss).
         busy_timeout: seconds a writer waits for the write lock before retrying.
         read_only: open the file read-only (no migrations; writes fail).
+        max_batch: the most inputs one group commit holds.
 
     Raises:
         SchemaVersionError: the file was written by a newer kplus_fsm, or (read
@@ -202,6 +216,7 @@ class SQLiteStore:
         synchronous: Synchronous = "FULL",
         busy_timeout: float = 30.0,
         read_only: bool = False,
+        max_batch: int = 256,
     ) -> None:
         level = str(synchronous).upper()
         if level not in SYNCHRONOUS_LEVELS:
@@ -212,6 +227,19 @@ class SQLiteStore:
         # One connection, shared by the threads of a host (a threaded webhook server):
         # every transaction and every read holds this lock.
         self._lock = threading.RLock()
+        # Group commit: inputs queued while a leader thread commits go in its next batch.
+        self._queue: list[_Pending] = []
+        self._queue_cond = threading.Condition(threading.Lock())
+        self._leading = False
+        self.max_batch = max_batch
+        self._cache_version: int | None = None
+        self._cached_heads: Heads | None = None
+        self._staged_heads: Heads | None = None
+        self._cached_payments: dict[str, Payment] = {}
+        self._cached_charges: dict[str, str] = {}
+        #: Write transactions committed and inputs they held (group commit: inputs >= commits).
+        self.commits = 0
+        self.committed_inputs = 0
         self.path: Path | None
         opened: sqlite3.Connection | None = None  # closed again if the open fails
         try:
@@ -320,16 +348,11 @@ class SQLiteStore:
             try:
                 with self._immediate():
                     return work()
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise StoreError(f"event log write failed: {exc}") from exc
-                last = exc
-            except sqlite3.IntegrityError as exc:
-                if not _is_version_clash(exc):
-                    raise StoreError(f"event log write refused: {exc}") from exc
-                last = ConcurrencyError(f"stream version taken: {exc}")
             except sqlite3.Error as exc:
-                raise StoreError(f"event log write failed: {exc}") from exc
+                retry = _retryable(exc)
+                if retry is None:
+                    raise _translate(exc) from exc
+                last = retry
             time.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
             delay = min(delay * 2, 0.25)
         if isinstance(last, ConcurrencyError):
@@ -354,98 +377,173 @@ class SQLiteStore:
         ``charge_id``), let ``decide`` (pure; it may run more than once) decide,
         and write the inbox row, the events and the projection in one transaction.
 
+        Group commit: inputs recorded by several threads at once share one
+        durable ``COMMIT`` (each in a savepoint of its own, so one input's
+        failure leaves the others alone). This call returns only after the
+        commit that holds its input; none is acknowledged before it is durable.
+
         Raises:
-            StoreError: nothing was written.
+            StoreError: nothing was written for this input.
         """
-        return self._retrying(
-            lambda: self._record(draft, decide, now=now, payment_id=payment_id, charge_id=charge_id)
+        item = _Pending(draft, decide, now, payment_id, charge_id)
+        with self._queue_cond:
+            self._queue.append(item)
+            while self._leading and not item.done:
+                self._queue_cond.wait()
+            if item.done:
+                return item.outcome()
+            # Lead: commit everything queued so far (this input included).
+            self._leading = True
+            batch = self._queue[: self.max_batch]
+            del self._queue[: self.max_batch]
+        try:
+            with self._lock:
+                self._write(batch)
+        finally:
+            with self._queue_cond:
+                self._leading = False
+                self._queue_cond.notify_all()
+        return item.outcome()
+
+    def record_many(self, items: Sequence[Input]) -> list[Recorded | Exception]:
+        """
+        Record several inputs in one transaction (one durable commit), in order;
+        for a backfill or an import. Each item is ``(draft, decide, now,
+        payment_id, charge_id)`` as for :meth:`record`. An input that fails
+        (its own error, in the list) does not stop the others.
+
+        Raises:
+            StoreError: nothing was written (the commit itself failed).
+        """
+        batch = [_Pending(*item) for item in items]
+        if batch:
+            with self._lock:  # one writer of this connection at a time, as for record()
+                self._write(batch)
+        return [item.result if item.result is not None else item.failure() for item in batch]
+
+    def _write(self, batch: list[_Pending]) -> None:
+        """Commit ``batch`` in one transaction and hand each item its result."""
+        staged: dict[str, Payment] = {}
+        try:
+            self._retrying(partial(self._record_batch, batch, staged))
+        except BaseException as exc:
+            self._forget()
+            for item in batch:
+                item.result = None
+                item.error = exc
+                item.done = True
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._remember(staged, batch)
+        self.commits += 1
+        self.committed_inputs += sum(item.result is not None for item in batch)
+        for item in batch:
+            item.done = True
+
+    def _record_batch(self, batch: list[_Pending], staged: dict[str, Payment]) -> None:
+        """
+        Write ``batch`` inside the open transaction. ``staged`` collects the
+        payments it changed, for the cache once the commit is durable.
+        """
+        conn = self.conn
+        staged.clear()
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._cache_version:  # another connection wrote: cached state is stale
+            self._forget()
+            self._cache_version = version
+        heads = self._cached_heads or self._heads()
+        isolated = len(batch) > 1  # a savepoint each, so one input's failure spares the rest
+        for item in batch:
+            item.result = item.error = None
+            if isolated:
+                conn.execute("SAVEPOINT input")
+            try:
+                plan_ = self._plan(item, heads, staged)
+                conn.execute(self._insert_inbox_sql, plan_.inbox_row)
+                if plan_.event_rows:
+                    conn.executemany(self._insert_event_sql, plan_.event_rows)
+                if plan_.payment_row is not None:
+                    conn.execute(self._upsert_payment_sql, plan_.payment_row)
+            except sqlite3.Error as exc:
+                if not isolated or _retryable(exc) is not None:
+                    raise  # the whole batch is rolled back (and retried, if it may)
+                conn.execute("ROLLBACK TO input")
+                conn.execute("RELEASE input")
+                item.error = _translate(exc)
+                continue
+            except Exception as exc:
+                if not isolated:
+                    raise
+                conn.execute("ROLLBACK TO input")
+                conn.execute("RELEASE input")
+                item.error = exc
+                continue
+            if isolated:
+                conn.execute("RELEASE input")
+            heads = plan_.heads
+            after = plan_.recorded.after
+            if plan_.payment_row is not None and after is not None:
+                staged[after.payment_id] = after
+            item.result = plan_.recorded
+        self._staged_heads = heads
+
+    def _heads(self) -> Heads:
+        last = self.conn.execute("SELECT id, hash FROM inbox ORDER BY id DESC LIMIT 1").fetchone()
+        last_ev = self.conn.execute(
+            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+        return Heads(
+            inbox_id=last[0] if last else 0,
+            inbox_hash=last[1] if last else _codec.GENESIS,
+            position=last_ev[0] if last_ev else 0,
+            events_hash=last_ev[1] if last_ev else _codec.GENESIS,
         )
 
-    def _record(
-        self,
-        draft: InboxDraft,
-        decide: Callable[[Payment | None], Decision],
-        *,
-        now: str,
-        payment_id: str | None,
-        charge_id: str | None,
-    ) -> Recorded:
-        conn = self.conn
+    def _plan(self, item: _Pending, heads: Heads, staged: dict[str, Payment]) -> Plan:
         before = None
-        if payment_id is not None:
-            before = self._load(payment_id)
-        if before is None and charge_id is not None:
-            row = conn.execute(self._lookup_charge_sql, (charge_id,)).fetchone()
-            before = _codec.payment_from_row(row) if row else None
-        decision = decide(before)
-        last = conn.execute("SELECT id, hash FROM inbox ORDER BY id DESC LIMIT 1").fetchone()
-        inbox_id, prev = (last[0] + 1, last[1]) if last else (1, _codec.GENESIS)
-        values: dict[str, Any] = {
-            "id": inbox_id,
-            "received_at": now,
-            "kind": draft.kind,
-            "origin": draft.origin,
-            "payment_id": decision.payment_id if decision.payment_id is not None else payment_id,
-            "charge_id": decision.charge_id if decision.charge_id is not None else charge_id,
-            "external_id": draft.external_id,
-            "body": draft.body,
-            "body_encoding": draft.body_encoding,
-            "headers": draft.headers,
-            "verification": draft.verification,
-            "outcome": decision.outcome.value,
-            "reason": decision.reason,
-        }
-        values["hash"] = _codec.chain_hash(prev, values, _codec.INBOX_HASHED)
-        conn.execute(self._insert_inbox_sql, tuple(values[c] for c in INBOX_COLUMNS))
-        stored: list[StoredEvent] = []
-        after = before
-        if decision.events:
-            stream = decision.payment_id
-            if stream is None:  # pragma: no cover - the machine always names it
-                raise StoreError("events without a payment id")
-            last_ev = conn.execute(
-                "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
-            ).fetchone()
-            position, prev_ev = (last_ev[0], last_ev[1]) if last_ev else (0, _codec.GENESIS)
-            version = before.version if before is not None else 0
-            rows = []
-            for new in decision.events:
-                position += 1
-                version += 1
-                ev = {
-                    "position": position,
-                    "stream": stream,
-                    "version": version,
-                    "kind": new.kind.value,
-                    "event_version": EVENT_VERSIONS[new.kind],
-                    "data": _codec.dumps(dict(new.data)),
-                    "recorded_at": now,
-                    "causation": inbox_id,
-                }
-                prev_ev = ev["hash"] = _codec.chain_hash(prev_ev, ev, _codec.EVENT_HASHED)
-                rows.append(tuple(ev[c] for c in _codec.EVENT_COLUMNS))
-                event = StoredEvent(
-                    position=position,
-                    stream=stream,
-                    version=version,
-                    kind=new.kind.value,
-                    event_version=EVENT_VERSIONS[new.kind],
-                    data=new.data,
-                    recorded_at=now,
-                    causation=inbox_id,
-                )
-                stored.append(event)
-                after = evolve(after, event)
-            conn.executemany(self._insert_event_sql, rows)
-            assert after is not None
-            conn.execute(self._upsert_payment_sql, _codec.payment_to_row(after))
-        return Recorded(
-            inbox=InboxRow(**values),
-            decision=decision,
-            events=tuple(stored),
-            before=before,
-            after=after,
+        if item.payment_id is not None:
+            before = self._lookup(item.payment_id, staged)
+        if before is None and item.charge_id is not None:
+            owner = self._cached_charges.get(item.charge_id)
+            if owner is not None:
+                before = self._lookup(owner, staged)
+            else:
+                row = self.conn.execute(self._lookup_charge_sql, (item.charge_id,)).fetchone()
+                before = _codec.payment_from_row(row) if row else None
+        return plan(
+            item.draft,
+            item.decide(before),
+            before,
+            heads,
+            now=item.now,
+            payment_id=item.payment_id,
+            charge_id=item.charge_id,
         )
+
+    # The write cache: the chain heads and recently written payments, valid while
+    # no other connection has committed (``PRAGMA data_version`` unchanged). It
+    # saves the writer its reads; the rows written are the same either way.
+
+    def _lookup(self, payment_id: str, staged: dict[str, Payment]) -> Payment | None:
+        found = staged.get(payment_id) or self._cached_payments.get(payment_id)
+        return found if found is not None else self._load(payment_id)
+
+    def _remember(self, staged: dict[str, Payment], batch: list[_Pending]) -> None:
+        if len(self._cached_payments) + len(staged) > _CACHE_PAYMENTS:
+            self._cached_payments.clear()
+            self._cached_charges.clear()
+        for payment in staged.values():
+            self._cached_payments[payment.payment_id] = payment
+            if payment.charge_id is not None:
+                self._cached_charges.setdefault(payment.charge_id, payment.payment_id)
+        self._cached_heads = self._staged_heads
+
+    def _forget(self) -> None:
+        self._cache_version = None
+        self._cached_heads = None
+        self._cached_payments.clear()
+        self._cached_charges.clear()
 
     # ---------------------------------------------------------------------- reads
 
@@ -638,7 +736,12 @@ class SQLiteStore:
         exactly-once consumers: their own writes and the consumer's position
         commit together.
         """
-        return self._retrying(lambda: work(self.db))
+        with self._lock:
+            self._forget()  # the work may write anything
+            try:
+                return self._retrying(lambda: work(self.db))
+            finally:
+                self._forget()
 
     # --------------------------------------------------------------------- audit
 
@@ -732,6 +835,8 @@ class SQLiteStore:
             IntegrityError: an event cannot be folded (unknown kind, broken stream).
         """
         with self._lock:
+            if repair:
+                self._forget()
             return self._replay(repair=repair, progress=progress)
 
     def _replay(

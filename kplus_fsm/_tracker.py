@@ -79,7 +79,10 @@ def format_time(when: dt.datetime) -> str:
     """
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError("times must be timezone-aware (the clock returned a naive datetime)")
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = when.astimezone(dt.UTC)
+    if utc.year < 1000:  # isoformat pads the year; keep strftime's form for these
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"  # ~10x strftime
 
 
 def parse_time(text: str | dt.datetime) -> dt.datetime:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kplus_fsm import EventKind, Tracker, _codec
 from kplus_fsm._model import EVENT_VERSIONS
@@ -25,6 +29,62 @@ class TestCanonicalJSON:
         assert len(base) == 64
         assert _codec.chain_hash("1" * 64, row, ("id", "x")) != base
         assert _codec.chain_hash(_codec.GENESIS, {"id": 1, "x": "b"}, ("id", "x")) != base
+
+
+def stdlib_chain_hash(previous: str, values: list[Any]) -> str:
+    """The chain's definition, written with the standard library only."""
+    payload = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256((previous + payload).encode("utf-8")).hexdigest()
+
+
+row_values = st.lists(
+    st.one_of(
+        st.none(),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        st.text(st.characters(blacklist_categories=["Cs"])),
+    ),
+    min_size=1,
+    max_size=6,
+)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(blacklist_categories=["Cs"])),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+class TestFastCodec:
+    """orjson does the work; the stored forms and hashes stay the standard library's."""
+
+    @given(values=row_values)
+    def test_chain_hash_is_the_stdlib_definition(self, values: list[Any]) -> None:
+        """Logs written before the switch to orjson verify after it, byte for byte."""
+        row = {str(i): v for i, v in enumerate(values)}
+        columns = tuple(row)
+        assert _codec.chain_hash("a" * 64, row, columns) == stdlib_chain_hash("a" * 64, values)
+
+    @given(value=json_values)
+    def test_round_trip_is_exact(self, value: Any) -> None:
+        """Whatever dumps writes, loads reads back equal (big integers included)."""
+        assert _codec.loads(_codec.dumps(value)) == value
+
+    def test_big_integers_are_exact(self) -> None:
+        """Beyond 64 bits orjson would read a float: such values are marked and read exactly."""
+        text = _codec.dumps({"order": 2**70})
+        assert text == ' {"order":1180591620717411303424}'
+        assert _codec.loads(text) == {"order": 2**70}
+        assert isinstance(_codec.loads(text)["order"], int)
+
+    def test_stdlib_text_still_reads(self) -> None:
+        """Rows written by the standard library before the switch read the same."""
+        value = {"b": [1, 2.5, None, "x"], "a": "บาท"}
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert _codec.loads(text) == value
+        assert _codec.dumps(value) == text
 
 
 class TestBodies:

@@ -38,7 +38,7 @@ import structlog
 from kplus_fsm import Origin, SQLiteStore, Tracker
 from kplus_fsm._machine import Decision
 from kplus_fsm._model import Payment
-from kplus_fsm._store import InboxDraft, Recorded
+from kplus_fsm._store import InboxDraft, Recorded, _Pending
 from kplus_fsm.adapters.signatures import signature_headers
 from kplus_fsm.exceptions import MalformedInputError
 from kplus_fsm.testing import FakeClock, charge_json, error_json, webhook_json
@@ -69,7 +69,9 @@ class BatchedStore(SQLiteStore):
         payment_id: str | None = None,
         charge_id: str | None = None,
     ) -> Recorded:
-        return self._record(draft, decide, now=now, payment_id=payment_id, charge_id=charge_id)
+        item = _Pending(draft, decide, now, payment_id, charge_id)
+        self._record_batch([item], {})  # in the caller's open transaction
+        return item.outcome()
 
 
 class World:

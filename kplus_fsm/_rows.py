@@ -1,0 +1,180 @@
+"""
+What one input writes, independent of the database: the inbox row, the event
+rows, the projection row and the hash-chain links, computed from the payment
+before the input, the machine's decision and the heads of the two chains.
+
+Every store (SQLite, PostgreSQL) reads the heads and the payment inside its
+write transaction, calls :func:`plan`, and inserts the rows it returns: the
+stored bytes and hashes are therefore the same whatever the database.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import attrs
+
+from . import _codec
+from ._machine import Decision, evolve
+from ._model import EVENT_VERSIONS, Payment, StoredEvent
+
+INBOX_COLUMNS: Final = (*_codec.INBOX_HASHED, "hash")
+
+
+@attrs.frozen(kw_only=True)
+class InboxDraft:
+    """An input as received, before the machine decided its outcome."""
+
+    kind: str
+    body: str
+    body_encoding: str
+    origin: str | None = None
+    external_id: str | None = None
+    headers: str | None = None
+    verification: str = "not_applicable"
+
+
+@attrs.frozen(kw_only=True)
+class InboxRow:
+    """One stored input with its outcome."""
+
+    id: int
+    received_at: str
+    kind: str
+    origin: str | None
+    payment_id: str | None
+    charge_id: str | None
+    external_id: str | None
+    body: str
+    body_encoding: str
+    headers: str | None
+    verification: str
+    outcome: str
+    reason: str
+    hash: str
+
+    def raw(self) -> Any:
+        """The input as it was received (bytes, text or a JSON value)."""
+        return _codec.decode_body(self.body, self.body_encoding)
+
+
+@attrs.frozen(kw_only=True)
+class Recorded:
+    """What one committed input wrote."""
+
+    inbox: InboxRow
+    decision: Decision
+    events: tuple[StoredEvent, ...]
+    before: Payment | None
+    after: Payment | None
+
+
+@attrs.frozen(kw_only=True)
+class Heads:
+    """The ends of the two hash chains: the last inbox id and event position, and their hashes."""
+
+    inbox_id: int = 0
+    inbox_hash: str = _codec.GENESIS
+    position: int = 0
+    events_hash: str = _codec.GENESIS
+
+
+@attrs.frozen(kw_only=True)
+class Plan:
+    """The rows one input writes, in column order, and the chain heads after them."""
+
+    inbox_row: tuple[Any, ...]
+    event_rows: tuple[tuple[Any, ...], ...]
+    payment_row: tuple[Any, ...] | None
+    recorded: Recorded
+    heads: Heads
+
+
+def plan(
+    draft: InboxDraft,
+    decision: Decision,
+    before: Payment | None,
+    heads: Heads,
+    *,
+    now: str,
+    payment_id: str | None,
+    charge_id: str | None,
+) -> Plan:
+    """
+    The rows for one input: an inbox row chained to ``heads.inbox_hash``, one
+    event row per decided event chained to ``heads.events_hash`` (versions
+    following ``before.version``), and the payment's projection after them.
+    """
+    inbox_id = heads.inbox_id + 1
+    values: dict[str, Any] = {
+        "id": inbox_id,
+        "received_at": now,
+        "kind": draft.kind,
+        "origin": draft.origin,
+        "payment_id": decision.payment_id if decision.payment_id is not None else payment_id,
+        "charge_id": decision.charge_id if decision.charge_id is not None else charge_id,
+        "external_id": draft.external_id,
+        "body": draft.body,
+        "body_encoding": draft.body_encoding,
+        "headers": draft.headers,
+        "verification": draft.verification,
+        "outcome": decision.outcome.value,
+        "reason": decision.reason,
+    }
+    inbox_hash = values["hash"] = _codec.chain_hash(heads.inbox_hash, values, _codec.INBOX_HASHED)
+    position, events_hash = heads.position, heads.events_hash
+    rows: list[tuple[Any, ...]] = []
+    stored: list[StoredEvent] = []
+    after = before
+    if decision.events:
+        stream = decision.payment_id
+        if stream is None:  # pragma: no cover - the machine always names it
+            raise ValueError("events without a payment id")
+        version = before.version if before is not None else 0
+        for new in decision.events:
+            position += 1
+            version += 1
+            kind, event_version = new.kind.value, EVENT_VERSIONS[new.kind]
+            ev: dict[str, Any] = {
+                "position": position,
+                "stream": stream,
+                "version": version,
+                "kind": kind,
+                "event_version": event_version,
+                "data": _codec.dumps(dict(new.data)),
+                "recorded_at": now,
+                "causation": inbox_id,
+            }
+            events_hash = ev["hash"] = _codec.chain_hash(events_hash, ev, _codec.EVENT_HASHED)
+            rows.append(tuple(ev[c] for c in _codec.EVENT_COLUMNS))
+            event = StoredEvent(
+                position=position,
+                stream=stream,
+                version=version,
+                kind=kind,
+                event_version=event_version,
+                data=new.data,
+                recorded_at=now,
+                causation=inbox_id,
+            )
+            stored.append(event)
+            after = evolve(after, event)
+    payment_row = None
+    if stored:
+        assert after is not None
+        payment_row = _codec.payment_to_row(after)
+    return Plan(
+        inbox_row=tuple(values[c] for c in INBOX_COLUMNS),
+        event_rows=tuple(rows),
+        payment_row=payment_row,
+        recorded=Recorded(
+            inbox=InboxRow(**values),
+            decision=decision,
+            events=tuple(stored),
+            before=before,
+            after=after,
+        ),
+        heads=Heads(
+            inbox_id=inbox_id, inbox_hash=inbox_hash, position=position, events_hash=events_hash
+        ),
+    )
