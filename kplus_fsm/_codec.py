@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
@@ -79,19 +79,54 @@ def loads(text: str | bytes) -> Any:
         return json.loads(text)  # the standard library's reading (and error) of odd text
 
 
-def chain_hash(previous: str, row: Mapping[str, Any], columns: tuple[str, ...]) -> str:
+#: ``bytes.translate`` table: ASCII digits to ``0``, every other byte to ``.``.
+_DIGIT_MAP: Final = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2E for b in range(256))
+#: 19 digits in a row: the shortest integer literal orjson would read inexactly
+#: (below -2**63; from 2**64 up it takes 20).
+_LONG_NUMBER: Final = b"0" * 19
+
+
+def parse_json(raw: bytes | str) -> Any:
     """
-    ``sha256(previous || JSON array of the row's columns)``, hex. The array is
-    the standard library's compact form (``json.dumps(..., separators=(",", ":"),
+    Parse JSON as received (a webhook body, an API response) exactly as
+    ``json.loads`` does, ~5x faster: orjson when its reading is the standard
+    library's (no integer literal of 19 digits or more, which it would turn into
+    a float; text it accepts), the standard library otherwise (NaN, UTF-16,
+    lone surrogates, ...), which also raises the errors.
+
+    Raises:
+        ValueError: not JSON (``json.JSONDecodeError``).
+        RecursionError: nested too deeply.
+    """
+    try:
+        data = raw.encode("utf-8") if isinstance(raw, str) else raw
+    except UnicodeEncodeError:
+        return json.loads(raw)
+    if _LONG_NUMBER not in data.translate(_DIGIT_MAP):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
+
+
+def chain_hash(previous: str, row: Mapping[str, Any], columns: tuple[str, ...]) -> str:
+    """``sha256(previous || JSON array of the row's columns)``, hex: see :func:`hash_values`."""
+    return hash_values(previous, [row[c] for c in columns])
+
+
+def hash_values(previous: str, values: Sequence[Any]) -> str:
+    """
+    ``sha256(previous || JSON array of values)``, hex. The array is the
+    standard library's compact form (``json.dumps(..., separators=(",", ":"),
     ensure_ascii=False)``), which orjson produces byte for byte for the values
     rows hold (text, integers, null): it is used, and the standard library only
     for text orjson refuses.
     """
-    values = [row[c] for c in columns]
     try:
         payload = orjson.dumps(values)
     except orjson.JSONEncodeError:
-        payload = _stdlib_dumps(values).encode("utf-8")
+        payload = _stdlib_dumps(list(values)).encode("utf-8")
     return hashlib.sha256(previous.encode("ascii") + payload).hexdigest()
 
 
@@ -125,6 +160,7 @@ def decode_body(body: str, encoding: str) -> bytes | str | Any:
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
+
 #: ``(kind, from_version) -> function`` lifting a payload one version up. Add an
 #: entry here whenever a kind's payload changes shape and bump EVENT_VERSIONS.
 UPCASTERS: Final[dict[tuple[str, int], Upcaster]] = {}
@@ -145,7 +181,21 @@ def upcast(kind: str, event_version: int, data: dict[str, Any]) -> tuple[int, di
 def event_from_row(row: Mapping[str, Any] | tuple[Any, ...]) -> StoredEvent:
     """A :class:`StoredEvent` from an ``events`` row (mapping or tuple in column order)."""
     if not isinstance(row, Mapping):
-        row = dict(zip(EVENT_COLUMNS, row, strict=False))
+        position, stream, version, kind, event_version, data, recorded_at, causation = row[:8]
+        if EVENT_VERSIONS.get(kind) != event_version:
+            event_version, payload = upcast(kind, event_version, loads(data))
+        else:
+            payload = loads(data)
+        return StoredEvent(
+            position=position,
+            stream=stream,
+            version=version,
+            kind=kind,
+            event_version=event_version,
+            data=payload,
+            recorded_at=recorded_at,
+            causation=causation,
+        )
     version, data = upcast(row["kind"], row["event_version"], loads(row["data"]))
     return StoredEvent(
         position=row["position"],

@@ -469,76 +469,124 @@ def evolve(payment: Payment | None, event: StoredEvent) -> Payment:
         IntegrityError: the event does not fit (an unknown kind, a first event
             that is not ``payment.requested``, or a missing field).
     """
+    state = None if payment is None else payment_state(payment)
+    state = apply_event(
+        state,
+        event.stream,
+        event.kind,
+        event.data,
+        event.version,
+        event.recorded_at,
+        event.position,
+    )
+    return Payment(**state)
+
+
+#: A payment's fields as a dict: what :func:`apply_event` folds into.
+PaymentState = dict[str, Any]
+
+_PAYMENT_FIELDS: Final = tuple(a.name for a in attrs.fields(Payment))
+
+
+_STATUSES: Final = {s.value: s for s in Status}
+
+
+def payment_state(payment: Payment) -> PaymentState:
+    """The fields of ``payment`` (``Payment(**payment_state(p)) == p``)."""
+    return {name: getattr(payment, name) for name in _PAYMENT_FIELDS}
+
+
+#: The fields of a payment just requested, before its request's own.
+_NEW_PAYMENT: Final[PaymentState] = payment_state(
+    Payment(payment_id="", status=Status.CREATED, amount=0, currency="", return_uri="")
+)
+
+
+def apply_event(
+    state: PaymentState | None,
+    stream: str,
+    kind: str,
+    data: Mapping[str, Any],
+    version: int,
+    at: str,
+    position: int,
+) -> PaymentState:
+    """
+    The one folding rule, on a payment's fields: ``state`` (``None`` before the
+    first event) after the event, changed in place. Replay folds a whole stream
+    into one dict and builds the :class:`Payment` once, at its end.
+
+    Raises:
+        IntegrityError: the event does not fit (see :func:`evolve`).
+    """
     try:
-        return _evolve(payment, event)
+        return _fold_one(state, stream, kind, data, version, at)
     except (KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(
-            f"event at position {event.position} ({event.kind}) cannot be folded: {exc!r}",
+            f"event at position {position} ({kind}) cannot be folded: {exc!r}",
             table="events",
-            row_id=event.position,
+            row_id=position,
         ) from exc
 
 
-def _evolve(payment: Payment | None, event: StoredEvent) -> Payment:
-    data = event.data
-    at = event.recorded_at
-    if payment is None:
-        if event.kind != EventKind.PAYMENT_REQUESTED:
-            raise ValueError(f"stream {event.stream} does not start with payment.requested")
-        return Payment(
-            payment_id=data["payment_id"],
-            status=Status.CREATED,
-            amount=data["amount"],
-            currency=data["currency"],
-            return_uri=data["return_uri"],
-            platform_type=data.get("platform_type"),
-            description=data.get("description"),
-            metadata=dict(data.get("metadata") or {}),
-            version=event.version,
-            created_at=at,
-            updated_at=at,
-        )
-    common: dict[str, Any] = {"version": event.version, "updated_at": at}
-    kind = event.kind
+def _fold_one(
+    state: PaymentState | None,
+    stream: str,
+    kind: str,
+    data: Mapping[str, Any],
+    version: int,
+    at: str,
+) -> PaymentState:
+    if state is None:
+        if kind != EventKind.PAYMENT_REQUESTED:
+            raise ValueError(f"stream {stream} does not start with payment.requested")
+        return {
+            **_NEW_PAYMENT,
+            "payment_id": data["payment_id"],
+            "amount": data["amount"],
+            "currency": data["currency"],
+            "return_uri": data["return_uri"],
+            "platform_type": data.get("platform_type"),
+            "description": data.get("description"),
+            "metadata": dict(data.get("metadata") or {}),
+            "version": version,
+            "created_at": at,
+            "updated_at": at,
+        }
     if kind == EventKind.PAYMENT_REQUESTED:
         raise ValueError("payment.requested in the middle of a stream")
     if kind == EventKind.CREATE_UNKNOWN:
-        return attrs.evolve(payment, create_unknown=True, **common)
-    if kind == EventKind.CREATE_FAILED:
-        return attrs.evolve(
-            payment,
-            status=Status.FAILED,
-            failure_code=data["code"],
-            failure_message=data.get("message"),
-            create_unknown=False,
-            **common,
-        )
-    if kind == EventKind.WEBHOOK_ACCEPTED:
-        return attrs.evolve(
-            payment, webhook_event_ids=payment.webhook_event_ids | {data["event_id"]}, **common
-        )
-    if kind in _CHANGE_KINDS:
-        status = Status(data["status"])
-        flags = set(payment.flags)
+        state["create_unknown"] = True
+    elif kind == EventKind.CREATE_FAILED:
+        state["status"] = Status.FAILED
+        state["failure_code"] = data["code"]
+        state["failure_message"] = data.get("message")
+        state["create_unknown"] = False
+    elif kind == EventKind.WEBHOOK_ACCEPTED:
+        state["webhook_event_ids"] = state["webhook_event_ids"] | {data["event_id"]}
+    elif kind in _CHANGE_KINDS:
+        status = _STATUSES[data["status"]]
+        flags = set(state["flags"])
         if kind == EventKind.CHARGE_CORRECTED:
             flags.add("corrected")
         code = data.get("failure_code")
         if code is not None and code not in KNOWN_FAILURE_CODES:
             flags.add("unknown_failure_code")
-        return attrs.evolve(
-            payment,
-            status=status,
-            charge_id=data["charge_id"],
-            livemode=data["livemode"] if data.get("livemode") is not None else payment.livemode,
-            authorize_uri=data.get("authorize_uri") or payment.authorize_uri,
-            expires_at=data.get("expires_at") or payment.expires_at,
-            failure_code=code,
-            failure_message=data.get("failure_message"),
-            create_unknown=False,
-            flags=frozenset(flags),
-            **common,
-        )
-    raise ValueError(f"unknown event kind {kind!r}")
+        state["status"] = status
+        state["charge_id"] = data["charge_id"]
+        if data.get("livemode") is not None:
+            state["livemode"] = data["livemode"]
+        state["authorize_uri"] = data.get("authorize_uri") or state["authorize_uri"]
+        state["expires_at"] = data.get("expires_at") or state["expires_at"]
+        state["failure_code"] = code
+        state["failure_message"] = data.get("failure_message")
+        state["create_unknown"] = False
+        state["flags"] = frozenset(flags)
+    else:
+        raise ValueError(f"unknown event kind {kind!r}")
+    state["version"] = version
+    state["updated_at"] = at
+    return state
 
 
 def fold(events: Iterable[StoredEvent], payment: Payment | None = None) -> Payment | None:

@@ -10,12 +10,13 @@ stored bytes and hashes are therefore the same whatever the database.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import attrs
 
 from . import _codec
-from ._machine import Decision, evolve
+from ._machine import Decision, apply_event, payment_state
 from ._model import EVENT_VERSIONS, Payment, StoredEvent
 
 INBOX_COLUMNS: Final = (*_codec.INBOX_HASHED, "hash")
@@ -56,6 +57,26 @@ class InboxRow:
     def raw(self) -> Any:
         """The input as it was received (bytes, text or a JSON value)."""
         return _codec.decode_body(self.body, self.body_encoding)
+
+
+def inbox_row(row: Sequence[Any]) -> InboxRow:
+    """An :class:`InboxRow` from an ``inbox`` row in :data:`INBOX_COLUMNS` order."""
+    return InboxRow(
+        id=row[0],
+        received_at=row[1],
+        kind=row[2],
+        origin=row[3],
+        payment_id=row[4],
+        charge_id=row[5],
+        external_id=row[6],
+        body=row[7],
+        body_encoding=row[8],
+        headers=row[9],
+        verification=row[10],
+        outcome=row[11],
+        reason=row[12],
+        hash=row[13],
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -106,69 +127,89 @@ def plan(
     following ``before.version``), and the payment's projection after them.
     """
     inbox_id = heads.inbox_id + 1
-    values: dict[str, Any] = {
-        "id": inbox_id,
-        "received_at": now,
-        "kind": draft.kind,
-        "origin": draft.origin,
-        "payment_id": decision.payment_id if decision.payment_id is not None else payment_id,
-        "charge_id": decision.charge_id if decision.charge_id is not None else charge_id,
-        "external_id": draft.external_id,
-        "body": draft.body,
-        "body_encoding": draft.body_encoding,
-        "headers": draft.headers,
-        "verification": draft.verification,
-        "outcome": decision.outcome.value,
-        "reason": decision.reason,
-    }
-    inbox_hash = values["hash"] = _codec.chain_hash(heads.inbox_hash, values, _codec.INBOX_HASHED)
+    # In _codec.INBOX_HASHED order (the hash covers exactly these values).
+    hashed = (
+        inbox_id,
+        now,
+        draft.kind,
+        draft.origin,
+        decision.payment_id if decision.payment_id is not None else payment_id,
+        decision.charge_id if decision.charge_id is not None else charge_id,
+        draft.external_id,
+        draft.body,
+        draft.body_encoding,
+        draft.headers,
+        draft.verification,
+        decision.outcome.value,
+        decision.reason,
+    )
+    inbox_hash = _codec.hash_values(heads.inbox_hash, hashed)
+    inbox_row = (*hashed, inbox_hash)
     position, events_hash = heads.position, heads.events_hash
     rows: list[tuple[Any, ...]] = []
     stored: list[StoredEvent] = []
     after = before
+    payment_row = None
     if decision.events:
         stream = decision.payment_id
         if stream is None:  # pragma: no cover - the machine always names it
             raise ValueError("events without a payment id")
         version = before.version if before is not None else 0
+        state = None if before is None else payment_state(before)
         for new in decision.events:
             position += 1
             version += 1
             kind, event_version = new.kind.value, EVENT_VERSIONS[new.kind]
-            ev: dict[str, Any] = {
-                "position": position,
-                "stream": stream,
-                "version": version,
-                "kind": kind,
-                "event_version": event_version,
-                "data": _codec.dumps(dict(new.data)),
-                "recorded_at": now,
-                "causation": inbox_id,
-            }
-            events_hash = ev["hash"] = _codec.chain_hash(events_hash, ev, _codec.EVENT_HASHED)
-            rows.append(tuple(ev[c] for c in _codec.EVENT_COLUMNS))
-            event = StoredEvent(
-                position=position,
-                stream=stream,
-                version=version,
-                kind=kind,
-                event_version=event_version,
-                data=new.data,
-                recorded_at=now,
-                causation=inbox_id,
+            # In _codec.EVENT_HASHED order.
+            ev = (
+                position,
+                stream,
+                version,
+                kind,
+                event_version,
+                _codec.dumps(dict(new.data)),
+                now,
+                inbox_id,
             )
-            stored.append(event)
-            after = evolve(after, event)
-    payment_row = None
-    if stored:
-        assert after is not None
+            events_hash = _codec.hash_values(events_hash, ev)
+            rows.append((*ev, events_hash))
+            stored.append(
+                StoredEvent(
+                    position=position,
+                    stream=stream,
+                    version=version,
+                    kind=kind,
+                    event_version=event_version,
+                    data=new.data,
+                    recorded_at=now,
+                    causation=inbox_id,
+                )
+            )
+            state = apply_event(state, stream, kind, new.data, version, now, position)
+        assert state is not None
+        after = Payment(**state)
         payment_row = _codec.payment_to_row(after)
     return Plan(
-        inbox_row=tuple(values[c] for c in INBOX_COLUMNS),
+        inbox_row=inbox_row,
         event_rows=tuple(rows),
         payment_row=payment_row,
         recorded=Recorded(
-            inbox=InboxRow(**values),
+            inbox=InboxRow(
+                id=inbox_id,
+                received_at=now,
+                kind=draft.kind,
+                origin=draft.origin,
+                payment_id=hashed[4],
+                charge_id=hashed[5],
+                external_id=draft.external_id,
+                body=draft.body,
+                body_encoding=draft.body_encoding,
+                headers=draft.headers,
+                verification=draft.verification,
+                outcome=decision.outcome.value,
+                reason=decision.reason,
+                hash=inbox_hash,
+            ),
             decision=decision,
             events=tuple(stored),
             before=before,

@@ -87,6 +87,43 @@ class TestFastCodec:
         assert _codec.dumps(value) == text
 
 
+class TestParseJson:
+    """Inputs are read by orjson only where its reading is the standard library's."""
+
+    @given(value=json_values | st.integers(min_value=-(2**80), max_value=2**80))
+    def test_same_value_as_the_standard_library(self, value: Any) -> None:
+        text = json.dumps(value, ensure_ascii=False)
+        for raw in (text, text.encode("utf-8")):
+            parsed = _codec.parse_json(raw)
+            assert parsed == json.loads(raw)
+            assert type(parsed) is type(json.loads(raw))
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "-9223372036854775809",
+            "18446744073709551616",
+            '{"order": 123456789012345678901234567890}',
+            "NaN",
+            '["\\ud800"]',
+            '{"a": 1, "a": 2}',
+        ],
+    )
+    def test_edge_cases(self, text: str) -> None:
+        """Big integers stay integers; NaN and lone surrogates read as json.loads reads them."""
+        got, want = _codec.parse_json(text), json.loads(text)
+        assert repr(got) == repr(want)
+
+    @pytest.mark.parametrize("text", ["", "{", "[1,]", "\ufeff{}", "{'a': 1}"])
+    def test_errors_are_the_standard_librarys(self, text: str) -> None:
+        with pytest.raises(ValueError, match=r".") as ours:
+            _codec.parse_json(text)
+        with pytest.raises(ValueError, match=r".") as theirs:
+            json.loads(text)
+        assert type(ours.value) is type(theirs.value)
+        assert str(ours.value) == str(theirs.value)
+
+
 class TestBodies:
     """Any raw input can be stored and read back exactly."""
 

@@ -38,7 +38,7 @@ import structlog
 from kplus_fsm import Origin, SQLiteStore, Tracker
 from kplus_fsm._machine import Decision
 from kplus_fsm._model import Payment
-from kplus_fsm._store import InboxDraft, Recorded, _Pending
+from kplus_fsm._store import InboxDraft, Recorded, _Pending, _Staged
 from kplus_fsm.adapters.signatures import signature_headers
 from kplus_fsm.exceptions import MalformedInputError
 from kplus_fsm.testing import FakeClock, charge_json, error_json, webhook_json
@@ -70,7 +70,7 @@ class BatchedStore(SQLiteStore):
         charge_id: str | None = None,
     ) -> Recorded:
         item = _Pending(draft, decide, now, payment_id, charge_id)
-        self._record_batch([item], {})  # in the caller's open transaction
+        self._record_batch([item], _Staged())  # in the caller's open transaction
         return item.outcome()
 
 
