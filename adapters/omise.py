@@ -56,7 +56,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import email.utils
-import json
 import math
 import random
 import time
@@ -68,7 +67,7 @@ import attrs
 import httpx
 import structlog
 
-from kplus_fsm import __version__
+from kplus_fsm import __version__, parse_json
 from kplus_fsm.exceptions import GatewayRefusedError, GatewayUnavailableError, KplusFSMError
 
 __all__ = [
@@ -263,7 +262,7 @@ def _interpret(
     status = response.status_code
     retry_after = _parse_retry_after(response.headers.get("retry-after"), now=now)
     try:
-        body: Any = json.loads(response.content)
+        body: Any = parse_json(response.content)
     except (ValueError, RecursionError):
         body = None
         parsed = False
@@ -418,7 +417,9 @@ class OmiseClient:
         ``POST /sources`` (public key if set, else secret key). Never retried.
 
         Raises:
-            OmiseAPIError, OmiseUnavailableError, OmiseConfigurationError.
+            OmiseAPIError: a definite refusal (an Omise error object).
+            OmiseUnavailableError: no definite answer (timeout, 429, 5xx, garbage).
+            OmiseConfigurationError: misuse (no key for the call, a bad argument).
         """
         params: dict[str, Any] = {"amount": amount, "currency": currency, "type": type}
         if platform_type is not None:
@@ -431,7 +432,9 @@ class OmiseClient:
         ``GET /sources/:id`` (secret key if set, else public key).
 
         Raises:
-            OmiseAPIError, OmiseUnavailableError, OmiseConfigurationError.
+            OmiseAPIError: a definite refusal (an Omise error object).
+            OmiseUnavailableError: no definite answer (timeout, 429, 5xx, garbage).
+            OmiseConfigurationError: misuse (no key for the call, a bad argument).
         """
         path = f"/sources/{_segment(source_id, 'source_id')}"
         key = self._key(prefer_public=False, allow_public=True)
@@ -468,8 +471,9 @@ class OmiseClient:
         ``GET /charges/:id`` with the secret key: the authoritative charge.
 
         Raises:
-            OmiseAPIError (e.g. 404 ``not_found``), OmiseUnavailableError,
-            OmiseConfigurationError.
+            OmiseAPIError: a definite refusal (e.g. 404 ``not_found``).
+            OmiseUnavailableError: no definite answer (timeout, 429, 5xx, garbage).
+            OmiseConfigurationError: misuse (no secret key, an empty id).
         """
         path = f"/charges/{_segment(charge_id, 'charge_id')}"
         return self._checked_id(
@@ -491,7 +495,9 @@ class OmiseClient:
         or ``reverse_chronological``; naive datetimes are taken as UTC.
 
         Raises:
-            OmiseAPIError, OmiseUnavailableError, OmiseConfigurationError.
+            OmiseAPIError: a definite refusal (an Omise error object).
+            OmiseUnavailableError: no definite answer (timeout, 429, 5xx, garbage).
+            OmiseConfigurationError: misuse (no key for the call, a bad argument).
         """
         params = self._page_params(offset, limit, from_=from_, to=to, order=order)
         return self._request("GET", "/charges", key=self._key(), params=params, expect="list")
@@ -503,7 +509,9 @@ class OmiseClient:
         ``GET /charges/:id/events``: a list object of the charge's events.
 
         Raises:
-            OmiseAPIError, OmiseUnavailableError, OmiseConfigurationError.
+            OmiseAPIError: a definite refusal (an Omise error object).
+            OmiseUnavailableError: no definite answer (timeout, 429, 5xx, garbage).
+            OmiseConfigurationError: misuse (no key for the call, a bad argument).
         """
         path = f"/charges/{_segment(charge_id, 'charge_id')}/events"
         params = self._page_params(offset, limit)
@@ -514,7 +522,9 @@ class OmiseClient:
         ``GET /events/:id``.
 
         Raises:
-            OmiseAPIError, OmiseUnavailableError, OmiseConfigurationError.
+            OmiseAPIError: a definite refusal (an Omise error object).
+            OmiseUnavailableError: no definite answer (timeout, 429, 5xx, garbage).
+            OmiseConfigurationError: misuse (no key for the call, a bad argument).
         """
         path = f"/events/{_segment(event_id, 'event_id')}"
         return self._checked_id(
@@ -536,7 +546,9 @@ class OmiseClient:
         The search is full-text: use :meth:`find_charge` for an exact payment id.
 
         Raises:
-            OmiseAPIError, OmiseUnavailableError, OmiseConfigurationError.
+            OmiseAPIError: a definite refusal (an Omise error object).
+            OmiseUnavailableError: no definite answer (timeout, 429, 5xx, garbage).
+            OmiseConfigurationError: misuse (no key for the call, a bad argument).
         """
         if page < 1 or per_page < 1:
             raise OmiseConfigurationError("page and per_page must be at least 1")
@@ -560,7 +572,9 @@ class OmiseClient:
         full-text and may return near matches.
 
         Raises:
-            OmiseAPIError, OmiseUnavailableError, OmiseConfigurationError.
+            OmiseAPIError: a definite refusal (an Omise error object).
+            OmiseUnavailableError: no definite answer (timeout, 429, 5xx, garbage).
+            OmiseConfigurationError: misuse (no key for the call, a bad argument).
         """
         if not isinstance(payment_id, str) or not payment_id.strip():
             raise OmiseConfigurationError("payment_id must be a non-empty string")

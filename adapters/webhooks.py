@@ -70,7 +70,7 @@ import attrs
 import httpx
 import structlog
 
-from kplus_fsm import ChargeAPI, Outcome, Result, Tracker, WebhookEvent
+from kplus_fsm import ChargeAPI, Outcome, Result, Tracker, WebhookEvent, parse_json
 from kplus_fsm.exceptions import (
     GatewayError,
     InvalidInputError,
@@ -349,7 +349,7 @@ class WebhookIntake:
         client = self.client
         assert client is not None
         try:
-            event = WebhookEvent.from_json(json.loads(body))
+            event = WebhookEvent.from_json(parse_json(body))
         except (ValueError, KplusFSMError):  # pragma: no cover - the tracker parsed it
             return self._answer(result)
         if event.charge is None:
@@ -699,7 +699,9 @@ def intake_from_env(
     """
     A :class:`WebhookIntake` configured from the environment:
 
-    - ``KPLUS_FSM_DB``: the event log (``db`` wins; default ``kplus.db``);
+    - ``KPLUS_FSM_DB``: the event log (``db`` wins; default ``kplus.db``): a
+      SQLite file, ``sqlite:///path``, or a ``postgresql://`` URL (several
+      receivers on several hosts then share one log; see ``docs/scaling.md``);
     - ``OMISE_SECRET_KEY``: enables the re-fetch (an :class:`OmiseClient`);
       without it the payload is applied as an unverified snapshot;
     - ``OMISE_PUBLIC_KEY``: passed to the client (source creation only);

@@ -2,9 +2,10 @@
 kplus_fsm: knowing, provably, what happened to every K PLUS payment.
 
 An event-sourced state machine for Opn Payments (Omise) ``mobile_banking_kbank``
-charges: a pure transition table, an append-only SQLite event log with a hash
-chain, and a tracker that turns every input (merchant requests, API responses
-and errors, webhooks, polls) into recorded, replayable events.
+charges: a pure transition table, an append-only event log with a hash chain
+(SQLite embedded, or PostgreSQL for several hosts), and a tracker that turns
+every input (merchant requests, API responses and errors, webhooks, polls) into
+recorded, replayable events.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from . import exceptions
+from ._codec import parse_json
 from ._flow import ReconcileItem, ReconcileReport, charge_params
 from ._machine import TRANSITIONS, Decision, Rule, Signal, decide, evolve, fold, signal_of
 from ._model import (
@@ -38,6 +40,7 @@ from ._model import (
     WebhookEvent,
     WebhookHint,
 )
+from ._open import open_store
 from ._ports import ChargeAPI, Store
 from ._store import (
     InboxDraft,
@@ -49,7 +52,18 @@ from ._store import (
     TimelineEntry,
     VerifyReport,
 )
-from ._tracker import Clock, Consumer, Result, Tracker, format_time, parse_time, utc_now
+from ._store_pg import PostgresStore
+from ._tracker import (
+    Clock,
+    Consumer,
+    ImportReport,
+    Result,
+    Tracker,
+    format_time,
+    parse_time,
+    utc_now,
+)
+from ._urls import redact
 
 try:
     __version__ = version("kplus-fsm")
@@ -84,6 +98,7 @@ __all__ = [
     "CreateUnknown",
     "Decision",
     "EventKind",
+    "ImportReport",
     "InboxDraft",
     "InboxRow",
     "Input",
@@ -93,6 +108,7 @@ __all__ = [
     "Outcome",
     "Payment",
     "PaymentRequest",
+    "PostgresStore",
     "ReconcileItem",
     "ReconcileReport",
     "Recorded",
@@ -117,7 +133,10 @@ __all__ = [
     "exceptions",
     "fold",
     "format_time",
+    "open_store",
+    "parse_json",
     "parse_time",
+    "redact",
     "signal_of",
     "utc_now",
     "validate_payment_request",

@@ -4,12 +4,12 @@ The on-call and audit commands of ``kplus-fsm``: ``show``, ``list``,
 
 Registered on the :data:`kplus_fsm.cli.cli` group when :mod:`kplus_fsm.cli` is
 imported. Everything here except ``replay`` (without ``--check``) opens the
-database read-only (``mode=ro``, ``query_only``): the file is left byte for byte
-as it was. Every command prints an aligned table for people and, with
-``--json``, an object for machines. Exit codes: 0 ok; 1 a check found a problem
-(``verify``, ``replay --check``, ``checkpoint`` of a log that does not verify);
-2 usage (a bad option, time or checkpoint); 3 no such payment; 4 the database
-cannot be read.
+database read-only (SQLite: ``mode=ro``, ``query_only``, the file is left byte
+for byte as it was; PostgreSQL: every transaction read-only). Every command
+prints an aligned table for people and, with ``--json``, an object for
+machines. Exit codes: 0 ok; 1 a check found a problem (``verify``, ``replay
+--check``, ``checkpoint`` of a log that does not verify); 2 usage (a bad option,
+time or checkpoint); 3 no such payment; 4 the database cannot be read.
 
 Long work (``verify``, ``replay``, ``checkpoint``, ``export --output``) shows a
 progress bar on stderr when run in a terminal, never with ``--json``.
@@ -25,13 +25,15 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import click
 
 from . import _queries
 from ._model import Payment, Status
-from ._store import SQLiteStore, TimelineEntry, VerifyReport
+from ._open import open_store
+from ._ports import SQLStore
+from ._store import TimelineEntry, VerifyReport
 from ._tracker import Tracker, format_time, utc_now
 from .cli import (
     EXIT_NOT_FOUND,
@@ -40,8 +42,10 @@ from .cli import (
     _echo_json,
     _fail,
     cli,
+    db_exists,
     db_option,
     json_option,
+    shown,
 )
 from .exceptions import KplusFSMError, PaymentNotFoundError, StoreError
 
@@ -75,18 +79,20 @@ since_option = click.option(
 )
 
 
-def _open(db: Path) -> SQLiteStore:
-    """The log at ``db``, read-only; exit 4 when it cannot be read."""
-    if not db.exists():
-        _fail(f"no database at {db}", EXIT_STORE)
+def _open(db: str, *, read_only: bool = True) -> SQLStore:
+    """The log at ``db`` (read-only by default); exit 4 when it cannot be read."""
+    if not db_exists(db):
+        _fail(f"no database at {shown(db)}", EXIT_STORE)
     try:
-        return SQLiteStore(db, read_only=True)
+        return cast(SQLStore, open_store(db, read_only=read_only))
+    except ValueError as exc:  # a malformed sqlite:// URL
+        _fail(str(exc), EXIT_USAGE)
     except KplusFSMError as exc:
         _fail(str(exc), EXIT_STORE)
 
 
 @contextlib.contextmanager
-def _reading(db: Path) -> Iterator[SQLiteStore]:
+def _reading(db: str) -> Iterator[SQLStore]:
     """Open ``db`` read-only; a read that fails half-way exits 4, never a traceback."""
     store = _open(db)
     try:
@@ -269,7 +275,7 @@ def _print_payment(
     help="The payment as it stood at this time (ISO-8601, or ago: -2h).",
 )
 @json_option
-def show(payment_or_charge_id: str, db: Path, as_of: str | None, as_json: bool) -> None:
+def show(payment_or_charge_id: str, db: str, as_of: str | None, as_json: bool) -> None:
     """
     Show a payment (by payment id or charge id): state, amount, ids,
     authorize_uri, failure, expires_at, flags, and the timeline (every input
@@ -282,7 +288,7 @@ def show(payment_or_charge_id: str, db: Path, as_of: str | None, as_json: bool) 
         except PaymentNotFoundError as exc:
             _fail(str(exc), EXIT_NOT_FOUND)
         payment = current if as_of is None else t.state_as_of(current.payment_id, as_of)
-        timeline = t.timeline(current.payment_id, as_of=as_of)
+        timeline = t.timeline(current, as_of=as_of)
     when = dt.datetime.fromisoformat(as_of) if as_of is not None else utc_now()
     stuck = _queries.stuck_reason(payment, now=when) if payment is not None else None
     if as_json:
@@ -331,7 +337,7 @@ def show(payment_or_charge_id: str, db: Path, as_of: str | None, as_json: bool) 
 )
 @json_option
 def list_payments(
-    db: Path,
+    db: str,
     status: str | None,
     stuck: bool,
     since: str | None,
@@ -413,7 +419,7 @@ def list_payments(
     help="At most this many rows (newest first); the counts cover them all.",
 )
 @json_option
-def anomalies_cmd(db: Path, since: str | None, limit: int, as_json: bool) -> None:
+def anomalies_cmd(db: str, since: str | None, limit: int, as_json: bool) -> None:
     """
     Conflicts, corrections, rejected inputs (bad signature, stale timestamp,
     malformed body, mismatches), unknown outcomes and duplicate deliveries,
@@ -461,7 +467,7 @@ def anomalies_cmd(db: Path, since: str | None, limit: int, as_json: bool) -> Non
 @db_option
 @since_option
 @json_option
-def stats_cmd(db: Path, since: str | None, as_json: bool) -> None:
+def stats_cmd(db: str, since: str | None, as_json: bool) -> None:
     """
     Payments by status and by failure code, conversion, webhook lag (charge
     created -> completion received) percentiles, duplicate and rejection rates.
@@ -567,7 +573,7 @@ def _write_export(
     show_default="stdout",
     help="Write to this file instead of stdout.",
 )
-def export(db: Path, since: str | None, fmt: str, output: Path) -> None:
+def export(db: str, since: str | None, fmt: str, output: Path) -> None:
     """
     Stream the audit trail: every input and every event as stored (with its
     hash), in commit order, each input followed by the events it caused.
@@ -596,7 +602,7 @@ def export(db: Path, since: str | None, fmt: str, output: Path) -> None:
 # -------------------------------------------------------------- verify, checkpoint
 
 
-def _verify(store: SQLiteStore, *, bar: bool) -> VerifyReport:
+def _verify(store: SQLStore, *, bar: bool) -> VerifyReport:
     head = store.head()
     total = int(head["inbox_id"]) + int(head["event_position"])
     with _progress("verify", total, bar) as update:
@@ -614,7 +620,7 @@ def _verify(store: SQLiteStore, *, bar: bool) -> VerifyReport:
     "(a file written by `kplus-fsm checkpoint --json`, or the JSON itself).",
 )
 @json_option
-def verify(db: Path, checkpoint_arg: str | None, as_json: bool) -> None:
+def verify(db: str, checkpoint_arg: str | None, as_json: bool) -> None:
     """
     Check the hash chains, the append-only triggers and the schema version; exit
     1 naming the first bad row. With --checkpoint, also check that the log still
@@ -672,7 +678,7 @@ def verify(db: Path, checkpoint_arg: str | None, as_json: bool) -> None:
 @cli.command()
 @db_option
 @json_option
-def checkpoint(db: Path, as_json: bool) -> None:
+def checkpoint(db: str, as_json: bool) -> None:
     """
     Verify the log, then print its position and head hashes: keep them outside
     the database (a ticket, a log line, an email to the auditor). Later,
@@ -693,12 +699,12 @@ def checkpoint(db: Path, as_json: bool) -> None:
     if as_json:
         _echo_json(cp.to_json())
         return
-    click.echo(f"checkpoint of {db} (verified first):")
+    click.echo(f"checkpoint of {shown(db)} (verified first):")
     for key, value in cp.to_json().items():
         click.echo(f"  {key:<15} {value}")
     click.echo("Keep this line outside the database (a ticket, a log line, an email):")
     click.echo(json.dumps(cp.to_json(), separators=(",", ":")))
-    click.echo(f"Later: kplus-fsm verify --db {db} --checkpoint '<that line>'")
+    click.echo(f"Later: kplus-fsm verify --db {shown(db)} --checkpoint '<that line>'")
 
 
 # ------------------------------------------------------------------------ replay
@@ -712,24 +718,18 @@ def checkpoint(db: Path, as_json: bool) -> None:
     help="Only compare (read-only); exit 1 and list every difference.",
 )
 @json_option
-def replay(db: Path, check: bool, as_json: bool) -> None:
+def replay(db: str, check: bool, as_json: bool) -> None:
     """Rebuild the payments projection from the events and compare it."""
-    if check:
-        store = _open(db)
-    else:
-        if not db.exists():
-            _fail(f"no database at {db}", EXIT_STORE)
-        try:
-            store = SQLiteStore(db)
-        except KplusFSMError as exc:
-            _fail(str(exc), EXIT_STORE)
-    with store:
+    store = _open(db, read_only=check)
+    try:
         total = int(store.head()["event_position"])
         try:
             with _progress("replay", total, _interactive(as_json)) as update:
                 report = store.replay(repair=not check, progress=update)
         except KplusFSMError as exc:
             _fail(str(exc), EXIT_PROBLEM)
+    finally:
+        store.close()
     diffs = [
         {"payment_id": d.payment_id, "field": d.field, "stored": d.stored, "replayed": d.replayed}
         for d in report.differences

@@ -1,19 +1,19 @@
 """
 The store port: what the tracker needs from an event log.
 
-:class:`kplus_fsm.SQLiteStore` is the embedded default; a PostgreSQL store can
-follow behind the same interface. ``tests/store_contract.py`` is the contract
-test suite any store must pass.
+:class:`kplus_fsm.SQLiteStore` is the embedded default;
+:class:`kplus_fsm.PostgresStore` keeps the same log on a PostgreSQL server for
+several hosts. :func:`kplus_fsm.open_store` picks one from a location (a path or
+a URL). ``tests/store_contract.py`` is the contract test suite any store must
+pass; both stores run it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    import sqlite_utils
-
     from ._machine import Decision
     from ._model import Payment, StoredEvent
     from ._store import (
@@ -24,6 +24,15 @@ if TYPE_CHECKING:
         TimelineEntry,
         VerifyReport,
     )
+
+T = TypeVar("T")
+
+#: The handle :meth:`Store.write_transaction` hands to its work function. It is
+#: store-specific: a ``sqlite_utils.Database`` for :class:`~kplus_fsm.SQLiteStore`
+#: (``?`` placeholders), a ``psycopg.Connection`` for
+#: :class:`~kplus_fsm.PostgresStore` (``%s`` placeholders). Either way, statements
+#: run on it belong to the transaction that also advances a consumer's position.
+TransactionHandle = Any
 
 
 class Store(Protocol):
@@ -47,6 +56,19 @@ class Store(Protocol):
         charge_id: str | None = None,
     ) -> Recorded: ...
 
+    def record_many(
+        self,
+        items: Sequence[
+            tuple[InboxDraft, Callable[[Payment | None], Decision], str, str | None, str | None]
+        ],
+    ) -> list[Recorded | Exception]:
+        """
+        Record ``(draft, decide, now, payment_id, charge_id)`` items in one
+        transaction, in order; an item's own failure is returned in its place
+        and does not stop the others (SQLite: a savepoint per item).
+        """
+        ...
+
     def get(self, payment_id: str) -> Payment | None: ...
 
     def find(self, id_: str) -> Payment | None: ...
@@ -67,17 +89,46 @@ class Store(Protocol):
 
     def set_consumer_position(self, name: str, position: int, *, now: str) -> None: ...
 
-    def write_transaction(self, work: Callable[[sqlite_utils.Database], Any]) -> Any: ...
+    def write_transaction(self, work: Callable[[TransactionHandle], T]) -> T:
+        """
+        Run ``work(handle)`` in one write transaction (retried when the database
+        asks for it, so ``work`` may run more than once). ``handle`` is
+        store-specific: see :data:`TransactionHandle`.
+        """
+        ...
 
-    def verify(self) -> VerifyReport: ...
+    def verify(self, *, progress: Callable[[int], None] | None = None) -> VerifyReport: ...
 
-    def replay(self, *, repair: bool = False) -> ReplayReport: ...
+    def replay(
+        self, *, repair: bool = False, progress: Callable[[int], None] | None = None
+    ) -> ReplayReport: ...
 
     def head(self) -> dict[str, Any]: ...
 
     def counts(self) -> dict[str, int]: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Store: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class SQLStore(Store, Protocol):
+    """
+    A store that also answers read-only SQL: what the incident and audit
+    commands (``kplus-fsm list``, ``anomalies``, ``stats``, ``export``,
+    ``checkpoint``) need. Statements use ``?`` placeholders whatever the
+    database (the PostgreSQL store translates them); ``dialect`` is
+    ``"sqlite"`` or ``"postgresql"`` for the few expressions that differ.
+    """
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+
+def dialect_of(store: object) -> str:
+    """The SQL dialect of a store: ``"postgresql"`` or ``"sqlite"`` (the default)."""
+    return str(getattr(store, "dialect", "sqlite"))
 
 
 class ChargeAPI(Protocol):

@@ -2,8 +2,11 @@
 The incident and audit queries behind ``kplus-fsm list``, ``anomalies``,
 ``stats``, ``export`` and ``checkpoint``.
 
-Read-only SQL over the store's connection (:meth:`SQLiteStore.query`); every
-value is a parameter, and the only text ever joined into a statement is one of
+Read-only SQL through ``store.query`` (:class:`kplus_fsm._ports.SQLStore`), on
+SQLite or PostgreSQL alike: ``?`` placeholders (the PostgreSQL store translates
+them), portable SQL, and a per-dialect variant only where the two differ (the lag
+in seconds between two stored times, case-insensitive ``LIKE``). Every value is
+a parameter, and the only text ever joined into a statement is one of
 the constant fragments below. The queries read the base tables, not the views
 of migration ``0002_views``, so that a log opened read-only before that
 migration answers too; ``tests/test_cli_incident.py`` checks that the views and
@@ -27,7 +30,8 @@ import attrs
 
 from . import _codec
 from ._model import Payment, Status
-from ._store import INBOX_COLUMNS, SQLiteStore
+from ._ports import SQLStore, dialect_of
+from ._rows import INBOX_COLUMNS
 from ._tracker import format_time, parse_time
 
 # ------------------------------------------------------------------------ times
@@ -105,7 +109,7 @@ class Listed:
 
 
 def list_payments(
-    store: SQLiteStore,
+    store: SQLStore,
     *,
     now: dt.datetime,
     status: str | None = None,
@@ -151,22 +155,23 @@ def list_payments(
 
 #: How an inbox row is classified; the ``anomalies`` view of 0002_views has the
 #: same expression, frozen (a test checks that both classify every row alike).
-ANOMALY_CATEGORY_SQL: Final = """CASE
+_CATEGORY_TEMPLATE: Final = """CASE
     WHEN i.outcome = 'duplicate' THEN 'duplicate_delivery'
     WHEN i.outcome = 'conflict' THEN 'conflict'
     WHEN i.outcome = 'unknown' AND i.kind = 'create_unknown' THEN 'create_unknown'
     WHEN i.outcome = 'unknown' THEN 'unknown'
-    WHEN i.reason LIKE 'signature refused: the signature timestamp is % s %'
+    WHEN i.reason {like} 'signature refused: the signature timestamp is % s %'
         THEN 'stale_timestamp'
-    WHEN i.reason LIKE 'signature refused:%' THEN 'bad_signature'
-    WHEN i.reason LIKE '%mismatch%'
-      OR i.reason LIKE '%already exists with different parameters%' THEN 'mismatch'
-    WHEN i.reason LIKE 'body too large%' THEN 'oversized'
+    WHEN i.reason {like} 'signature refused:%' THEN 'bad_signature'
+    WHEN i.reason {like} '%mismatch%'
+      OR i.reason {like} '%already exists with different parameters%' THEN 'mismatch'
+    WHEN i.reason {like} 'body too large%' THEN 'oversized'
     WHEN i.kind = 'refund_request' THEN 'refund_refused'
     WHEN i.reason = 'no such payment' THEN 'unknown_payment'
     WHEN i.kind = 'payment_request' THEN 'invalid_request'
     ELSE 'malformed'
 END"""
+ANOMALY_CATEGORY_SQL: Final = _CATEGORY_TEMPLATE.format(like="LIKE")
 
 ANOMALY_CATEGORIES: Final = (
     "conflict",
@@ -200,16 +205,26 @@ ANOMALY_COLUMNS: Final = (
 )
 
 
-def _anomaly_sql(since: str | None) -> tuple[str, list[Any]]:
+#: :data:`ANOMALY_CATEGORY_SQL` for PostgreSQL: SQLite's ``LIKE`` ignores ASCII
+#: case, PostgreSQL's does not, so it gets ``ILIKE``.
+ANOMALY_CATEGORY_SQL_PG: Final = _CATEGORY_TEMPLATE.format(like="ILIKE")
+
+
+def category_sql(dialect: str) -> str:
+    """The anomaly classification for a dialect (``sqlite`` or ``postgresql``)."""
+    return ANOMALY_CATEGORY_SQL_PG if dialect == "postgresql" else ANOMALY_CATEGORY_SQL
+
+
+def _anomaly_sql(since: str | None, dialect: str = "sqlite") -> tuple[str, list[Any]]:
     inbox_since = " AND i.received_at >= ?" if since is not None else ""
     event_since = " AND e.recorded_at >= ?" if since is not None else ""
     sql = f"""
-        SELECT i.received_at AS at, {ANOMALY_CATEGORY_SQL} AS category,
+        SELECT i.received_at AS at, {category_sql(dialect)} AS category,
                coalesce(i.payment_id, (SELECT p.payment_id FROM payments p
                                         WHERE p.charge_id = i.charge_id
                                         ORDER BY p.created_at LIMIT 1)) AS payment_id,
-               i.charge_id AS charge_id, i.id AS inbox_id, NULL AS position, i.kind AS kind,
-               i.origin AS origin, i.external_id AS external_id,
+               i.charge_id AS charge_id, i.id AS inbox_id, CAST(NULL AS BIGINT) AS position,
+               i.kind AS kind, i.origin AS origin, i.external_id AS external_id,
                i.verification AS verification, i.outcome AS outcome, i.reason AS reason
           FROM inbox i
          WHERE (i.outcome IN ('conflict', 'rejected', 'unknown')
@@ -245,16 +260,23 @@ class Anomaly:
 
 
 def anomalies(
-    store: SQLiteStore, *, since: str | None = None, limit: int = 100
+    store: SQLStore, *, since: str | None = None, limit: int = 100
 ) -> tuple[list[Anomaly], dict[str, int]]:
     """
     The newest ``limit`` anomalies (received at or after ``since``), and the
     count of every category over the whole window.
     """
-    sql, params = _anomaly_sql(since)
-    rows = store.query(f"{sql} ORDER BY inbox_id DESC, position DESC LIMIT ?", [*params, limit])
+    sql, params = _anomaly_sql(since, dialect_of(store))
+    # A correction (an event) before the input that caused it: positions first,
+    # NULLs last, on both databases (PostgreSQL sorts NULLs first when descending).
+    rows = store.query(
+        f"SELECT * FROM ({sql}) AS a"
+        " ORDER BY inbox_id DESC, position IS NULL, position DESC LIMIT ?",
+        [*params, limit],
+    )
     counts = store.query(
-        f"SELECT category, count(*) FROM ({sql}) GROUP BY category ORDER BY 2 DESC, 1", params
+        f"SELECT category, count(*) FROM ({sql}) AS a GROUP BY category ORDER BY 2 DESC, 1",
+        params,
     )
     found = [Anomaly(**dict(zip(ANOMALY_COLUMNS, r, strict=True))) for r in rows]
     return found, {str(c): int(n) for c, n in counts}
@@ -274,12 +296,19 @@ _LAG_SQL: Final = """
                         'charge.failed', 'charge.expired'){since}
          GROUP BY stream
     )
-    SELECT i.origin, e.kind,
-           round((julianday(e.recorded_at) - julianday(s.charge_created_at)) * 86400.0, 3)
+    SELECT i.origin, e.kind, {lag}
       FROM seen s
       JOIN events e ON e.position = s.completion
       JOIN inbox i ON i.id = e.causation
 """
+#: Seconds from the charge's creation to the completion, in SQLite and in PostgreSQL.
+_LAG_SECONDS: Final = (
+    "round((julianday(e.recorded_at) - julianday(s.charge_created_at)) * 86400.0, 3)"
+)
+_LAG_SECONDS_PG: Final = (
+    "round(CAST(extract(epoch FROM (CAST(e.recorded_at AS timestamptz)"
+    " - CAST(s.charge_created_at AS timestamptz))) AS numeric), 3)"
+)
 _LAG_SINCE: Final = " AND stream IN (SELECT payment_id FROM payments WHERE created_at >= ?)"
 
 #: Where a completion came from when a webhook announced it: the intake's
@@ -304,7 +333,7 @@ def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def stats(store: SQLiteStore, *, since: str | None = None) -> dict[str, Any]:
+def stats(store: SQLStore, *, since: str | None = None) -> dict[str, Any]:
     """
     Payments (created at or after ``since``) by status and by failure code,
     conversion, webhook lag percentiles, and the duplicate and rejection rates of
@@ -340,7 +369,11 @@ def stats(store: SQLiteStore, *, since: str | None = None) -> dict[str, Any]:
     lags: list[float] = []
     via: dict[str, int] = {}
     for origin, completion, seconds in store.query(
-        _LAG_SQL.format(since=_LAG_SINCE if since is not None else ""), params
+        _LAG_SQL.format(
+            since=_LAG_SINCE if since is not None else "",
+            lag=_LAG_SECONDS_PG if dialect_of(store) == "postgresql" else _LAG_SECONDS,
+        ),
+        params,
     ):
         via[origin] = via.get(origin, 0) + 1
         if origin in WEBHOOK_ORIGINS and completion in LAG_COMPLETIONS and seconds is not None:
@@ -396,7 +429,7 @@ _BATCH: Final = 2000
 
 
 def _keyset(
-    store: SQLiteStore, sql: str, params: Sequence[Any], *, batch: int = _BATCH
+    store: SQLStore, sql: str, params: Sequence[Any], *, batch: int = _BATCH
 ) -> Iterator[tuple[Any, ...]]:
     """Rows of ``sql`` (``WHERE key > ? ... ORDER BY key LIMIT ?``), one batch at a time."""
     after = 0
@@ -408,14 +441,14 @@ def _keyset(
         after = rows[-1][0]
 
 
-def export_bounds(store: SQLiteStore) -> tuple[int, int]:
+def export_bounds(store: SQLStore) -> tuple[int, int]:
     """The last inbox id and the last event position when the export starts."""
     head = store.head()
     return int(head["inbox_id"]), int(head["event_position"])
 
 
 def iter_audit(
-    store: SQLiteStore, *, since: str | None = None, bounds: tuple[int, int] | None = None
+    store: SQLStore, *, since: str | None = None, bounds: tuple[int, int] | None = None
 ) -> Iterator[dict[str, Any]]:
     """
     Every inbox row and every event as stored (the hashed columns and the hash,
@@ -550,11 +583,11 @@ class CheckpointProblem:
     row_id: int | None
 
 
-def check_checkpoint(store: SQLiteStore, cp: Checkpoint) -> CheckpointProblem | None:
+def check_checkpoint(store: SQLStore, cp: Checkpoint) -> CheckpointProblem | None:
     """
     Whether the log still holds the prefix ``cp`` anchors: the row at each
     checkpoint position exists and carries the checkpoint's hash. Run it after
-    a successful :meth:`SQLiteStore.verify` (which proved every stored hash is
+    a successful ``store.verify()`` (which proved every stored hash is
     the recomputed chain), so the stored hash at a position *is* the chain's.
     """
     for table, key, position, expected in (

@@ -28,10 +28,10 @@ import attrs
 import sqlite_utils
 
 from . import _codec, _schema
-from ._machine import Decision, evolve
+from ._machine import Decision
 from ._model import Payment, StoredEvent
-from ._rows import INBOX_COLUMNS, Heads, InboxDraft, InboxRow, Plan, Recorded, plan
-from .exceptions import ConcurrencyError, IntegrityError, SchemaVersionError, StoreError
+from ._rows import INBOX_COLUMNS, Heads, InboxDraft, InboxRow, Plan, Recorded, inbox_row, plan
+from .exceptions import ConcurrencyError, SchemaVersionError, StoreError
 
 __all__ = [
     "INBOX_COLUMNS",
@@ -55,6 +55,8 @@ SYNCHRONOUS_LEVELS: Final = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
 _MAX_ATTEMPTS: Final = 50
 #: Payments the writer keeps in memory (the write cache; cleared when full).
 _CACHE_PAYMENTS: Final = 4096
+#: A thread that recorded within this many seconds counts as a producer to wait for.
+_PRODUCER_WINDOW: Final = 0.05
 _PROGRESS_EVERY: Final = 5000
 
 
@@ -172,6 +174,7 @@ class _Pending:
     result: Recorded | None = None
     error: BaseException | None = None
     done: bool = False
+    thread: int = attrs.field(factory=threading.get_ident)
 
     def failure(self) -> Exception:
         if isinstance(self.error, Exception):
@@ -189,6 +192,31 @@ class _Pending:
         raise self.failure() if error is None else error
 
 
+@attrs.define(eq=False)
+class _Staged:
+    """What a batch has written so far: payments after it, their rows, charge ids, heads."""
+
+    payments: dict[str, Payment] = attrs.field(factory=dict)
+    rows: dict[str, tuple[Any, ...]] = attrs.field(factory=dict)
+    charges: dict[str, str] = attrs.field(factory=dict)
+    heads: Heads | None = None
+
+    def clear(self) -> None:
+        self.payments.clear()
+        self.rows.clear()
+        self.charges.clear()
+        self.heads = None
+
+    def add(self, planned: Plan) -> None:
+        after = planned.recorded.after
+        if planned.payment_row is None or after is None:
+            return
+        self.payments[after.payment_id] = after
+        self.rows[after.payment_id] = planned.payment_row
+        if after.charge_id is not None:
+            self.charges.setdefault(after.charge_id, after.payment_id)
+
+
 class SQLiteStore:
     """
     The event log in one SQLite file.
@@ -201,6 +229,8 @@ class SQLiteStore:
         busy_timeout: seconds a writer waits for the write lock before retrying.
         read_only: open the file read-only (no migrations; writes fail).
         max_batch: the most inputs one group commit holds.
+        group_wait: the longest a commit waits (seconds) for the inputs of other
+            threads that have been recording lately; 0 disables the wait.
 
     Raises:
         SchemaVersionError: the file was written by a newer kplus_fsm, or (read
@@ -217,6 +247,7 @@ class SQLiteStore:
         busy_timeout: float = 30.0,
         read_only: bool = False,
         max_batch: int = 256,
+        group_wait: float = 0.001,
     ) -> None:
         level = str(synchronous).upper()
         if level not in SYNCHRONOUS_LEVELS:
@@ -231,10 +262,12 @@ class SQLiteStore:
         self._queue: list[_Pending] = []
         self._queue_cond = threading.Condition(threading.Lock())
         self._leading = False
+        self._gathering = False
+        self._producers: dict[int, float] = {}  # thread -> when it last recorded
         self.max_batch = max_batch
+        self.group_wait = group_wait
         self._cache_version: int | None = None
         self._cached_heads: Heads | None = None
-        self._staged_heads: Heads | None = None
         self._cached_payments: dict[str, Payment] = {}
         self._cached_charges: dict[str, str] = {}
         #: Write transactions committed and inputs they held (group commit: inputs >= commits).
@@ -388,12 +421,15 @@ class SQLiteStore:
         item = _Pending(draft, decide, now, payment_id, charge_id)
         with self._queue_cond:
             self._queue.append(item)
+            if self._gathering:
+                self._queue_cond.notify_all()  # the leader is waiting for company
             while self._leading and not item.done:
                 self._queue_cond.wait()
             if item.done:
                 return item.outcome()
             # Lead: commit everything queued so far (this input included).
             self._leading = True
+            self._gather()
             batch = self._queue[: self.max_batch]
             del self._queue[: self.max_batch]
         try:
@@ -404,6 +440,36 @@ class SQLiteStore:
                 self._leading = False
                 self._queue_cond.notify_all()
         return item.outcome()
+
+    def _gather(self) -> None:
+        """
+        Commit delay (held ``_queue_cond``): when other threads have been recording
+        lately, wait up to ``group_wait`` seconds for them to queue their next
+        input, so that one fsync serves them all instead of a batch of one
+        starting the moment the last commit ended. A lone producer never waits.
+        """
+        now = time.monotonic()
+        me = threading.get_ident()
+        self._producers[me] = now
+        horizon = now - _PRODUCER_WINDOW
+        for ident, seen in list(self._producers.items()):
+            if seen < horizon:
+                del self._producers[ident]
+        for queued in self._queue:
+            self._producers[queued.thread] = now
+        expected = min(len(self._producers), self.max_batch)
+        if expected <= 1 or self.group_wait <= 0:
+            return
+        deadline = now + self.group_wait
+        self._gathering = True
+        try:
+            while len(self._queue) < expected:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._queue_cond.wait(remaining)
+        finally:
+            self._gathering = False
 
     def record_many(self, items: Sequence[Input]) -> list[Recorded | Exception]:
         """
@@ -423,7 +489,7 @@ class SQLiteStore:
 
     def _write(self, batch: list[_Pending]) -> None:
         """Commit ``batch`` in one transaction and hand each item its result."""
-        staged: dict[str, Payment] = {}
+        staged = _Staged()
         try:
             self._retrying(partial(self._record_batch, batch, staged))
         except BaseException as exc:
@@ -435,58 +501,94 @@ class SQLiteStore:
             if not isinstance(exc, Exception):
                 raise
             return
-        self._remember(staged, batch)
+        self._remember(staged)
         self.commits += 1
         self.committed_inputs += sum(item.result is not None for item in batch)
         for item in batch:
             item.done = True
 
-    def _record_batch(self, batch: list[_Pending], staged: dict[str, Payment]) -> None:
+    def _record_batch(self, batch: list[_Pending], staged: _Staged) -> None:
         """
-        Write ``batch`` inside the open transaction. ``staged`` collects the
-        payments it changed, for the cache once the commit is durable.
+        Write ``batch`` inside the open transaction. Fast path: decide every
+        input in memory (each seeing the ones before it), then insert the rows
+        with one ``executemany`` per table. An input whose decision fails is
+        left out with its error. If the database refuses a row, the batch is
+        rolled back and written again input by input, each in a savepoint, so
+        only the input at fault fails.
         """
         conn = self.conn
-        staged.clear()
         version = conn.execute("PRAGMA data_version").fetchone()[0]
         if version != self._cache_version:  # another connection wrote: cached state is stale
             self._forget()
             self._cache_version = version
-        heads = self._cached_heads or self._heads()
-        isolated = len(batch) > 1  # a savepoint each, so one input's failure spares the rest
+        start = self._cached_heads or self._heads()
+        staged.clear()
+        if len(batch) == 1:  # its failure is the transaction's: no savepoint needed
+            staged.heads = self._write_fast(batch, start, staged)
+            return
+        conn.execute("SAVEPOINT batch")
+        try:
+            staged.heads = self._write_fast(batch, start, staged)
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK TO batch")
+            conn.execute("RELEASE batch")
+            if _retryable(exc) is not None:
+                raise
+            staged.clear()
+            staged.heads = self._write_careful(batch, start, staged)
+        else:
+            conn.execute("RELEASE batch")
+
+    def _write_fast(self, batch: list[_Pending], heads: Heads, staged: _Staged) -> Heads:
+        inbox_rows: list[tuple[Any, ...]] = []
+        event_rows: list[tuple[Any, ...]] = []
         for item in batch:
             item.result = item.error = None
-            if isolated:
-                conn.execute("SAVEPOINT input")
+            try:
+                plan_ = self._plan(item, heads, staged)
+            except sqlite3.Error:
+                raise
+            except Exception as exc:  # the decision failed: nothing of this input is written
+                item.error = exc
+                continue
+            inbox_rows.append(plan_.inbox_row)
+            event_rows.extend(plan_.event_rows)
+            staged.add(plan_)
+            heads = plan_.heads
+            item.result = plan_.recorded
+        self.conn.executemany(self._insert_inbox_sql, inbox_rows)
+        self.conn.executemany(self._insert_event_sql, event_rows)
+        self.conn.executemany(self._upsert_payment_sql, staged.rows.values())
+        return heads
+
+    def _write_careful(self, batch: list[_Pending], heads: Heads, staged: _Staged) -> Heads:
+        conn = self.conn
+        for item in batch:
+            item.result = item.error = None
+            conn.execute("SAVEPOINT input")
             try:
                 plan_ = self._plan(item, heads, staged)
                 conn.execute(self._insert_inbox_sql, plan_.inbox_row)
-                if plan_.event_rows:
-                    conn.executemany(self._insert_event_sql, plan_.event_rows)
+                conn.executemany(self._insert_event_sql, plan_.event_rows)
                 if plan_.payment_row is not None:
                     conn.execute(self._upsert_payment_sql, plan_.payment_row)
             except sqlite3.Error as exc:
-                if not isolated or _retryable(exc) is not None:
-                    raise  # the whole batch is rolled back (and retried, if it may)
                 conn.execute("ROLLBACK TO input")
                 conn.execute("RELEASE input")
+                if _retryable(exc) is not None:
+                    raise  # the whole batch is retried
                 item.error = _translate(exc)
                 continue
             except Exception as exc:
-                if not isolated:
-                    raise
                 conn.execute("ROLLBACK TO input")
                 conn.execute("RELEASE input")
                 item.error = exc
                 continue
-            if isolated:
-                conn.execute("RELEASE input")
+            conn.execute("RELEASE input")
+            staged.add(plan_)
             heads = plan_.heads
-            after = plan_.recorded.after
-            if plan_.payment_row is not None and after is not None:
-                staged[after.payment_id] = after
             item.result = plan_.recorded
-        self._staged_heads = heads
+        return heads
 
     def _heads(self) -> Heads:
         last = self.conn.execute("SELECT id, hash FROM inbox ORDER BY id DESC LIMIT 1").fetchone()
@@ -500,12 +602,12 @@ class SQLiteStore:
             events_hash=last_ev[1] if last_ev else _codec.GENESIS,
         )
 
-    def _plan(self, item: _Pending, heads: Heads, staged: dict[str, Payment]) -> Plan:
+    def _plan(self, item: _Pending, heads: Heads, staged: _Staged) -> Plan:
         before = None
         if item.payment_id is not None:
             before = self._lookup(item.payment_id, staged)
         if before is None and item.charge_id is not None:
-            owner = self._cached_charges.get(item.charge_id)
+            owner = staged.charges.get(item.charge_id) or self._cached_charges.get(item.charge_id)
             if owner is not None:
                 before = self._lookup(owner, staged)
             else:
@@ -525,19 +627,18 @@ class SQLiteStore:
     # no other connection has committed (``PRAGMA data_version`` unchanged). It
     # saves the writer its reads; the rows written are the same either way.
 
-    def _lookup(self, payment_id: str, staged: dict[str, Payment]) -> Payment | None:
-        found = staged.get(payment_id) or self._cached_payments.get(payment_id)
+    def _lookup(self, payment_id: str, staged: _Staged) -> Payment | None:
+        found = staged.payments.get(payment_id) or self._cached_payments.get(payment_id)
         return found if found is not None else self._load(payment_id)
 
-    def _remember(self, staged: dict[str, Payment], batch: list[_Pending]) -> None:
-        if len(self._cached_payments) + len(staged) > _CACHE_PAYMENTS:
+    def _remember(self, staged: _Staged) -> None:
+        if len(self._cached_payments) + len(staged.payments) > _CACHE_PAYMENTS:
             self._cached_payments.clear()
             self._cached_charges.clear()
-        for payment in staged.values():
-            self._cached_payments[payment.payment_id] = payment
-            if payment.charge_id is not None:
-                self._cached_charges.setdefault(payment.charge_id, payment.payment_id)
-        self._cached_heads = self._staged_heads
+        self._cached_payments.update(staged.payments)
+        for charge_id, payment_id in staged.charges.items():
+            self._cached_charges.setdefault(charge_id, payment_id)
+        self._cached_heads = staged.heads
 
     def _forget(self) -> None:
         self._cache_version = None
@@ -625,67 +726,50 @@ class SQLiteStore:
         while True:
             rows = self._read(partial(self._rows, sql, (after, batch)))
             for row in rows:
-                yield InboxRow(**dict(zip(INBOX_COLUMNS, row, strict=True)))
+                yield inbox_row(row)
             if len(rows) < batch:
                 return
             after = rows[-1][0]
 
     def inbox_for(self, payment_id: str, *, until: str | None = None) -> list[InboxRow]:
         """Every input attributed to a payment (its charge id included), in order."""
-        payment = self.get(payment_id)
-        charge_id = payment.charge_id if payment is not None else None
         sql = (
             f"SELECT {', '.join(INBOX_COLUMNS)} FROM inbox WHERE (payment_id = ?"
-            " OR (payment_id IS NULL AND charge_id = ?))"
+            " OR (payment_id IS NULL AND charge_id ="
+            " (SELECT charge_id FROM payments WHERE payment_id = ?)))"
         )
-        params: list[Any] = [payment_id, charge_id]
+        params: list[Any] = [payment_id, payment_id]
         if until is not None:
             sql += " AND received_at <= ?"
             params.append(until)
         sql += " ORDER BY id"
-        return self._read(
-            lambda: [
-                InboxRow(**dict(zip(INBOX_COLUMNS, r, strict=True)))
-                for r in self.conn.execute(sql, params)
-            ]
-        )
+        return self._read(lambda: [inbox_row(r) for r in self.conn.execute(sql, params)])
 
     def timeline(self, payment_id: str, *, until: str | None = None) -> list[TimelineEntry]:
         """
         Every input about a payment and every event it caused, interleaved in
         commit order (each input followed by its events).
         """
-        events: dict[int, list[StoredEvent]] = {}
-        for ev in self.stream(payment_id, until=until):
-            events.setdefault(ev.causation, []).append(ev)
-        entries: list[TimelineEntry] = []
-        for row in self.inbox_for(payment_id, until=until):
-            entries.append(
-                TimelineEntry(
-                    type="input",
-                    at=row.received_at,
-                    inbox_id=row.id,
-                    kind=row.kind,
-                    origin=row.origin,
-                    outcome=row.outcome,
-                    reason=row.reason,
-                    external_id=row.external_id,
-                    verification=row.verification,
-                )
-            )
-            entries.extend(
-                TimelineEntry(
-                    type="event",
-                    at=ev.recorded_at,
-                    inbox_id=ev.causation,
-                    kind=ev.kind,
-                    position=ev.position,
-                    version=ev.version,
-                    data=dict(ev.data),
-                )
-                for ev in events.pop(row.id, [])
-            )
-        return entries
+        inbox_sql = (
+            f"SELECT {', '.join(_audit.TIMELINE_INBOX_COLUMNS)} FROM inbox WHERE (payment_id = ?"
+            " OR (payment_id IS NULL AND charge_id ="
+            " (SELECT charge_id FROM payments WHERE payment_id = ?)))"
+        )
+        events_sql = (
+            f"SELECT {', '.join(_audit.TIMELINE_EVENT_COLUMNS)} FROM events WHERE stream = ?"
+        )
+        inbox_params: list[Any] = [payment_id, payment_id]
+        events_params: list[Any] = [payment_id]
+        if until is not None:
+            inbox_sql += " AND received_at <= ?"
+            events_sql += " AND recorded_at <= ?"
+            inbox_params.append(until)
+            events_params.append(until)
+        inbox_sql += " ORDER BY id"
+        events_sql += " ORDER BY version"
+        inputs = self._read(partial(self._rows, inbox_sql, inbox_params))
+        events = self._read(partial(self._rows, events_sql, events_params))
+        return _audit.timeline_from_rows(inputs, events)
 
     def counts(self) -> dict[str, int]:
         """Row counts of the log's tables."""
@@ -755,71 +839,28 @@ class SQLiteStore:
             return self._verify(progress)
 
     def _verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
-        counts = {"inbox": 0, "events": 0}
-        heads = {"inbox": _codec.GENESIS, "events": _codec.GENESIS}
         version = _schema.schema_version(self.db)
-
-        def report(
-            problem: str | None, table: str | None = None, row_id: int | None = None
-        ) -> VerifyReport:
-            return VerifyReport(
-                ok=problem is None,
-                inbox_rows=counts["inbox"],
-                events=counts["events"],
-                inbox_head=heads["inbox"],
-                events_head=heads["events"],
-                schema_version=version,
-                problem=problem,
-                table=table,
-                row_id=row_id,
-            )
-
+        problem: str | None = None
         try:
             _schema.check_version(self.db)
         except SchemaVersionError as exc:
-            return report(str(exc))
-        present = {
-            r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        }
-        missing = sorted(_schema.TRIGGERS - present)
-        if missing:
-            return report(f"append-only triggers missing: {', '.join(missing)}")
-        for table, key, hashed in (
-            ("inbox", "id", _codec.INBOX_HASHED),
-            ("events", "position", _codec.EVENT_HASHED),
-        ):
-            columns = (*hashed, "hash")
-            sql = (
-                f"SELECT {', '.join(columns)} FROM {table} WHERE {key} > ? "
-                f"ORDER BY {key} LIMIT 2000"
-            )
-            after, expected_key = 0, 1
-            while True:
-                rows = self._read(partial(self._rows, sql, (after,)))
-                for row in rows:
-                    values = dict(zip(columns, row, strict=True))
-                    if values[key] != expected_key:
-                        return report(
-                            f"{table} row {expected_key} is missing (next is {values[key]})",
-                            table,
-                            expected_key,
-                        )
-                    computed = _codec.chain_hash(heads[table], values, hashed)
-                    if computed != values["hash"]:
-                        return report(
-                            f"{table} row {values[key]} does not match the hash chain",
-                            table,
-                            values[key],
-                        )
-                    heads[table] = computed
-                    counts[table] += 1
-                    expected_key += 1
-                if progress is not None:
-                    progress(len(rows))
-                if len(rows) < 2000:
-                    break
-                after = rows[-1][0]
-        return report(None)
+            problem = str(exc)
+        if problem is None:
+            present = {
+                r[0]
+                for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+            }
+            missing = sorted(_schema.TRIGGERS - present)
+            if missing:
+                problem = f"append-only triggers missing: {', '.join(missing)}"
+
+        def fetch(table: str, after: int) -> list[tuple[Any, ...]]:
+            sql = _audit.VERIFY_INBOX_SQL if table == "inbox" else _audit.VERIFY_EVENTS_SQL
+            return self._read(partial(self._rows, sql, (after,)))
+
+        return _audit.verify_chains(
+            fetch, schema_version=version, problem=problem, progress=progress
+        )
 
     def replay(
         self, *, repair: bool = False, progress: Callable[[int], None] | None = None
@@ -842,63 +883,31 @@ class SQLiteStore:
     def _replay(
         self, *, repair: bool, progress: Callable[[int], None] | None = None
     ) -> ReplayReport:
-        differences: list[ReplayDifference] = []
-        rebuilt: list[Payment] = []
-        n_events = n_payments = 0
         sql = f"SELECT {', '.join(_codec.EVENT_COLUMNS)} FROM events ORDER BY stream, version"
-        cursor = self.conn.cursor()
-        current: Payment | None = None
-        expected_version = 1
-
-        def finish(p: Payment | None) -> None:
-            nonlocal n_payments
-            if p is None:
-                return
-            n_payments += 1
-            stored = self._load(p.payment_id)
-            diffs = _diff(p, stored)
-            differences.extend(diffs)
-            if diffs and repair:
-                rebuilt.append(p)
-
         try:
-            for row in cursor.execute(sql):
-                event = _codec.event_from_row(row)
-                if current is not None and event.stream != current.payment_id:
-                    finish(current)
-                    current, expected_version = None, 1
-                if event.version != expected_version:
-                    raise IntegrityError(
-                        f"stream {event.stream} skips from version {expected_version - 1} "
-                        f"to {event.version}",
-                        table="events",
-                        row_id=event.position,
-                    )
-                current = evolve(current, event)
-                expected_version += 1
-                n_events += 1
-                if progress is not None and n_events % _PROGRESS_EVERY == 0:
-                    progress(_PROGRESS_EVERY)
-            finish(current)
-            if progress is not None and n_events % _PROGRESS_EVERY:
-                progress(n_events % _PROGRESS_EVERY)
-            orphans = self.conn.execute(
-                "SELECT payment_id FROM payments WHERE payment_id NOT IN "
-                "(SELECT DISTINCT stream FROM events)"
-            ).fetchall()
+            stored = self.conn.cursor().execute(
+                f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments ORDER BY payment_id"
+            )
+            n_events, n_payments, differences, rebuilt = _audit.fold_streams(
+                self.conn.cursor().execute(sql), self._load, progress=progress, stored=stored
+            )
+            orphans = [
+                str(o[0])
+                for o in self.conn.execute(
+                    "SELECT payment_id FROM payments WHERE payment_id NOT IN "
+                    "(SELECT DISTINCT stream FROM events)"
+                )
+            ]
         except sqlite3.Error as exc:
             raise StoreError(f"replay failed: {exc}") from exc
-        differences.extend(
-            ReplayDifference(payment_id=o[0], field="*", stored="row", replayed=None)
-            for o in orphans
-        )
+        differences.extend(_audit.orphan_differences(orphans))
         if repair and (rebuilt or orphans):
 
             def fix() -> None:
                 for p in rebuilt:
                     self.conn.execute(self._upsert_payment_sql, _codec.payment_to_row(p))
                 for o in orphans:
-                    self.conn.execute("DELETE FROM payments WHERE payment_id = ?", (o[0],))
+                    self.conn.execute("DELETE FROM payments WHERE payment_id = ?", (o,))
 
             self._retrying(fix)
         return ReplayReport(
@@ -926,14 +935,6 @@ class SQLiteStore:
         }
 
 
-def _diff(replayed: Payment, stored: Payment | None) -> list[ReplayDifference]:
-    if stored is None:
-        return [
-            ReplayDifference(payment_id=replayed.payment_id, field="*", stored=None, replayed="row")
-        ]
-    a, b = replayed.to_json(), stored.to_json()
-    return [
-        ReplayDifference(payment_id=replayed.payment_id, field=k, stored=b[k], replayed=a[k])
-        for k in a
-        if a[k] != b[k]
-    ]
+# The database-independent half of verify, replay and timeline (shared with the
+# PostgreSQL store). Imported last: it imports this module's report classes.
+from . import _audit  # noqa: E402

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any, Final, NoReturn
 
@@ -40,8 +40,9 @@ from ._model import (
     WebhookHint,
     is_text,
 )
+from ._open import open_store
 from ._ports import ChargeAPI, Store
-from ._store import InboxDraft, Recorded, ReplayReport, SQLiteStore, TimelineEntry, VerifyReport
+from ._store import InboxDraft, Recorded, ReplayReport, TimelineEntry, VerifyReport
 from .exceptions import (
     InvalidInputError,
     InvalidPaymentRequestError,
@@ -156,7 +157,7 @@ def _rejected(
 def _claimed_ids(body: bytes | str) -> tuple[str | None, str | None, str | None]:
     """The (event id, charge id, payment id) an untrusted body claims, if readable."""
     try:
-        obj = json.loads(body)
+        obj = _codec.parse_json(body)
     except (ValueError, RecursionError):
         return None, None, None
     if not isinstance(obj, dict):
@@ -210,9 +211,110 @@ def _parse_json(raw: Raw) -> Any:
     if isinstance(raw, Mapping):
         return raw
     try:
-        return json.loads(raw)
+        return _codec.parse_json(raw)
     except (ValueError, RecursionError) as exc:
         raise MalformedInputError(f"body is not valid JSON: {type(exc).__name__}") from None
+
+
+@attrs.frozen
+class _StoreInput:
+    """An input ready for the store: its inbox draft, the decision, its ids."""
+
+    draft: InboxDraft
+    decide: Callable[[Payment | None], Decision]
+    payment_id: str | None
+    charge_id: str | None
+
+
+def _event_input(
+    body: Raw,
+    *,
+    origin: str,
+    headers: Mapping[str, str] | None,
+    verification: str,
+    apply_payload: bool,
+) -> _StoreInput | tuple[InboxDraft, InvalidInputError]:
+    """An event envelope (a webhook body or an event read back) as a store input,
+    or the draft to record as refused and why."""
+    raw_body, encoding = _encode_body(body)
+
+    def draft(external_id: str | None = None) -> InboxDraft:
+        return InboxDraft(
+            kind=InputKind.WEBHOOK,
+            body=raw_body,
+            body_encoding=encoding,
+            origin=origin,
+            external_id=external_id,
+            headers=_safe_headers(headers),
+            verification=verification,
+        )
+
+    try:
+        parsed = _parse_json(body)
+    except MalformedInputError as exc:
+        return draft(), exc
+    try:
+        event = WebhookEvent.from_json(parsed)
+    except MalformedInputError as exc:
+        external = parsed.get("id") if isinstance(parsed, Mapping) else None
+        return draft(external if isinstance(external, str) and is_text(external) else None), exc
+    hint = WebhookHint(event=event, apply_payload=apply_payload)
+    charge = event.charge
+    return _StoreInput(
+        draft(event.event_id),
+        partial(decide, inp=hint),
+        charge.payment_id if charge else None,
+        charge.charge_id if charge else None,
+    )
+
+
+@attrs.frozen(kw_only=True)
+class ImportReport:
+    """What :meth:`Tracker.import_events` recorded: inputs by outcome, and commits."""
+
+    total: int
+    outcomes: dict[str, int]
+    commits: int
+    first_inbox_id: int | None
+    last_inbox_id: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.define
+class _ImportTally:
+    total: int = 0
+    commits: int = 0
+    outcomes: dict[str, int] = attrs.field(factory=dict)
+    first: int | None = None
+    last: int | None = None
+
+    def merge(self, batch: _ImportTally) -> None:
+        self.total += batch.total
+        self.commits += 1
+        for key, n in batch.outcomes.items():
+            self.outcomes[key] = self.outcomes.get(key, 0) + n
+        if self.first is None:
+            self.first = batch.first
+        self.last = batch.last if batch.last is not None else self.last
+
+    def add(self, result: Result) -> None:
+        self.total += 1
+        key = result.outcome.value
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        if self.first is None:
+            self.first = result.inbox_id
+        self.last = result.inbox_id
+
+    def freeze(self) -> ImportReport:
+        return ImportReport(
+            total=self.total,
+            outcomes=dict(sorted(self.outcomes.items())),
+            commits=self.commits,
+            first_inbox_id=self.first,
+            last_inbox_id=self.last,
+        )
 
 
 class Tracker:
@@ -220,7 +322,9 @@ class Tracker:
     Tracks K PLUS payments in an append-only event log.
 
     Args:
-        store: a path to the SQLite file (created if missing), or a store object.
+        store: where the log is — a path to the SQLite file (created if missing),
+            a ``sqlite:///path`` URL, a ``postgresql://`` URL (see
+            :func:`kplus_fsm.open_store`) — or a store object.
         clock: returns the current aware ``datetime``; inject a fake one in tests.
         synchronous: SQLite durability when ``store`` is a path.
 
@@ -241,7 +345,7 @@ class Tracker:
         synchronous: str = "FULL",
     ) -> None:
         if isinstance(store, str | os.PathLike):
-            store = SQLiteStore(store, synchronous=synchronous)  # type: ignore[arg-type]
+            store = open_store(store, synchronous=synchronous)
         self.store: Store = store
         self.clock = clock
         self._callbacks: list[Callable[[Result], None]] = []
@@ -386,40 +490,90 @@ class Tracker:
         Raises:
             MalformedInputError: not an event envelope (recorded first).
         """
-        raw_body, encoding = _encode_body(body)
-        draft = InboxDraft(
-            kind=InputKind.WEBHOOK,
-            body=raw_body,
-            body_encoding=encoding,
+        item = _event_input(
+            body,
             origin="webhook",
-            headers=_safe_headers(headers),
+            headers=headers,
             verification=verification,
+            apply_payload=apply_payload,
         )
-        try:
-            parsed = _parse_json(body)
-        except MalformedInputError as exc:
+        if isinstance(item, tuple):
+            draft, exc = item
             self._refuse(draft, exc)
-        try:
-            event = WebhookEvent.from_json(parsed)
-        except MalformedInputError as exc:
-            external = parsed.get("id") if isinstance(parsed, Mapping) else None
-            self._refuse(
-                attrs.evolve(
-                    draft,
-                    external_id=external
-                    if isinstance(external, str) and is_text(external)
-                    else None,
-                ),
-                exc,
+        return self._finish(
+            self._commit(
+                item.draft, item.decide, payment_id=item.payment_id, charge_id=item.charge_id
             )
-        draft = attrs.evolve(draft, external_id=event.event_id)
-        charge = event.charge
-        return self._apply(
-            WebhookHint(event=event, apply_payload=apply_payload),
-            draft,
-            payment_id=charge.payment_id if charge else None,
-            charge_id=charge.charge_id if charge else None,
         )
+
+    def import_events(
+        self,
+        events: Iterable[Raw],
+        *,
+        batch_size: int = 500,
+        apply_payload: bool = True,
+    ) -> ImportReport:
+        """
+        Record historical Omise event objects (a backfill from ``GET /events``
+        or ``GET /charges/:id/events``, read with the secret key), ``batch_size``
+        inputs per transaction: one durable commit per batch instead of one per
+        input. Each event is recorded exactly as :meth:`record_webhook` records
+        a delivery (origin ``backfill``, verification ``fetched``): deduped by
+        event id, so importing the same events again, or events already
+        delivered as webhooks, gives ``duplicate`` outcomes and changes nothing.
+        A malformed event is recorded as ``rejected`` and counted; it does not
+        stop the import.
+
+        Raises:
+            StoreError: a batch could not be committed; the batches before it
+                are committed (import again: what is in is a ``duplicate``).
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        report = _ImportTally()
+        batch: list[_StoreInput] = []
+
+        def flush() -> None:
+            now = format_time(self.clock())
+            results = self.store.record_many(
+                [(it.draft, it.decide, now, it.payment_id, it.charge_id) for it in batch]
+            )
+            batch.clear()
+            failure = None
+            tally = _ImportTally()
+            for rec in results:
+                if isinstance(rec, Exception):
+                    failure = failure or rec
+                    continue
+                tally.add(self._finish(rec, quiet=True))
+            report.merge(tally)
+            log.info(  # one line per batch; anything not routine also has its own line
+                "inputs_imported",
+                count=tally.total,
+                first_inbox_id=tally.first,
+                last_inbox_id=tally.last,
+                outcomes=tally.outcomes,
+            )
+            if failure is not None:
+                raise failure
+
+        for body in events:
+            item = _event_input(
+                body,
+                origin="backfill",
+                headers=None,
+                verification="fetched",
+                apply_payload=apply_payload,
+            )
+            if isinstance(item, tuple):
+                draft, exc = item
+                item = _StoreInput(draft, _rejected(exc.reason, None), None, None)
+            batch.append(item)
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
+            flush()
+        return report.freeze()
 
     def refuse_webhook(
         self,
@@ -593,7 +747,7 @@ class Tracker:
             charge_id=charge_id,
         )
 
-    def _finish(self, rec: Recorded) -> Result:
+    def _finish(self, rec: Recorded, *, quiet: bool = False) -> Result:
         result = Result(
             outcome=rec.decision.outcome,
             reason=rec.decision.reason,
@@ -603,7 +757,24 @@ class Tracker:
             previous=rec.before,
             events=rec.events,
         )
-        level = "info" if result.outcome in _QUIET else "warning"
+        routine = result.outcome in _QUIET
+        if not (quiet and routine):
+            self._log_input(rec, result, "info" if routine else "warning")
+        for callback in list(self._callbacks):
+            try:
+                callback(result)
+            except Exception as exc:  # host code must not undo a committed input
+                log.exception(
+                    "on_commit_callback_failed",
+                    callback=getattr(callback, "__qualname__", repr(callback)),
+                    inbox_id=rec.inbox.id,
+                    error=type(exc).__name__,
+                )
+        return result
+
+    @staticmethod
+    def _log_input(rec: Recorded, result: Result, level: str) -> None:
+        """The one structlog line of an input (ids and outcome; never a body or a secret)."""
         getattr(log, level)(
             "input_recorded",
             inbox_id=rec.inbox.id,
@@ -618,17 +789,6 @@ class Tracker:
             to_status=result.status.value if result.status else None,
             events=[e.kind for e in rec.events],
         )
-        for callback in list(self._callbacks):
-            try:
-                callback(result)
-            except Exception as exc:  # host code must not undo a committed input
-                log.exception(
-                    "on_commit_callback_failed",
-                    callback=getattr(callback, "__qualname__", repr(callback)),
-                    inbox_id=rec.inbox.id,
-                    error=type(exc).__name__,
-                )
-        return result
 
     # ----------------------------------------------------------------- reactions
 
@@ -664,15 +824,19 @@ class Tracker:
             raise PaymentNotFoundError(f"no payment with payment id or charge id {id_!r}")
         return payment
 
-    def timeline(self, id_: str, *, as_of: str | dt.datetime | None = None) -> list[TimelineEntry]:
+    def timeline(
+        self, id_: str | Payment, *, as_of: str | dt.datetime | None = None
+    ) -> list[TimelineEntry]:
         """
         Every input about a payment and every event it caused, in order; with
-        ``as_of``, only what had been recorded by then.
+        ``as_of``, only what had been recorded by then. ``id_`` is a payment id,
+        a charge id, or the :class:`Payment` itself (from :meth:`get`: saves
+        looking it up again).
 
         Raises:
             PaymentNotFoundError: no such payment.
         """
-        payment = self.get(id_)
+        payment = id_ if isinstance(id_, Payment) else self.get(id_)
         until = None if as_of is None else format_time(parse_time(as_of))
         return self.store.timeline(payment.payment_id, until=until)
 
@@ -803,6 +967,7 @@ class Consumer:
 __all__ = [
     "Clock",
     "Consumer",
+    "ImportReport",
     "KplusFSMError",
     "Result",
     "Tracker",

@@ -1,7 +1,10 @@
 """
 ``kplus-fsm``: the command line of kplus_fsm.
 
-Every command takes ``--db`` (default: ``$KPLUS_FSM_DB``, else ``./kplus.db``).
+Every command takes ``--db`` (default: ``$KPLUS_FSM_DB``, else ``./kplus.db``):
+a SQLite file (a path or ``sqlite:///path``) or a ``postgresql://`` URL
+(:func:`kplus_fsm.open_store`). A URL's password is never printed: every message
+shows the location through :func:`kplus_fsm.redact`.
 ``show``, ``list``, ``anomalies``, ``stats``, ``export``, ``checkpoint``,
 ``verify`` and ``replay --check`` (in :mod:`kplus_fsm._cli_incident`) open the
 database read-only.
@@ -19,7 +22,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import click
 import structlog
@@ -28,6 +31,7 @@ from . import __version__, validate_payment_request
 from ._demo import run_demo, run_offline_demo
 from ._model import Outcome, Status
 from ._tracker import Tracker
+from ._urls import is_postgres, redact, sqlite_path
 from .adapters.fake import run_server as run_fake_server
 from .adapters.omise import DEFAULT_BASE_URL as DEFAULT_API_URL
 from .adapters.omise import OmiseClient
@@ -46,13 +50,29 @@ def _default_db() -> str:
     return os.environ.get("KPLUS_FSM_DB") or DEFAULT_DB
 
 
+def db_exists(db: str) -> bool:
+    """Whether the log at ``db`` may exist: a SQLite file that exists, or any server URL."""
+    if is_postgres(db):
+        return True
+    try:
+        return Path(sqlite_path(db)).exists()
+    except ValueError:
+        return False
+
+
+def shown(db: str) -> str:
+    """``db`` as it may be printed: a URL without its password."""
+    return redact(db)
+
+
 db_option = click.option(
     "--db",
     "db",
     default=_default_db,
     show_default="$KPLUS_FSM_DB or ./kplus.db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The SQLite event log.",
+    metavar="PATH|URL",
+    type=str,
+    help="The event log: a SQLite file (path or sqlite:///path) or a postgresql:// URL.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 
@@ -95,15 +115,17 @@ def cli(verbose: int) -> None:
     "db",
     default="kplus-demo.db",
     show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to write the demo's event log (appended to if it exists).",
+    metavar="PATH|URL",
+    type=str,
+    help="Where to write the demo's event log (appended to if it exists): "
+    "a SQLite file or a postgresql:// URL.",
 )
 @click.option(
     "--offline",
     is_flag=True,
     help="Feed the inputs straight into the tracker: no fake API, no sockets.",
 )
-def demo(db: Path, offline: bool) -> None:
+def demo(db: str, offline: bool) -> None:
     """
     Run real K PLUS payment scenarios into a SQLite event log and print each
     payment's timeline. Starts the fake Omise and the webhook receiver on
@@ -112,14 +134,17 @@ def demo(db: Path, offline: bool) -> None:
     and settled by reconciliation, a lost webhook, a forged webhook, an expiry,
     and a refused create. Needs no configuration.
     """
+    # The demo hands the location to Tracker, which takes a path or a URL alike.
+    target = db if is_postgres(db) else Path(sqlite_path(db))
     try:
-        scenarios = (run_offline_demo if offline else run_demo)(db, say=click.echo)
+        scenarios = (run_offline_demo if offline else run_demo)(cast(Path, target), say=click.echo)
     except KplusFSMError as exc:
         _fail(str(exc), EXIT_STORE)
+    where = shown(db) if isinstance(target, str) else str(target.resolve())
     click.echo("")
-    click.echo(f"Database: {db.resolve()}")
-    click.echo(f"Inspect a payment:  kplus-fsm show {scenarios[0].payment_id} --db {db}")
-    click.echo(f"Check the log:      kplus-fsm verify --db {db}")
+    click.echo(f"Database: {where}")
+    click.echo(f"Inspect a payment:  kplus-fsm show {scenarios[0].payment_id} --db {shown(db)}")
+    click.echo(f"Check the log:      kplus-fsm verify --db {shown(db)}")
 
 
 def _client_from_env() -> OmiseClient:
@@ -133,9 +158,11 @@ def _client_from_env() -> OmiseClient:
     )
 
 
-def _open_rw(db: Path) -> Tracker:
+def _open_rw(db: str) -> Tracker:
     try:
         return Tracker(db)
+    except ValueError as exc:  # a malformed sqlite:// URL
+        _fail(str(exc), 2)
     except KplusFSMError as exc:
         _fail(str(exc), EXIT_STORE)
 
@@ -149,7 +176,7 @@ def _open_rw(db: Path) -> Tracker:
 @click.option("--return-uri", required=True, help="Where K PLUS sends the buyer back.")
 @json_option
 def pay(
-    db: Path,
+    db: str,
     payment_id: str,
     amount: int,
     currency: str,
@@ -222,15 +249,15 @@ def pay(
     help="Also re-read pending charges not updated for this long.",
 )
 @json_option
-def reconcile(db: Path, limit: int, pending_minutes: int, as_json: bool) -> None:
+def reconcile(db: str, limit: int, pending_minutes: int, as_json: bool) -> None:
     """
     Re-read every charge pending past its expires_at (or for too long) and
     settle every create whose outcome is unknown. Run it from cron. Exit 1 when
     a read failed or Omise rate-limited the run. API from OMISE_SECRET_KEY,
     OMISE_API_URL.
     """
-    if not db.exists():
-        _fail(f"no database at {db}", EXIT_STORE)
+    if not db_exists(db):
+        _fail(f"no database at {shown(db)}", EXIT_STORE)
     with _client_from_env() as client, _open_rw(db) as tracker:
         report = tracker.reconcile(
             client, limit=limit, pending_threshold=dt.timedelta(minutes=pending_minutes)
@@ -259,7 +286,7 @@ def reconcile(db: Path, limit: int, pending_minutes: int, as_json: bool) -> None
 @db_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-def serve(db: Path, host: str, port: int) -> None:
+def serve(db: str, host: str, port: int) -> None:
     """
     Run the webhook receiver: POST /webhooks/omise (GET / answers when ready).
     Configured from the environment: OMISE_WEBHOOK_SECRET (base64; several,
@@ -277,7 +304,7 @@ def serve(db: Path, host: str, port: int) -> None:
     except OSError as exc:
         intake.close()
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_STORE)
-    click.echo(f"kplus-fsm: receiving webhooks on {server.url}/webhooks/omise (db {db})")
+    click.echo(f"kplus-fsm: receiving webhooks on {server.url}/webhooks/omise (db {shown(db)})")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -338,8 +365,8 @@ def fake_omise(
 
 
 # The on-call and audit commands (show, list, anomalies, stats, export, checkpoint,
-# verify, replay) live in their own module, which registers them on `cli`.
-from . import _cli_incident  # noqa: E402, F401
+# verify, replay) and migrate-log live in their own modules, which register them on `cli`.
+from . import _cli_incident, _cli_migrate  # noqa: E402, F401
 
 
 def main() -> None:

@@ -17,7 +17,8 @@ understood at all, for misuse, and for storage problems::
     ├── StoreError                        storage problems, chained from the sqlite3 error
     │   ├── ConcurrencyError              (stream, version) already taken; retried inside
     │   ├── IntegrityError                a row breaks the hash chain or cannot be decoded
-    │   └── SchemaVersionError            the database was written by a newer kplus_fsm
+    │   ├── SchemaVersionError            the database was written by a newer kplus_fsm
+    │   └── PostgresUnavailableError      a postgresql:// log without psycopg installed
     └── GatewayError                      the payment API did not do what was asked
         ├── GatewayRefusedError           a definite answer: an Omise error object (4xx)
         └── GatewayUnavailableError       no definite answer: timeout, reset, 429, 5xx, garbage
@@ -40,6 +41,7 @@ __all__ = [
     "MalformedInputError",
     "OutcomeError",
     "PaymentNotFoundError",
+    "PostgresUnavailableError",
     "RefundNotSupportedError",
     "SchemaVersionError",
     "StoreError",
@@ -157,6 +159,19 @@ class SchemaVersionError(StoreError):
     The database was written by a newer kplus_fsm (it has migrations this
     version does not know), or is not a kplus_fsm log. Nothing was written.
     """
+
+
+class PostgresUnavailableError(StoreError, ImportError):
+    """
+    A ``postgresql://`` event log was asked for, but psycopg (the PostgreSQL
+    driver) is not installed: ``pip install 'kplus-fsm[postgres]'``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a postgresql:// event log needs the PostgreSQL driver (psycopg 3): "
+            "pip install 'kplus-fsm[postgres]'"
+        )
 
 
 class GatewayError(KplusFSMError):

@@ -34,3 +34,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("reliability figures")
     for test, name, value in figures:
         terminalreporter.write_line(f"{test}: {name} = {value}")
+
+
+from pg import pg_server, pg_url  # noqa: E402, F401  (PostgreSQL fixtures: tests/pg.py)

@@ -612,6 +612,81 @@ class ConsumerContract(_ContractBase):
         assert seen == [1, 2]
 
 
+class ImportContract(_ContractBase):
+    """``record_many`` and the tracker's batched import of events read back from Omise."""
+
+    @staticmethod
+    def history(n: int) -> list[dict[str, Any]]:
+        """Per payment: the event that it became pending, then that it succeeded."""
+        out = []
+        for i in range(n):
+            pid, cid = f"pay-{i}", f"chrg_{i}"
+            for j, status in enumerate(("pending", "successful")):
+                charge = charge_json(payment_id=pid, charge_id=cid, status=status)
+                out.append(webhook_json(charge, event_id=f"evnt_{i}_{j}"))
+        return out
+
+    def test_import_commits_per_batch_and_applies_in_order(
+        self, store: Store, tracker: Tracker
+    ) -> None:
+        for i in range(5):
+            request(tracker, f"pay-{i}")
+        report = tracker.import_events(self.history(5), batch_size=4)
+        assert (report.total, report.commits) == (10, 3)
+        assert report.outcomes == {"applied": 10}
+        assert (report.first_inbox_id, report.last_inbox_id) == (6, 15)
+        assert all(store.get(f"pay-{i}").status is Status.SUCCESSFUL for i in range(5))  # type: ignore[union-attr]
+        row = next(r for r in store.iter_inbox() if r.id == 6)
+        assert (row.origin, row.verification, row.external_id) == (
+            "backfill",
+            "fetched",
+            "evnt_0_0",
+        )
+        assert store.verify().ok
+        assert store.replay().ok
+
+    def test_import_again_changes_nothing(self, store: Store, tracker: Tracker) -> None:
+        request(tracker, "pay-0")
+        tracker.import_events(self.history(1))
+        before = store.counts()["events"]
+        again = tracker.import_events(self.history(1))
+        assert again.outcomes == {"duplicate": 2}
+        assert store.counts()["events"] == before
+
+    def test_malformed_events_are_recorded_and_counted(
+        self, store: Store, tracker: Tracker
+    ) -> None:
+        request(tracker, "pay-0")
+        events: list[Any] = [b"not json", {"object": "event", "id": "evnt_x"}, *self.history(1)]
+        report = tracker.import_events(events, batch_size=10)
+        assert report.outcomes == {"applied": 2, "rejected": 2}
+        rows = list(store.iter_inbox())
+        assert [r.outcome for r in rows[1:3]] == ["rejected", "rejected"]
+        assert rows[1].raw() == "not json"
+        assert rows[2].external_id == "evnt_x"
+
+    def test_record_many_isolates_a_failing_item(self, store: Store, tracker: Tracker) -> None:
+        request(tracker, "pay-0")
+
+        def boom(_payment: Payment | None) -> Decision:
+            raise Boom("decide failed")
+
+        def ok(payment: Payment | None) -> Decision:
+            return Decision(outcome=Outcome.DUPLICATE, reason="no change", payment_id="pay-0")
+
+        out = store.record_many(
+            [
+                (draft(), ok, NOW, "pay-0", None),
+                (draft(), boom, NOW, "pay-0", None),
+                (draft(), ok, NOW, "pay-0", None),
+            ]
+        )
+        assert isinstance(out[1], Boom)
+        assert [r.inbox.id for r in out if not isinstance(r, Exception)] == [2, 3]
+        assert store.counts()["inbox"] == 3
+        assert store.verify().ok
+
+
 class StoreContract(
     AtomicityContract,
     AppendOnlyContract,
@@ -621,5 +696,6 @@ class StoreContract(
     TimelineContract,
     ReplayContract,
     ConsumerContract,
+    ImportContract,
 ):
     """The whole contract: subclass it as ``Test<YourStore>`` and implement the hooks."""

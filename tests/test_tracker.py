@@ -14,9 +14,11 @@ from typing import Any, NamedTuple
 import pytest
 import sqlite_utils
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 from store_contract import RETURN_URI, Boom, request, snapshot
 
-from kplus_fsm import InboxRow, Outcome, Result, Status, StoredEvent, Tracker
+from kplus_fsm import InboxRow, Outcome, Result, Status, StoredEvent, Tracker, format_time
 from kplus_fsm.exceptions import (
     InvalidPaymentRequestError,
     MalformedInputError,
@@ -635,6 +637,33 @@ class TestClock:
                 "2026-01-01T00:00:00.000000Z"
             )
             assert result.events[0].recorded_at == "2026-01-01T00:00:00.000000Z"
+
+    @given(
+        when=st.datetimes(
+            min_value=dt.datetime(1, 1, 2),
+            max_value=dt.datetime(9999, 12, 30),
+            timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=7))]),
+        )
+    )
+    def test_format_time_is_the_strftime_form(self, when: dt.datetime) -> None:
+        """The fast formatter writes exactly what the stored format always was."""
+        expected = when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        assert format_time(when) == expected
+
+
+class TestTimeline:
+    """``Tracker.timeline`` takes an id or the payment itself."""
+
+    def test_payment_or_id(self, tracker: Tracker) -> None:
+        request(tracker, "pay-1")
+        snapshot(tracker, "pay-1", "chrg_1", "pending")
+        payment = tracker.get("chrg_1")
+        by_payment = tracker.timeline(payment)
+        assert by_payment == tracker.timeline("pay-1") == tracker.timeline("chrg_1")
+        assert [e.kind for e in by_payment if e.type == "input"] == [
+            "payment_request",
+            "charge_snapshot",
+        ]
 
 
 class TestThreads:

@@ -87,7 +87,11 @@ def _worker(
     inputs = 0
     try:
         with (
-            mock.patch.object(store_module, "time", types.SimpleNamespace(sleep=counting_sleep)),
+            mock.patch.object(
+                store_module,
+                "time",
+                types.SimpleNamespace(sleep=counting_sleep, monotonic=time.monotonic),
+            ),
             Tracker(path) as tracker,
         ):
             intake = WebhookIntake(tracker, secrets=[SECRET], tolerance=3600)

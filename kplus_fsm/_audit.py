@@ -1,0 +1,344 @@
+"""
+The database-independent half of ``verify``, ``replay`` and ``timeline``: every
+store fetches rows its own way and hands them to these functions, so the hash
+chain check, the fold and the comparison with the projection are the same code
+on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
+
+import orjson
+
+from . import _codec
+from ._machine import PaymentState, apply_event
+from ._model import EVENT_VERSIONS, Payment, StoredEvent
+from ._rows import InboxRow
+from ._store import ReplayDifference, TimelineEntry, VerifyReport
+from .exceptions import IntegrityError
+
+#: ``fetch(table, after)``: up to :data:`VERIFY_BATCH` rows of ``table``
+#: (``inbox`` or ``events``) after ``after`` in key order: the hashed columns and
+#: the hash, as :data:`VERIFY_INBOX_SQL` / :data:`VERIFY_EVENTS_SQL` select them.
+Fetch = Callable[[str, int], Sequence[Sequence[Any]]]
+
+VERIFY_BATCH: Final = 2000
+PROGRESS_EVERY: Final = 5000
+
+CHAINS: Final = (
+    ("inbox", "id", _codec.INBOX_HASHED),
+    ("events", "position", _codec.EVENT_HASHED),
+)
+
+#: The statements a store runs for ``fetch``: one batch of a chain, with the
+#: placeholder ``{p}`` to fill (``?`` for SQLite, ``%s`` for psycopg).
+VERIFY_INBOX_TEMPLATE: Final = (
+    f"SELECT {', '.join(_codec.INBOX_HASHED)}, hash FROM inbox WHERE id > {{p}} "
+    f"ORDER BY id LIMIT {VERIFY_BATCH}"
+)
+VERIFY_EVENTS_TEMPLATE: Final = (
+    f"SELECT {', '.join(_codec.EVENT_HASHED)}, hash FROM events WHERE position > {{p}} "
+    f"ORDER BY position LIMIT {VERIFY_BATCH}"
+)
+VERIFY_INBOX_SQL: Final = VERIFY_INBOX_TEMPLATE.format(p="?")
+VERIFY_EVENTS_SQL: Final = VERIFY_EVENTS_TEMPLATE.format(p="?")
+
+
+def verify_chains(
+    fetch: Fetch,
+    *,
+    schema_version: str | None,
+    problem: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """
+    Recompute both hash chains from the rows ``fetch`` returns, streaming, and
+    name the first row that is missing or does not match. ``problem`` (a
+    missing trigger, a newer schema) is reported without reading any row.
+    """
+    counts = {"inbox": 0, "events": 0}
+    heads = {"inbox": _codec.GENESIS, "events": _codec.GENESIS}
+
+    def report(
+        problem: str | None, table: str | None = None, row_id: int | None = None
+    ) -> VerifyReport:
+        return VerifyReport(
+            ok=problem is None,
+            inbox_rows=counts["inbox"],
+            events=counts["events"],
+            inbox_head=heads["inbox"],
+            events_head=heads["events"],
+            schema_version=schema_version,
+            problem=problem,
+            table=table,
+            row_id=row_id,
+        )
+
+    if problem is not None:
+        return report(problem)
+    for table, key, hashed in CHAINS:
+        columns = (*hashed, "hash")
+        after, expected_key = 0, 1
+        while True:
+            rows = fetch(table, after)
+            for row in rows:
+                values = dict(zip(columns, row, strict=True))
+                if values[key] != expected_key:
+                    return report(
+                        f"{table} row {expected_key} is missing (next is {values[key]})",
+                        table,
+                        expected_key,
+                    )
+                computed = _codec.chain_hash(heads[table], values, hashed)
+                if computed != values["hash"]:
+                    return report(
+                        f"{table} row {values[key]} does not match the hash chain",
+                        table,
+                        values[key],
+                    )
+                heads[table] = computed
+                counts[table] += 1
+                expected_key += 1
+            if progress is not None:
+                progress(len(rows))
+            if len(rows) < VERIFY_BATCH:
+                break
+            after = rows[-1][0]
+    return report(None)
+
+
+def diff(replayed: Payment, stored: Payment | None) -> list[ReplayDifference]:
+    """Every field of the stored projection row that differs from the replayed payment."""
+    if replayed == stored:
+        return []
+    if stored is None:
+        return [
+            ReplayDifference(payment_id=replayed.payment_id, field="*", stored=None, replayed="row")
+        ]
+    a, b = replayed.to_json(), stored.to_json()
+    return [
+        ReplayDifference(payment_id=replayed.payment_id, field=k, stored=b[k], replayed=a[k])
+        for k in a
+        if a[k] != b[k]
+    ]
+
+
+def fold_streams(
+    rows: Iterable[Sequence[Any]],
+    load: Callable[[str], Payment | None],
+    *,
+    progress: Callable[[int], None] | None = None,
+    stored: Iterable[Sequence[Any]] | None = None,
+) -> tuple[int, int, list[ReplayDifference], list[Payment]]:
+    """
+    Fold event rows (in ``stream, version`` order, columns of
+    :data:`kplus_fsm._codec.EVENT_COLUMNS`) one stream at a time and compare each
+    payment with its stored row. Constant memory but for the differences.
+    Returns the events and payments folded, the differences, and the replayed
+    payments that differ (what a repair writes).
+
+    The stored rows come from ``stored`` when given (``payments`` rows in
+    :data:`kplus_fsm._codec.PAYMENT_COLUMNS` order, sorted by ``payment_id`` in
+    the same order as the streams: read alongside, one query for the whole
+    replay), else from ``load(payment_id)``, one lookup per payment.
+
+    Each stream is folded into a dict of the payment's fields
+    (:func:`kplus_fsm._machine.apply_event`, the rule live state uses) and the
+    :class:`Payment` is built once, at the end of the stream; a payment whose
+    re-encoded row equals the stored row byte for byte is not decoded at all.
+
+    Raises:
+        IntegrityError: a stream skips a version or an event cannot be folded.
+    """
+    differences: list[ReplayDifference] = []
+    rebuilt: list[Payment] = []
+    n_events = n_payments = 0
+    stored_rows = iter(stored) if stored is not None else None
+    pending_row: Sequence[Any] | None = None
+    loads, current_versions, upcast = _codec.loads, EVENT_VERSIONS, _codec.upcast
+    fast_loads = orjson.loads  # what _codec.loads does for an unmarked object
+
+    def stored_row(payment_id: str) -> Sequence[Any] | None:
+        nonlocal pending_row
+        assert stored_rows is not None
+        row = pending_row
+        while True:
+            if row is None:
+                row = next(stored_rows, None)
+                if row is None:
+                    pending_row = None
+                    return None
+            if row[0] == payment_id:
+                pending_row = None
+                return row
+            if row[0] > payment_id:  # no row for this payment; keep this one for later
+                pending_row = row
+                return None
+            row = None  # a row with no events: an orphan, reported by the caller
+
+    def finish(stream: str, state: PaymentState) -> None:
+        nonlocal n_payments
+        n_payments += 1
+        replayed = Payment(**state)
+        if stored_rows is not None:
+            row = stored_row(stream)
+            if row is not None and tuple(row) == _codec.payment_to_row(replayed):
+                return
+            found = diff(replayed, None if row is None else _codec.payment_from_row(tuple(row)))
+        else:
+            found = diff(replayed, load(stream))
+        differences.extend(found)
+        if found:
+            rebuilt.append(replayed)
+
+    stream: str | None = None
+    state: PaymentState | None = None
+    expected_version = 1
+    for row in rows:
+        position, row_stream, version, kind, event_version, data = row[:6]
+        if row_stream != stream:
+            if stream is not None and state is not None:
+                finish(stream, state)
+            stream, state, expected_version = row_stream, None, 1
+        if version != expected_version:
+            raise IntegrityError(
+                f"stream {row_stream} skips from version {expected_version - 1} to {version}",
+                table="events",
+                row_id=position,
+            )
+        try:
+            payload = fast_loads(data) if data[:1] == "{" else loads(data)
+        except ValueError:
+            payload = loads(data)  # what orjson refuses, the standard library may read
+        if current_versions.get(kind) != event_version:
+            event_version, payload = upcast(kind, event_version, payload)
+        state = apply_event(state, row_stream, kind, payload, version, row[6], position)
+        expected_version += 1
+        n_events += 1
+        if progress is not None and n_events % PROGRESS_EVERY == 0:
+            progress(PROGRESS_EVERY)
+    if stream is not None and state is not None:
+        finish(stream, state)
+    if progress is not None and n_events % PROGRESS_EVERY:
+        progress(n_events % PROGRESS_EVERY)
+    return n_events, n_payments, differences, rebuilt
+
+
+def orphan_differences(orphans: Iterable[str]) -> list[ReplayDifference]:
+    """A difference for each projection row with no events behind it."""
+    return [ReplayDifference(payment_id=o, field="*", stored="row", replayed=None) for o in orphans]
+
+
+def interleave(inbox: Iterable[InboxRow], events: Iterable[StoredEvent]) -> list[TimelineEntry]:
+    """A payment's inputs, each followed by the events it caused: its timeline."""
+    caused: dict[int, list[StoredEvent]] = {}
+    for ev in events:
+        caused.setdefault(ev.causation, []).append(ev)
+    entries: list[TimelineEntry] = []
+    for row in inbox:
+        entries.append(
+            TimelineEntry(
+                type="input",
+                at=row.received_at,
+                inbox_id=row.id,
+                kind=row.kind,
+                origin=row.origin,
+                outcome=row.outcome,
+                reason=row.reason,
+                external_id=row.external_id,
+                verification=row.verification,
+            )
+        )
+        entries.extend(
+            TimelineEntry(
+                type="event",
+                at=ev.recorded_at,
+                inbox_id=ev.causation,
+                kind=ev.kind,
+                position=ev.position,
+                version=ev.version,
+                data=dict(ev.data),
+            )
+            for ev in caused.pop(row.id, [])
+        )
+    return entries
+
+
+#: The ``inbox`` columns a timeline shows (no body, headers or hash: ``show`` stays cheap).
+TIMELINE_INBOX_COLUMNS: Final = (
+    "id",
+    "received_at",
+    "kind",
+    "origin",
+    "outcome",
+    "reason",
+    "external_id",
+    "verification",
+)
+#: The ``events`` columns a timeline shows.
+TIMELINE_EVENT_COLUMNS: Final = (
+    "position",
+    "stream",
+    "version",
+    "kind",
+    "event_version",
+    "data",
+    "recorded_at",
+    "causation",
+)
+
+
+def timeline_from_rows(
+    inputs: Iterable[Sequence[Any]], events: Iterable[Sequence[Any]]
+) -> list[TimelineEntry]:
+    """
+    :func:`interleave` straight from rows: ``inputs`` in
+    :data:`TIMELINE_INBOX_COLUMNS` order (by id), ``events`` in
+    :data:`TIMELINE_EVENT_COLUMNS` order.
+    """
+    caused: dict[int, list[StoredEvent]] = {}
+    for row in events:
+        ev = _codec.event_from_row(tuple(row))
+        caused.setdefault(ev.causation, []).append(ev)
+    entries: list[TimelineEntry] = []
+    for inbox_id, at, kind, origin, outcome, reason, external_id, verification in inputs:
+        entries.append(
+            TimelineEntry(
+                type="input",
+                at=at,
+                inbox_id=inbox_id,
+                kind=kind,
+                origin=origin,
+                outcome=outcome,
+                reason=reason,
+                external_id=external_id,
+                verification=verification,
+            )
+        )
+        for ev in caused.pop(inbox_id, ()):
+            entries.append(
+                TimelineEntry(
+                    type="event",
+                    at=ev.recorded_at,
+                    inbox_id=inbox_id,
+                    kind=ev.kind,
+                    position=ev.position,
+                    version=ev.version,
+                    data=dict(ev.data),
+                )
+            )
+    return entries
+
+
+__all__ = [
+    "TIMELINE_EVENT_COLUMNS",
+    "TIMELINE_INBOX_COLUMNS",
+    "diff",
+    "fold_streams",
+    "interleave",
+    "orphan_differences",
+    "timeline_from_rows",
+    "verify_chains",
+]

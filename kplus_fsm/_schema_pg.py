@@ -1,0 +1,245 @@
+"""
+The PostgreSQL schema of the event log: the same tables, columns, stored strings,
+triggers and views as :mod:`kplus_fsm._schema` (SQLite), in PostgreSQL types.
+
+Column names and stored values are identical on both databases, so the same
+codec, the same hash chains and the same export formats apply: a log moved from
+SQLite verifies on PostgreSQL with the same head hashes. Every text column is
+``COLLATE "C"`` (byte order, as SQLite compares text), so times stored as
+``YYYY-MM-DDTHH:MM:SS.ffffffZ`` compare and sort the same way on both.
+
+Migrations carry the same names as the SQLite ones (``0001_initial``,
+``0002_views``) and are recorded in ``kplus_fsm_migrations``; a database that
+has applied one this version does not know is refused (:class:`SchemaVersionError`).
+Migrations are append-only: never edit one that has shipped; add a new one.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ._schema import APPEND_ONLY_TABLES, OUTCOMES_SQL
+
+MIGRATIONS_TABLE: Final = "kplus_fsm_migrations"
+
+T: Final = 'TEXT COLLATE "C"'
+
+_INITIAL: Final = (
+    f"""
+    CREATE TABLE inbox (
+        id BIGINT PRIMARY KEY CHECK (id >= 1),
+        received_at {T} NOT NULL,
+        kind {T} NOT NULL,
+        origin {T},
+        payment_id {T},
+        charge_id {T},
+        external_id {T},
+        body {T} NOT NULL,
+        body_encoding {T} NOT NULL CHECK (body_encoding IN ('json','text','base64')),
+        headers {T},
+        verification {T} NOT NULL,
+        outcome {T} NOT NULL CHECK (outcome IN {OUTCOMES_SQL}),
+        reason {T} NOT NULL,
+        hash {T} NOT NULL
+    )
+    """,
+    "CREATE INDEX inbox_payment ON inbox (payment_id, id)",
+    "CREATE INDEX inbox_charge ON inbox (charge_id, id)",
+    "CREATE INDEX inbox_external ON inbox (external_id)",
+    "CREATE INDEX inbox_outcome ON inbox (outcome, id)",
+    f"""
+    CREATE TABLE events (
+        position BIGINT PRIMARY KEY CHECK (position >= 1),
+        stream {T} NOT NULL,
+        version INTEGER NOT NULL CHECK (version >= 1),
+        kind {T} NOT NULL,
+        event_version INTEGER NOT NULL,
+        data {T} NOT NULL,
+        recorded_at {T} NOT NULL,
+        causation BIGINT NOT NULL REFERENCES inbox (id),
+        hash {T} NOT NULL,
+        CONSTRAINT events_stream_version UNIQUE (stream, version)
+    )
+    """,
+    "CREATE INDEX events_causation ON events (causation)",
+    f"""
+    CREATE TABLE payments (
+        payment_id {T} PRIMARY KEY,
+        status {T} NOT NULL
+            CHECK (status IN ('created','pending','successful','failed','expired')),
+        amount BIGINT NOT NULL,
+        currency {T} NOT NULL,
+        return_uri {T} NOT NULL,
+        platform_type {T},
+        description {T},
+        metadata {T} NOT NULL,
+        charge_id {T},
+        livemode INTEGER,
+        authorize_uri {T},
+        expires_at {T},
+        failure_code {T},
+        failure_message {T},
+        create_unknown INTEGER NOT NULL,
+        flags {T} NOT NULL,
+        webhook_event_ids {T} NOT NULL,
+        version INTEGER NOT NULL,
+        created_at {T} NOT NULL,
+        updated_at {T} NOT NULL
+    )
+    """,
+    "CREATE INDEX payments_charge ON payments (charge_id)",
+    "CREATE INDEX payments_status ON payments (status, expires_at)",
+    f"""
+    CREATE TABLE consumers (
+        name {T} PRIMARY KEY,
+        position BIGINT NOT NULL,
+        updated_at {T} NOT NULL
+    )
+    """,
+    """
+    CREATE FUNCTION kplus_fsm_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
+            USING ERRCODE = 'restrict_violation';
+    END
+    $$
+    """,
+    *(
+        f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
+        f"FOR EACH {'STATEMENT' if op == 'TRUNCATE' else 'ROW'} "
+        "EXECUTE FUNCTION kplus_fsm_append_only()"
+        for table in APPEND_ONLY_TABLES
+        for op in ("UPDATE", "DELETE", "TRUNCATE")
+    ),
+)
+
+#: The ``anomalies`` classification: the SQLite expression, with ``ILIKE`` for
+#: SQLite's case-insensitive ``LIKE``.
+_CATEGORY: Final = """CASE
+               WHEN i.outcome = 'duplicate' THEN 'duplicate_delivery'
+               WHEN i.outcome = 'conflict' THEN 'conflict'
+               WHEN i.outcome = 'unknown' AND i.kind = 'create_unknown'
+                   THEN 'create_unknown'
+               WHEN i.outcome = 'unknown' THEN 'unknown'
+               WHEN i.reason ILIKE 'signature refused: the signature timestamp is % s %'
+                   THEN 'stale_timestamp'
+               WHEN i.reason ILIKE 'signature refused:%' THEN 'bad_signature'
+               WHEN i.reason ILIKE '%mismatch%'
+                 OR i.reason ILIKE '%already exists with different parameters%'
+                   THEN 'mismatch'
+               WHEN i.reason ILIKE 'body too large%' THEN 'oversized'
+               WHEN i.kind = 'refund_request' THEN 'refund_refused'
+               WHEN i.reason = 'no such payment' THEN 'unknown_payment'
+               WHEN i.kind = 'payment_request' THEN 'invalid_request'
+               ELSE 'malformed'
+           END"""
+
+#: Seconds between two stored times (the SQLite views use ``julianday``).
+LAG_SECONDS_SQL: Final = (
+    "round(CAST(extract(epoch FROM (CAST({end} AS timestamptz) - CAST({start} AS timestamptz)))"
+    " AS numeric), 3)"
+)
+
+_VIEWS: Final = (
+    "CREATE INDEX payments_created ON payments (created_at)",
+    "CREATE INDEX inbox_kind ON inbox (kind, outcome, received_at)",
+    "CREATE INDEX events_kind ON events (kind, stream)",
+    """
+    CREATE VIEW timeline AS
+    SELECT i.payment_id AS payment_id, CAST('input' AS TEXT) AS type, i.id AS inbox_id,
+           CAST(NULL AS BIGINT) AS position, i.received_at AS at, i.kind AS kind,
+           i.origin AS origin, i.verification AS verification, i.outcome AS outcome,
+           i.reason AS reason, i.external_id AS external_id, i.charge_id AS charge_id,
+           CAST(NULL AS INTEGER) AS version, CAST(NULL AS TEXT) AS data
+      FROM inbox i
+     WHERE i.payment_id IS NOT NULL
+    UNION ALL
+    SELECT p.payment_id, 'input', i.id, NULL, i.received_at, i.kind, i.origin,
+           i.verification, i.outcome, i.reason, i.external_id, i.charge_id, NULL, NULL
+      FROM inbox i JOIN payments p ON p.charge_id = i.charge_id
+     WHERE i.payment_id IS NULL
+    UNION ALL
+    SELECT e.stream, 'event', e.causation, e.position, e.recorded_at, e.kind, NULL,
+           NULL, NULL, NULL, NULL, NULL, e.version, e.data
+      FROM events e
+    """,
+    """
+    CREATE VIEW stuck_payments AS
+    SELECT payment_id, status, amount, currency, charge_id, expires_at, create_unknown,
+           flags, created_at, updated_at,
+           CASE WHEN status = 'created' THEN 'create outcome unknown'
+                ELSE 'pending past expires_at' END AS reason
+      FROM payments
+     WHERE (status = 'pending'
+            AND expires_at <= to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+        OR (status = 'created' AND create_unknown = 1)
+    """,
+    f"""
+    CREATE VIEW anomalies AS
+    SELECT i.received_at AS at,
+           {_CATEGORY} AS category,
+           coalesce(i.payment_id, (SELECT p.payment_id FROM payments p
+                                    WHERE p.charge_id = i.charge_id
+                                    ORDER BY p.created_at LIMIT 1)) AS payment_id,
+           i.charge_id AS charge_id, i.id AS inbox_id, CAST(NULL AS BIGINT) AS position,
+           i.kind AS kind, i.origin AS origin, i.external_id AS external_id,
+           i.verification AS verification, i.outcome AS outcome, i.reason AS reason
+      FROM inbox i
+     WHERE i.outcome IN ('conflict', 'rejected', 'unknown')
+        OR (i.outcome = 'duplicate' AND i.kind = 'webhook')
+    UNION ALL
+    SELECT e.recorded_at, 'correction', e.stream, i.charge_id, e.causation, e.position,
+           i.kind, i.origin, i.external_id, i.verification, i.outcome, i.reason
+      FROM events e JOIN inbox i ON i.id = e.causation
+     WHERE e.kind = 'charge.corrected'
+    """,
+    f"""
+    CREATE VIEW webhook_lag AS
+    WITH seen AS (
+        SELECT stream,
+               coalesce(min(CASE WHEN kind = 'charge.pending' THEN recorded_at END),
+                        min(recorded_at)) AS charge_created_at,
+               min(CASE WHEN kind IN ('charge.successful', 'charge.failed',
+                                      'charge.expired') THEN position END) AS completion
+          FROM events
+         WHERE kind IN ('payment.requested', 'charge.pending', 'charge.successful',
+                        'charge.failed', 'charge.expired')
+         GROUP BY stream
+    )
+    SELECT s.stream AS payment_id, e.kind AS completion, i.origin AS via,
+           s.charge_created_at AS charge_created_at,
+           e.recorded_at AS completion_received_at,
+           {LAG_SECONDS_SQL.format(end="e.recorded_at", start="s.charge_created_at")}
+               AS lag_seconds
+      FROM seen s
+      JOIN events e ON e.position = s.completion
+      JOIN inbox i ON i.id = e.causation
+    """,
+    """
+    CREATE VIEW payment_stats AS
+    SELECT status, failure_code, count(*) AS payments, sum(amount) AS amount
+      FROM payments
+     GROUP BY status, failure_code
+    """,
+)
+
+#: The migrations, in order: (name, statements). The names match the SQLite
+#: migrations of :mod:`kplus_fsm._schema`, so both report the same schema version.
+MIGRATIONS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
+    ("0001_initial", _INITIAL),
+    ("0002_views", _VIEWS),
+)
+
+KNOWN: Final = frozenset(name for name, _ in MIGRATIONS)
+
+#: The append-only triggers ``verify`` requires (and requires enabled).
+TRIGGERS: Final = frozenset(
+    f"{t}_no_{op}" for t in APPEND_ONLY_TABLES for op in ("update", "delete", "truncate")
+)
+
+CREATE_MIGRATIONS_TABLE: Final = f"""
+    CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
+        name {T} PRIMARY KEY,
+        applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    )
+"""
