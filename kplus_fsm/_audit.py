@@ -298,10 +298,25 @@ def timeline_from_rows(
     :data:`TIMELINE_INBOX_COLUMNS` order (by id), ``events`` in
     :data:`TIMELINE_EVENT_COLUMNS` order.
     """
-    caused: dict[int, list[StoredEvent]] = {}
-    for row in events:
-        ev = _codec.event_from_row(tuple(row))
-        caused.setdefault(ev.causation, []).append(ev)
+    caused: dict[int, list[TimelineEntry]] = {}
+    loads, upcast = _codec.loads, _codec.upcast
+    for position, _stream, version, kind, event_version, data, at, causation in events:
+        payload = loads(data)
+        if EVENT_VERSIONS.get(kind) != event_version:
+            payload = upcast(kind, event_version, payload)[1]
+        entry = TimelineEntry(
+            type="event",
+            at=at,
+            inbox_id=causation,
+            kind=kind,
+            position=position,
+            version=version,
+            data=payload,
+        )
+        if causation in caused:
+            caused[causation].append(entry)
+        else:
+            caused[causation] = [entry]
     entries: list[TimelineEntry] = []
     for inbox_id, at, kind, origin, outcome, reason, external_id, verification in inputs:
         entries.append(
@@ -317,18 +332,8 @@ def timeline_from_rows(
                 verification=verification,
             )
         )
-        for ev in caused.pop(inbox_id, ()):
-            entries.append(
-                TimelineEntry(
-                    type="event",
-                    at=ev.recorded_at,
-                    inbox_id=inbox_id,
-                    kind=ev.kind,
-                    position=ev.position,
-                    version=ev.version,
-                    data=dict(ev.data),
-                )
-            )
+        if inbox_id in caused:
+            entries.extend(caused.pop(inbox_id))
     return entries
 
 
