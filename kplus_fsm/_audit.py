@@ -14,8 +14,7 @@ import orjson
 
 from . import _codec
 from ._machine import PaymentState, apply_event
-from ._model import EVENT_VERSIONS, Payment, StoredEvent
-from ._rows import InboxRow
+from ._model import EVENT_VERSIONS, Payment
 from ._store import ReplayDifference, TimelineEntry, VerifyReport
 from .exceptions import IntegrityError
 
@@ -231,41 +230,6 @@ def orphan_differences(orphans: Iterable[str]) -> list[ReplayDifference]:
     return [ReplayDifference(payment_id=o, field="*", stored="row", replayed=None) for o in orphans]
 
 
-def interleave(inbox: Iterable[InboxRow], events: Iterable[StoredEvent]) -> list[TimelineEntry]:
-    """A payment's inputs, each followed by the events it caused: its timeline."""
-    caused: dict[int, list[StoredEvent]] = {}
-    for ev in events:
-        caused.setdefault(ev.causation, []).append(ev)
-    entries: list[TimelineEntry] = []
-    for row in inbox:
-        entries.append(
-            TimelineEntry(
-                type="input",
-                at=row.received_at,
-                inbox_id=row.id,
-                kind=row.kind,
-                origin=row.origin,
-                outcome=row.outcome,
-                reason=row.reason,
-                external_id=row.external_id,
-                verification=row.verification,
-            )
-        )
-        entries.extend(
-            TimelineEntry(
-                type="event",
-                at=ev.recorded_at,
-                inbox_id=ev.causation,
-                kind=ev.kind,
-                position=ev.position,
-                version=ev.version,
-                data=dict(ev.data),
-            )
-            for ev in caused.pop(row.id, [])
-        )
-    return entries
-
-
 #: The ``inbox`` columns a timeline shows (no body, headers or hash: ``show`` stays cheap).
 TIMELINE_INBOX_COLUMNS: Final = (
     "id",
@@ -290,11 +254,41 @@ TIMELINE_EVENT_COLUMNS: Final = (
 )
 
 
+def timeline_queries(
+    payment_id: str, until: str | None, *, placeholder: str = "?"
+) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
+    """
+    The two ``SELECT``s (with their parameters) a store runs for
+    :func:`timeline_from_rows`: the payment's inputs (its charge id's too, found
+    by subquery) and its events, each only up to ``until`` when given.
+    ``placeholder`` is the driver's (``?`` for sqlite3, ``%s`` for psycopg).
+    """
+    q = placeholder
+    inbox_sql = (
+        f"SELECT {', '.join(TIMELINE_INBOX_COLUMNS)} FROM inbox WHERE (payment_id = {q}"
+        f" OR (payment_id IS NULL AND charge_id ="
+        f" (SELECT charge_id FROM payments WHERE payment_id = {q})))"
+    )
+    events_sql = f"SELECT {', '.join(TIMELINE_EVENT_COLUMNS)} FROM events WHERE stream = {q}"
+    inbox_params: list[Any] = [payment_id, payment_id]
+    events_params: list[Any] = [payment_id]
+    if until is not None:
+        inbox_sql += f" AND received_at <= {q}"
+        events_sql += f" AND recorded_at <= {q}"
+        inbox_params.append(until)
+        events_params.append(until)
+    return (inbox_sql + " ORDER BY id", inbox_params), (
+        events_sql + " ORDER BY version",
+        events_params,
+    )
+
+
 def timeline_from_rows(
     inputs: Iterable[Sequence[Any]], events: Iterable[Sequence[Any]]
 ) -> list[TimelineEntry]:
     """
-    :func:`interleave` straight from rows: ``inputs`` in
+    A payment's inputs, each followed by the events it caused (its timeline),
+    straight from rows: ``inputs`` in
     :data:`TIMELINE_INBOX_COLUMNS` order (by id), ``events`` in
     :data:`TIMELINE_EVENT_COLUMNS` order.
     """
@@ -342,7 +336,7 @@ __all__ = [
     "TIMELINE_INBOX_COLUMNS",
     "diff",
     "fold_streams",
-    "interleave",
+    "timeline_queries",
     "orphan_differences",
     "timeline_from_rows",
     "verify_chains",

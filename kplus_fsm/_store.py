@@ -750,23 +750,9 @@ class SQLiteStore:
         Every input about a payment and every event it caused, interleaved in
         commit order (each input followed by its events).
         """
-        inbox_sql = (
-            f"SELECT {', '.join(_audit.TIMELINE_INBOX_COLUMNS)} FROM inbox WHERE (payment_id = ?"
-            " OR (payment_id IS NULL AND charge_id ="
-            " (SELECT charge_id FROM payments WHERE payment_id = ?)))"
+        (inbox_sql, inbox_params), (events_sql, events_params) = _audit.timeline_queries(
+            payment_id, until
         )
-        events_sql = (
-            f"SELECT {', '.join(_audit.TIMELINE_EVENT_COLUMNS)} FROM events WHERE stream = ?"
-        )
-        inbox_params: list[Any] = [payment_id, payment_id]
-        events_params: list[Any] = [payment_id]
-        if until is not None:
-            inbox_sql += " AND received_at <= ?"
-            events_sql += " AND recorded_at <= ?"
-            inbox_params.append(until)
-            events_params.append(until)
-        inbox_sql += " ORDER BY id"
-        events_sql += " ORDER BY version"
         inputs = self._read(partial(self._rows, inbox_sql, inbox_params))
         events = self._read(partial(self._rows, events_sql, events_params))
         return _audit.timeline_from_rows(inputs, events)

@@ -607,8 +607,11 @@ class PostgresStore:
         Every input about a payment and every event it caused, interleaved in
         commit order (each input followed by its events).
         """
-        return _audit.interleave(
-            self.inbox_for(payment_id, until=until), self.stream(payment_id, until=until)
+        (inbox_sql, inbox_params), (events_sql, events_params) = _audit.timeline_queries(
+            payment_id, until, placeholder="%s"
+        )
+        return _audit.timeline_from_rows(
+            self._rows(inbox_sql, inbox_params), self._rows(events_sql, events_params)
         )
 
     def counts(self) -> dict[str, int]:
