@@ -865,7 +865,15 @@ def table(out: dict[str, Any]) -> str:
                 f"ratio_pg_{key}_vs_eventsourcing",
                 unit,
             )
-        row("PG 6 show median", out["pg_show_median_ms"], None, None, None, None, "ms")
+        row(
+            "PG 6 show median (whole command, connect included)",
+            out["pg_show_median_ms"],
+            None,
+            None,
+            None,
+            None,
+            "ms",
+        )
     head = ("figure", "ours", "raw", "eventsourcing", "ours/raw", "ours/es", "target  met?")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = []
