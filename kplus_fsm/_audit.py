@@ -254,33 +254,23 @@ TIMELINE_EVENT_COLUMNS: Final = (
 )
 
 
-def timeline_queries(
-    payment_id: str, until: str | None, *, placeholder: str = "?"
-) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
+def timeline_sql(until: bool) -> tuple[str, str]:
     """
-    The two ``SELECT``s (with their parameters) a store runs for
-    :func:`timeline_from_rows`: the payment's inputs (its charge id's too, found
-    by subquery) and its events, each only up to ``until`` when given.
-    ``placeholder`` is the driver's (``?`` for sqlite3, ``%s`` for psycopg).
+    The two ``SELECT``s (``?`` placeholders) a store runs for
+    :func:`timeline_from_rows`: the payment's inputs, its charge id's too (found by
+    subquery; parameters: the payment id twice), and its events (the payment id);
+    with ``until``, each also takes the time as a last parameter.
     """
-    q = placeholder
     inbox_sql = (
-        f"SELECT {', '.join(TIMELINE_INBOX_COLUMNS)} FROM inbox WHERE (payment_id = {q}"
-        f" OR (payment_id IS NULL AND charge_id ="
-        f" (SELECT charge_id FROM payments WHERE payment_id = {q})))"
+        f"SELECT {', '.join(TIMELINE_INBOX_COLUMNS)} FROM inbox WHERE (payment_id = ?"
+        " OR (payment_id IS NULL AND charge_id ="
+        " (SELECT charge_id FROM payments WHERE payment_id = ?)))"
     )
-    events_sql = f"SELECT {', '.join(TIMELINE_EVENT_COLUMNS)} FROM events WHERE stream = {q}"
-    inbox_params: list[Any] = [payment_id, payment_id]
-    events_params: list[Any] = [payment_id]
-    if until is not None:
-        inbox_sql += f" AND received_at <= {q}"
-        events_sql += f" AND recorded_at <= {q}"
-        inbox_params.append(until)
-        events_params.append(until)
-    return (inbox_sql + " ORDER BY id", inbox_params), (
-        events_sql + " ORDER BY version",
-        events_params,
-    )
+    events_sql = f"SELECT {', '.join(TIMELINE_EVENT_COLUMNS)} FROM events WHERE stream = ?"
+    if until:
+        inbox_sql += " AND received_at <= ?"
+        events_sql += " AND recorded_at <= ?"
+    return inbox_sql + " ORDER BY id", events_sql + " ORDER BY version"
 
 
 def timeline_from_rows(
@@ -336,7 +326,7 @@ __all__ = [
     "TIMELINE_INBOX_COLUMNS",
     "diff",
     "fold_streams",
-    "timeline_queries",
+    "timeline_sql",
     "orphan_differences",
     "timeline_from_rows",
     "verify_chains",

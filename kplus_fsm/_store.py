@@ -750,11 +750,10 @@ class SQLiteStore:
         Every input about a payment and every event it caused, interleaved in
         commit order (each input followed by its events).
         """
-        (inbox_sql, inbox_params), (events_sql, events_params) = _audit.timeline_queries(
-            payment_id, until
-        )
-        inputs = self._read(partial(self._rows, inbox_sql, inbox_params))
-        events = self._read(partial(self._rows, events_sql, events_params))
+        inbox_sql, events_sql = timeline_sql(until is not None)
+        bounds = [] if until is None else [until]
+        inputs = self._read(partial(self._rows, inbox_sql, [payment_id, payment_id, *bounds]))
+        events = self._read(partial(self._rows, events_sql, [payment_id, *bounds]))
         return _audit.timeline_from_rows(inputs, events)
 
     def counts(self) -> dict[str, int]:
@@ -924,3 +923,4 @@ class SQLiteStore:
 # The database-independent half of verify, replay and timeline (shared with the
 # PostgreSQL store). Imported last: it imports this module's report classes.
 from . import _audit  # noqa: E402
+from ._audit import timeline_sql  # noqa: E402

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import attrs
 
 from . import _audit, _codec, _schema_pg
+from ._audit import timeline_sql
 from ._machine import Decision
 from ._model import Outcome, Payment, StoredEvent
 from ._rows import INBOX_COLUMNS, Heads, InboxDraft, InboxRow, Plan, Recorded, plan
@@ -607,11 +608,11 @@ class PostgresStore:
         Every input about a payment and every event it caused, interleaved in
         commit order (each input followed by its events).
         """
-        (inbox_sql, inbox_params), (events_sql, events_params) = _audit.timeline_queries(
-            payment_id, until, placeholder="%s"
-        )
+        inbox_sql, events_sql = timeline_sql(until is not None)
+        bounds = [] if until is None else [until]
         return _audit.timeline_from_rows(
-            self._rows(inbox_sql, inbox_params), self._rows(events_sql, events_params)
+            self._rows(to_pg(inbox_sql), [payment_id, payment_id, *bounds]),
+            self._rows(to_pg(events_sql), [payment_id, *bounds]),
         )
 
     def counts(self) -> dict[str, int]:
