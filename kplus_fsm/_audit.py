@@ -241,17 +241,8 @@ TIMELINE_INBOX_COLUMNS: Final = (
     "external_id",
     "verification",
 )
-#: The ``events`` columns a timeline shows.
-TIMELINE_EVENT_COLUMNS: Final = (
-    "position",
-    "stream",
-    "version",
-    "kind",
-    "event_version",
-    "data",
-    "recorded_at",
-    "causation",
-)
+#: The ``events`` columns a timeline shows: every hashed one (no hash).
+TIMELINE_EVENT_COLUMNS: Final = _codec.EVENT_HASHED
 
 
 def timeline_sql(until: bool) -> tuple[str, str]:
