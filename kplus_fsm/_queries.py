@@ -32,6 +32,8 @@ from . import _codec
 from ._model import Payment, Status
 from ._ports import SQLStore, dialect_of
 from ._rows import INBOX_COLUMNS
+from ._schema import LAG_SECONDS_SQLITE, WEBHOOK_LAG_JOINS, WEBHOOK_LAG_SEEN
+from ._schema_pg import LAG_SECONDS_SQL
 from ._tracker import format_time, parse_time
 
 # ------------------------------------------------------------------------ times
@@ -284,31 +286,11 @@ def anomalies(
 
 # ------------------------------------------------------------------------- stats
 
-_LAG_SQL: Final = """
-    WITH seen AS (
-        SELECT stream,
-               coalesce(min(CASE WHEN kind = 'charge.pending' THEN recorded_at END),
-                        min(recorded_at)) AS charge_created_at,
-               min(CASE WHEN kind IN ('charge.successful', 'charge.failed',
-                                      'charge.expired') THEN position END) AS completion
-          FROM events
-         WHERE kind IN ('payment.requested', 'charge.pending', 'charge.successful',
-                        'charge.failed', 'charge.expired'){since}
-         GROUP BY stream
-    )
-    SELECT i.origin, e.kind, {lag}
-      FROM seen s
-      JOIN events e ON e.position = s.completion
-      JOIN inbox i ON i.id = e.causation
+_LAG_SQL: Final = f"""
+    {WEBHOOK_LAG_SEEN}
+    SELECT i.origin, e.kind, {{lag}}
+      {WEBHOOK_LAG_JOINS}
 """
-#: Seconds from the charge's creation to the completion, in SQLite and in PostgreSQL.
-_LAG_SECONDS: Final = (
-    "round((julianday(e.recorded_at) - julianday(s.charge_created_at)) * 86400.0, 3)"
-)
-_LAG_SECONDS_PG: Final = (
-    "round(CAST(extract(epoch FROM (CAST(e.recorded_at AS timestamptz)"
-    " - CAST(s.charge_created_at AS timestamptz))) AS numeric), 3)"
-)
 _LAG_SINCE: Final = " AND stream IN (SELECT payment_id FROM payments WHERE created_at >= ?)"
 
 #: Where a completion came from when a webhook announced it: the intake's
@@ -371,7 +353,9 @@ def stats(store: SQLStore, *, since: str | None = None) -> dict[str, Any]:
     for origin, completion, seconds in store.query(
         _LAG_SQL.format(
             since=_LAG_SINCE if since is not None else "",
-            lag=_LAG_SECONDS_PG if dialect_of(store) == "postgresql" else _LAG_SECONDS,
+            lag=(
+                LAG_SECONDS_SQL if dialect_of(store) == "postgresql" else LAG_SECONDS_SQLITE
+            ).format(end="e.recorded_at", start="s.charge_created_at"),
         ),
         params,
     ):

@@ -23,6 +23,49 @@ OUTCOMES_SQL: Final = "('applied','duplicate','stale','conflict','rejected','unk
 
 APPEND_ONLY_TABLES: Final = ("inbox", "events")
 
+# SQL shared by both dialects' views and the incident queries (kplus_fsm/_queries.py).
+
+#: The ``anomalies`` category of an inbox row ``i``; ``{like}`` is ``LIKE`` (SQLite:
+#: case-insensitive for ASCII) or ``ILIKE`` (PostgreSQL).
+ANOMALY_CATEGORY: Final = """CASE
+                   WHEN i.outcome = 'duplicate' THEN 'duplicate_delivery'
+                   WHEN i.outcome = 'conflict' THEN 'conflict'
+                   WHEN i.outcome = 'unknown' AND i.kind = 'create_unknown'
+                       THEN 'create_unknown'
+                   WHEN i.outcome = 'unknown' THEN 'unknown'
+                   WHEN i.reason {like} 'signature refused: the signature timestamp is % s %'
+                       THEN 'stale_timestamp'
+                   WHEN i.reason {like} 'signature refused:%' THEN 'bad_signature'
+                   WHEN i.reason {like} '%mismatch%'
+                     OR i.reason {like} '%already exists with different parameters%'
+                       THEN 'mismatch'
+                   WHEN i.reason {like} 'body too large%' THEN 'oversized'
+                   WHEN i.kind = 'refund_request' THEN 'refund_refused'
+                   WHEN i.reason = 'no such payment' THEN 'unknown_payment'
+                   WHEN i.kind = 'payment_request' THEN 'invalid_request'
+                   ELSE 'malformed'
+               END"""
+
+#: Per stream: when its charge was created and the position of its completion
+#: (``webhook_lag``); ``{since}`` narrows the events (empty for the view).
+WEBHOOK_LAG_SEEN: Final = """WITH seen AS (
+            SELECT stream,
+                   coalesce(min(CASE WHEN kind = 'charge.pending' THEN recorded_at END),
+                            min(recorded_at)) AS charge_created_at,
+                   min(CASE WHEN kind IN ('charge.successful', 'charge.failed',
+                                          'charge.expired') THEN position END) AS completion
+              FROM events
+             WHERE kind IN ('payment.requested', 'charge.pending', 'charge.successful',
+                            'charge.failed', 'charge.expired'){since}
+             GROUP BY stream
+        )"""
+#: The completion event ``e`` and the input ``i`` that caused it, for each ``seen`` row ``s``.
+WEBHOOK_LAG_JOINS: Final = """FROM seen s
+          JOIN events e ON e.position = s.completion
+          JOIN inbox i ON i.id = e.causation"""
+#: Seconds between two stored times, in SQLite.
+LAG_SECONDS_SQLITE: Final = "round((julianday({end}) - julianday({start})) * 86400.0, 3)"
+
 
 @migrations(name="0001_initial")
 def _initial(db: sqlite_utils.Database) -> None:
@@ -162,27 +205,10 @@ def _views(db: sqlite_utils.Database) -> None:
         """
     )
     db.execute(
-        """
+        f"""
         CREATE VIEW anomalies AS
         SELECT i.received_at AS at,
-               CASE
-                   WHEN i.outcome = 'duplicate' THEN 'duplicate_delivery'
-                   WHEN i.outcome = 'conflict' THEN 'conflict'
-                   WHEN i.outcome = 'unknown' AND i.kind = 'create_unknown'
-                       THEN 'create_unknown'
-                   WHEN i.outcome = 'unknown' THEN 'unknown'
-                   WHEN i.reason LIKE 'signature refused: the signature timestamp is % s %'
-                       THEN 'stale_timestamp'
-                   WHEN i.reason LIKE 'signature refused:%' THEN 'bad_signature'
-                   WHEN i.reason LIKE '%mismatch%'
-                     OR i.reason LIKE '%already exists with different parameters%'
-                       THEN 'mismatch'
-                   WHEN i.reason LIKE 'body too large%' THEN 'oversized'
-                   WHEN i.kind = 'refund_request' THEN 'refund_refused'
-                   WHEN i.reason = 'no such payment' THEN 'unknown_payment'
-                   WHEN i.kind = 'payment_request' THEN 'invalid_request'
-                   ELSE 'malformed'
-               END AS category,
+               {ANOMALY_CATEGORY.format(like="LIKE")} AS category,
                coalesce(i.payment_id, (SELECT p.payment_id FROM payments p
                                         WHERE p.charge_id = i.charge_id
                                         ORDER BY p.created_at LIMIT 1)) AS payment_id,
@@ -200,27 +226,15 @@ def _views(db: sqlite_utils.Database) -> None:
         """
     )
     db.execute(
-        """
+        f"""
         CREATE VIEW webhook_lag AS
-        WITH seen AS (
-            SELECT stream,
-                   coalesce(min(CASE WHEN kind = 'charge.pending' THEN recorded_at END),
-                            min(recorded_at)) AS charge_created_at,
-                   min(CASE WHEN kind IN ('charge.successful', 'charge.failed',
-                                          'charge.expired') THEN position END) AS completion
-              FROM events
-             WHERE kind IN ('payment.requested', 'charge.pending', 'charge.successful',
-                            'charge.failed', 'charge.expired')
-             GROUP BY stream
-        )
+        {WEBHOOK_LAG_SEEN.format(since="")}
         SELECT s.stream AS payment_id, e.kind AS completion, i.origin AS via,
                s.charge_created_at AS charge_created_at,
                e.recorded_at AS completion_received_at,
-               round((julianday(e.recorded_at) - julianday(s.charge_created_at)) * 86400.0, 3)
+               {LAG_SECONDS_SQLITE.format(end="e.recorded_at", start="s.charge_created_at")}
                    AS lag_seconds
-          FROM seen s
-          JOIN events e ON e.position = s.completion
-          JOIN inbox i ON i.id = e.causation
+          {WEBHOOK_LAG_JOINS}
         """
     )
     db.execute(

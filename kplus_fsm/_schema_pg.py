@@ -18,7 +18,13 @@ from __future__ import annotations
 
 from typing import Final
 
-from ._schema import APPEND_ONLY_TABLES, OUTCOMES_SQL
+from ._schema import (
+    ANOMALY_CATEGORY,
+    APPEND_ONLY_TABLES,
+    OUTCOMES_SQL,
+    WEBHOOK_LAG_JOINS,
+    WEBHOOK_LAG_SEEN,
+)
 
 MIGRATIONS_TABLE: Final = "kplus_fsm_migrations"
 
@@ -113,27 +119,6 @@ _INITIAL: Final = (
     ),
 )
 
-#: The ``anomalies`` classification: the SQLite expression, with ``ILIKE`` for
-#: SQLite's case-insensitive ``LIKE``.
-_CATEGORY: Final = """CASE
-               WHEN i.outcome = 'duplicate' THEN 'duplicate_delivery'
-               WHEN i.outcome = 'conflict' THEN 'conflict'
-               WHEN i.outcome = 'unknown' AND i.kind = 'create_unknown'
-                   THEN 'create_unknown'
-               WHEN i.outcome = 'unknown' THEN 'unknown'
-               WHEN i.reason ILIKE 'signature refused: the signature timestamp is % s %'
-                   THEN 'stale_timestamp'
-               WHEN i.reason ILIKE 'signature refused:%' THEN 'bad_signature'
-               WHEN i.reason ILIKE '%mismatch%'
-                 OR i.reason ILIKE '%already exists with different parameters%'
-                   THEN 'mismatch'
-               WHEN i.reason ILIKE 'body too large%' THEN 'oversized'
-               WHEN i.kind = 'refund_request' THEN 'refund_refused'
-               WHEN i.reason = 'no such payment' THEN 'unknown_payment'
-               WHEN i.kind = 'payment_request' THEN 'invalid_request'
-               ELSE 'malformed'
-           END"""
-
 #: Seconds between two stored times (the SQLite views use ``julianday``).
 LAG_SECONDS_SQL: Final = (
     "round(CAST(extract(epoch FROM (CAST({end} AS timestamptz) - CAST({start} AS timestamptz)))"
@@ -177,7 +162,7 @@ _VIEWS: Final = (
     f"""
     CREATE VIEW anomalies AS
     SELECT i.received_at AS at,
-           {_CATEGORY} AS category,
+           {ANOMALY_CATEGORY.format(like="ILIKE")} AS category,
            coalesce(i.payment_id, (SELECT p.payment_id FROM payments p
                                     WHERE p.charge_id = i.charge_id
                                     ORDER BY p.created_at LIMIT 1)) AS payment_id,
@@ -195,25 +180,13 @@ _VIEWS: Final = (
     """,
     f"""
     CREATE VIEW webhook_lag AS
-    WITH seen AS (
-        SELECT stream,
-               coalesce(min(CASE WHEN kind = 'charge.pending' THEN recorded_at END),
-                        min(recorded_at)) AS charge_created_at,
-               min(CASE WHEN kind IN ('charge.successful', 'charge.failed',
-                                      'charge.expired') THEN position END) AS completion
-          FROM events
-         WHERE kind IN ('payment.requested', 'charge.pending', 'charge.successful',
-                        'charge.failed', 'charge.expired')
-         GROUP BY stream
-    )
+    {WEBHOOK_LAG_SEEN.format(since="")}
     SELECT s.stream AS payment_id, e.kind AS completion, i.origin AS via,
            s.charge_created_at AS charge_created_at,
            e.recorded_at AS completion_received_at,
            {LAG_SECONDS_SQL.format(end="e.recorded_at", start="s.charge_created_at")}
                AS lag_seconds
-      FROM seen s
-      JOIN events e ON e.position = s.completion
-      JOIN inbox i ON i.id = e.causation
+      {WEBHOOK_LAG_JOINS}
     """,
     """
     CREATE VIEW payment_stats AS
