@@ -98,6 +98,8 @@ RETRYABLE_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 #: ``find_charge`` reads at most this many search pages.
 _FIND_MAX_PAGES: Final = 5
 _MAX_LIST_LIMIT: Final = 100
+#: ``charges_created`` reads at most this many pages of 100.
+_LIST_MAX_PAGES: Final = 50
 
 Method = Literal["GET", "POST"]
 
@@ -501,6 +503,40 @@ class OmiseClient:
         """
         params = self._page_params(offset, limit, from_=from_, to=to, order=order)
         return self._request("GET", "/charges", key=self._key(), params=params, expect="list")
+
+    def charges_created(
+        self, *, since: dt.datetime, until: dt.datetime
+    ) -> Iterator[dict[str, Any]]:
+        """
+        Every charge created in ``[since, until]``: ``GET /charges?from=…&to=…``,
+        100 per page, every page (a generator). Lets an unknown create be found
+        without trusting the search index (metadata search is not documented).
+
+        Raises:
+            OmiseAPIError: a definite refusal (an Omise error object).
+            OmiseUnavailableError: no definite answer, or more than
+                ``_LIST_MAX_PAGES`` pages: an incomplete listing is never passed
+                off as complete.
+            OmiseConfigurationError: misuse (no key for the call).
+        """
+        offset = 0
+        for _ in range(_LIST_MAX_PAGES):
+            page = self.list_charges(offset=offset, limit=_MAX_LIST_LIMIT, from_=since, to=until)
+            data = page.get("data")
+            items = data if isinstance(data, list) else []
+            for item in items:
+                if isinstance(item, dict) and item.get("object") == "charge":
+                    yield item
+            total = page.get("total")
+            offset += len(items)
+            if not items or not isinstance(total, int) or offset >= total:
+                return
+        raise OmiseUnavailableError(
+            f"GET /charges: more than {_LIST_MAX_PAGES * _MAX_LIST_LIMIT} charges created in "
+            "the window; the listing was not read to its end",
+            method="GET",
+            path="/charges",
+        )
 
     def list_charge_events(
         self, charge_id: str, *, offset: int = 0, limit: int = 20

@@ -72,16 +72,27 @@ def signature_headers(
 
 @attrs.frozen
 class SignatureCheck:
-    """The verdict on one delivery: ``ok``, and ``reason`` in words when not."""
+    """
+    The verdict on one delivery: ``ok``, and ``reason`` in words when not.
+    ``signed`` says whether a signature matched the webhook secret, whatever
+    the timestamp: a delivery that is ``signed`` but not ``ok`` is genuine but
+    outside the clock tolerance (stale, or from the future).
+    """
 
     ok: bool
     reason: str
     timestamp: int | None = None
+    signed: bool = False
 
     @property
     def verification(self) -> str:
         """The string recorded in ``inbox.verification``."""
         return "verified" if self.ok else f"failed: {self.reason}"
+
+    @property
+    def stale(self) -> bool:
+        """Signed with the secret, but its timestamp is outside the tolerance."""
+        return self.signed and not self.ok
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -120,25 +131,31 @@ def verify_signature(
     if not ts_text.isascii() or not ts_text.isdigit() or len(ts_text) > 12:
         return SignatureCheck(False, "the signature timestamp is not Unix seconds")
     timestamp = int(ts_text)
+    message = ts_text.encode("ascii") + b"." + body
+    # compare_digest refuses non-ASCII text: such a "signature" can only be wrong.
+    offered = [s.strip().lower() for s in raw_sig.split(",") if s.strip() and s.isascii()]
+    signed = False
+    for key in keys:
+        expected = hmac.new(key, message, hashlib.sha256).hexdigest()
+        # compare_digest: constant time for each comparison.
+        if any(hmac.compare_digest(expected, sig) for sig in offered):
+            signed = True
+            break
     skew = now - timestamp
     if skew > tolerance:
         return SignatureCheck(
             False,
             f"the signature timestamp is {int(skew)} s old (limit {int(tolerance)} s)",
             timestamp,
+            signed,
         )
     if -skew > tolerance:
         return SignatureCheck(
             False,
             f"the signature timestamp is {int(-skew)} s in the future (limit {int(tolerance)} s)",
             timestamp,
+            signed,
         )
-    message = ts_text.encode("ascii") + b"." + body
-    # compare_digest refuses non-ASCII text: such a "signature" can only be wrong.
-    offered = [s.strip().lower() for s in raw_sig.split(",") if s.strip() and s.isascii()]
-    for key in keys:
-        expected = hmac.new(key, message, hashlib.sha256).hexdigest()
-        # compare_digest: constant time for each comparison.
-        if any(hmac.compare_digest(expected, sig) for sig in offered):
-            return SignatureCheck(True, "signature valid", timestamp)
+    if signed:
+        return SignatureCheck(True, "signature valid", timestamp, True)
     return SignatureCheck(False, "no signature matches the webhook secret", timestamp)

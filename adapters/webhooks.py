@@ -20,12 +20,24 @@ The order of :meth:`WebhookIntake.handle` (ARCHITECTURE §4):
    ``pending``. Without a client the payload is applied as an *unverified*
    snapshot (it never overrides a terminal state).
 
+Every accepted delivery is followed through. A hint whose re-fetch failed (or
+never ran: the process died in between) stays an *unresolved hint* in the log
+(:meth:`kplus_fsm.Tracker.unresolved_hints`) until a read of its charge is
+recorded: a redelivery of it is still recorded as ``duplicate`` but re-fetches
+the charge again, and the follow-up (:class:`kplus_fsm.FollowUp`, run by
+``kplus-fsm serve``) re-fetches it on its own. With a client, a delivery whose
+signature matches the secret but whose timestamp is outside the tolerance
+(Omise may keep an event's first timestamp on its retries) is recorded as a hint
+with verification ``verified_stale`` and re-fetched: a replayed genuine event
+can only cause a read of the truth. Without a client it is refused as stale.
+
 HTTP statuses (Omise retries any non-2xx delivery, so 2xx means "recorded, stop"):
 
 ======  =====================================================================
- 200    recorded: applied, duplicate (no second re-fetch), stale, conflict,
-        unknown, and rejected-but-recorded (no such payment, amount mismatch …);
-        also when the re-fetch failed: reconciliation will settle the charge
+ 200    recorded: applied, duplicate (re-fetched again only while its hint is
+        unresolved), stale, conflict, unknown, and rejected-but-recorded (no
+        such payment, amount mismatch …); also when the re-fetch failed: the
+        hint stays unresolved and the follow-up re-fetches it
  400    recorded and refused: malformed body (not JSON, not an event), missing
         signature headers, a timestamp that is not Unix seconds or is outside
         the tolerance (stale or in the future)
@@ -62,7 +74,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from socketserver import ThreadingMixIn
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -84,7 +96,9 @@ from .signatures import DEFAULT_TOLERANCE, decode_secret, verify_signature
 __all__ = [
     "DEFAULT_PATH",
     "MAX_BODY",
+    "STALE_VERIFICATION",
     "ASGIApp",
+    "IntakeObserver",
     "IntakeResult",
     "WebhookIntake",
     "WebhookServer",
@@ -96,6 +110,9 @@ __all__ = [
 
 log = structlog.get_logger("kplus_fsm.adapters.webhooks")
 
+#: ``inbox.verification`` of a delivery signed with the secret but outside the
+#: clock tolerance, taken as a hint because the charge is re-fetched.
+STALE_VERIFICATION: Final = "verified_stale"
 #: Where the wrappers accept deliveries.
 DEFAULT_PATH: Final = "/webhooks/omise"
 #: The largest body the wrappers read (1 MiB; an Omise event is a few KiB).
@@ -109,6 +126,17 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 """An ASGI 3 application."""
 
 _T = TypeVar("_T")
+
+
+class IntakeObserver(Protocol):
+    """
+    What an intake tells a monitor (``kplus-fsm serve``'s Prometheus metrics):
+    each delivery's answer and how long it took, and each re-fetch.
+    """
+
+    def delivered(self, result: IntakeResult, *, seconds: float) -> None: ...
+
+    def refetched(self, *, seconds: float, error: str | None) -> None: ...
 
 
 @attrs.frozen(kw_only=True)
@@ -161,6 +189,9 @@ class WebhookIntake:
         require_signature: refuse deliveries whose signature fails (default:
             ``True`` when secrets are given). ``False`` with secrets: check and
             record the verdict, but process the delivery anyway (a rollout mode).
+        observer: told of every delivery and re-fetch (metrics).
+        on_unresolved: called with the charge id when a delivery leaves its
+            hint unresolved (the re-fetch failed), e.g. to wake a follow-up.
 
     Raises:
         ValueError: a secret is not base64, or ``require_signature=True`` without
@@ -176,6 +207,8 @@ class WebhookIntake:
         tolerance: float = DEFAULT_TOLERANCE,
         now: Callable[[], float] = time.time,
         require_signature: bool | None = None,
+        observer: IntakeObserver | None = None,
+        on_unresolved: Callable[[str], None] | None = None,
     ) -> None:
         kept = (secrets,) if isinstance(secrets, str) else tuple(secrets)
         for secret in kept:
@@ -192,6 +225,8 @@ class WebhookIntake:
         self.tolerance = float(tolerance)
         self.now = now
         self.require_signature = require_signature
+        self.observer = observer
+        self.on_unresolved = on_unresolved
         self._lock = threading.RLock()
         self._closers: list[Callable[[], None]] = []
 
@@ -228,6 +263,13 @@ class WebhookIntake:
         whatever its content: store failures are status 500, re-fetch failures
         status 200 (see the module docstring for every status).
         """
+        started = time.perf_counter()
+        result = self._handle(body, headers)
+        if self.observer is not None:
+            self.observer.delivered(result, seconds=time.perf_counter() - started)
+        return result
+
+    def _handle(self, body: bytes | str, headers: Mapping[str, str]) -> IntakeResult:
         if isinstance(body, str):
             # surrogatepass: a str holding lone surrogates still becomes bytes (and
             # then a malformed body, recorded and refused) rather than an exception.
@@ -238,7 +280,12 @@ class WebhookIntake:
             now = self.now()
             check = verify_signature(body, hdrs, self._secrets, now=now, tolerance=self.tolerance)
             verification = check.verification
-            if not check.ok and self.require_signature:
+            if check.stale and self.client is not None:
+                # Genuine but outside the tolerance (a retry keeping its first timestamp,
+                # or a replay): only ever a hint, and the charge is read from the API.
+                verification = STALE_VERIFICATION
+                log.info("webhook_stale_signature_taken_as_hint", reason=check.reason)
+            elif not check.ok and self.require_signature:
                 forged = check.timestamp is not None and abs(now - check.timestamp) <= (
                     self.tolerance
                 )
@@ -249,7 +296,7 @@ class WebhookIntake:
                     reason=f"signature refused: {check.reason}",
                     status=401 if forged else 400,
                 )
-            if not check.ok:
+            elif not check.ok:
                 log.warning("webhook_signature_failed_but_accepted", reason=check.reason)
         try:
             result = self._locked(
@@ -269,9 +316,9 @@ class WebhookIntake:
             )
         except StoreError as exc:
             return self._unrecorded(exc)
-        if result.outcome is Outcome.DUPLICATE or self.client is None:
+        if self.client is None:
             return self._answer(result)
-        return self._refetch(result, body)
+        return self._refetch(result, body, only_unresolved=result.outcome is Outcome.DUPLICATE)
 
     def refuse_oversized(
         self, headers: Mapping[str, str], *, size: int | None, limit: int
@@ -345,7 +392,7 @@ class WebhookIntake:
             refetch=refetch,
         )
 
-    def _refetch(self, result: Result, body: bytes) -> IntakeResult:
+    def _refetch(self, result: Result, body: bytes, *, only_unresolved: bool) -> IntakeResult:
         client = self.client
         assert client is not None
         try:
@@ -357,39 +404,57 @@ class WebhookIntake:
         if result.payment is None:
             return self._answer(result, note="no tracked payment, so not re-fetched")
         charge_id = event.charge.charge_id
+        if only_unresolved:
+            try:
+                unresolved = bool(self.tracker.unresolved_hints(charge_id=charge_id, limit=1))
+            except StoreError as exc:
+                log.warning("webhook_hint_check_failed", error=type(exc).__name__)
+                unresolved = True  # a read of the truth is never wrong
+            if not unresolved:
+                return self._answer(result)
+        started = time.perf_counter()
+        error: str | None = None
         try:
             charge = client.retrieve_charge(charge_id)
         except GatewayError as exc:
+            error = type(exc).__name__
             log.warning(
                 "webhook_refetch_failed",
                 charge_id=charge_id,
                 inbox_id=result.inbox_id,
-                error=type(exc).__name__,
+                error=error,
                 http_status=getattr(exc, "http_status", None),
             )
-            return self._answer(
-                result,
-                note=f"re-fetch of {charge_id} failed ({exc}); reconciliation will settle it",
-            )
+            return self._unresolved(result, charge_id, f"re-fetch of {charge_id} failed ({exc})")
         except Exception as exc:  # a broken client must not turn a recorded delivery into 5xx
-            log.exception("webhook_refetch_crashed", charge_id=charge_id, error=type(exc).__name__)
-            return self._answer(
-                result,
-                note=f"re-fetch of {charge_id} failed ({type(exc).__name__}); "
-                "reconciliation will settle it",
-            )
+            error = type(exc).__name__
+            log.exception("webhook_refetch_crashed", charge_id=charge_id, error=error)
+            return self._unresolved(result, charge_id, f"re-fetch of {charge_id} failed ({error})")
+        finally:
+            if self.observer is not None:
+                self.observer.refetched(seconds=time.perf_counter() - started, error=error)
         try:
             refetched = self._locked(lambda: self.tracker.record_charge(charge, origin="refetch"))
         except (InvalidInputError, StoreError) as exc:
             log.warning(
                 "webhook_refetch_not_recorded", charge_id=charge_id, error=type(exc).__name__
             )
-            return self._answer(
+            return self._unresolved(
                 result,
-                note=f"the re-fetched charge {charge_id} was not applied ({type(exc).__name__}); "
-                "reconciliation will settle it",
+                charge_id,
+                f"the re-fetched charge {charge_id} was not applied ({type(exc).__name__})",
             )
         return self._answer(result, refetch=refetched)
+
+    def _unresolved(self, result: Result, charge_id: str, what: str) -> IntakeResult:
+        if self.on_unresolved is not None:
+            try:
+                self.on_unresolved(charge_id)
+            except Exception as exc:  # a monitor's bug must not cost the answer
+                log.exception("webhook_on_unresolved_failed", error=type(exc).__name__)
+        return self._answer(
+            result, note=f"{what}; the hint stays unresolved and the follow-up re-fetches it"
+        )
 
 
 # ---------------------------------------------------------------- HTTP wrappers

@@ -14,15 +14,20 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import exceptions
 from ._codec import parse_json
+from ._consumer import Consumer
 from ._flow import ReconcileItem, ReconcileReport, charge_params
+from ._followup import ConsumerSpec, FollowUp, PeriodicReconciler, Worker
 from ._machine import TRANSITIONS, Decision, Rule, Signal, decide, evolve, fold, signal_of
 from ._model import (
     CHARGE_EVENT_KEYS,
     KNOWN_FAILURE_CODES,
     MAX_AMOUNT,
+    METADATA_ORDER_REF,
     METADATA_PAYMENT_ID,
     MIN_AMOUNT,
+    NOT_CREATED_CODE,
     TERMINAL,
+    ChargeLookup,
     ChargeSnapshot,
     ChargeView,
     CreateError,
@@ -31,6 +36,7 @@ from ._model import (
     Input,
     InputKind,
     NewEvent,
+    NotCreated,
     Origin,
     Outcome,
     Payment,
@@ -41,6 +47,7 @@ from ._model import (
     WebhookHint,
 )
 from ._open import open_store
+from ._ops import Lease, UnresolvedHint
 from ._ports import ChargeAPI, Store
 from ._store import (
     InboxDraft,
@@ -55,7 +62,6 @@ from ._store import (
 from ._store_pg import PostgresStore
 from ._tracker import (
     Clock,
-    Consumer,
     ImportReport,
     Result,
     Tracker,
@@ -85,29 +91,37 @@ __all__ = [
     "CHARGE_EVENT_KEYS",
     "KNOWN_FAILURE_CODES",
     "MAX_AMOUNT",
+    "METADATA_ORDER_REF",
     "METADATA_PAYMENT_ID",
     "MIN_AMOUNT",
+    "NOT_CREATED_CODE",
     "TERMINAL",
     "TRANSITIONS",
     "ChargeAPI",
+    "ChargeLookup",
     "ChargeSnapshot",
     "ChargeView",
     "Clock",
     "Consumer",
+    "ConsumerSpec",
     "CreateError",
     "CreateUnknown",
     "Decision",
     "EventKind",
+    "FollowUp",
     "ImportReport",
     "InboxDraft",
     "InboxRow",
     "Input",
     "InputKind",
+    "Lease",
     "NewEvent",
+    "NotCreated",
     "Origin",
     "Outcome",
     "Payment",
     "PaymentRequest",
+    "PeriodicReconciler",
     "PostgresStore",
     "ReconcileItem",
     "ReconcileReport",
@@ -123,9 +137,11 @@ __all__ = [
     "StoredEvent",
     "TimelineEntry",
     "Tracker",
+    "UnresolvedHint",
     "VerifyReport",
     "WebhookEvent",
     "WebhookHint",
+    "Worker",
     "__version__",
     "charge_params",
     "decide",

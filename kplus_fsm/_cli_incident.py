@@ -229,7 +229,12 @@ def _timeline_rows(timeline: Sequence[TimelineEntry]) -> list[list[str]]:
 
 
 def _print_payment(
-    payment: Payment, timeline: Sequence[TimelineEntry], *, as_of: str | None, stuck: str | None
+    payment: Payment,
+    timeline: Sequence[TimelineEntry],
+    *,
+    as_of: str | None,
+    stuck: str | None,
+    hints: int = 0,
 ) -> None:
     head = f"== {payment.payment_id}: {payment.status.value.upper()}"
     if as_of is not None:
@@ -243,6 +248,8 @@ def _print_payment(
     flags = sorted(payment.flags)
     if payment.create_unknown:
         flags.insert(0, "create_unknown")
+    if hints:
+        flags.insert(0, "unresolved_hint")
     fields = [
         ("amount", f"{_baht(payment.amount)} {payment.currency}"),
         ("payment_id", payment.payment_id),
@@ -252,6 +259,7 @@ def _print_payment(
         ("failure", failure),
         ("flags", ", ".join(flags) or "-"),
         ("stuck", stuck or "no"),
+        ("order_ref", payment.order_ref or "-"),
         ("created_at", _short_time(payment.created_at)),
         ("updated_at", _short_time(payment.updated_at)),
         ("version", str(payment.version)),
@@ -289,8 +297,17 @@ def show(payment_or_charge_id: str, db: str, as_of: str | None, as_json: bool) -
             _fail(str(exc), EXIT_NOT_FOUND)
         payment = current if as_of is None else t.state_as_of(current.payment_id, as_of)
         timeline = t.timeline(current, as_of=as_of)
+        hints = (
+            store.unresolved_hints(charge_id=current.charge_id)
+            if current.charge_id is not None and as_of is None
+            else []
+        )
     when = dt.datetime.fromisoformat(as_of) if as_of is not None else utc_now()
-    stuck = _queries.stuck_reason(payment, now=when) if payment is not None else None
+    stuck = (
+        _queries.stuck_reason(payment, now=when, unresolved_hint=bool(hints))
+        if payment is not None
+        else None
+    )
     if as_json:
         out: dict[str, Any] = {
             "payment_id": current.payment_id,
@@ -301,13 +318,15 @@ def show(payment_or_charge_id: str, db: str, as_of: str | None, as_json: bool) -
         if payment is not None:
             out.update(payment.to_json())
         out["stuck"] = stuck
+        out["unresolved_hint"] = bool(hints)
+        out["unresolved_hints"] = [h.to_json() for h in hints]
         out["timeline"] = [e.to_json() for e in timeline]
         _echo_json(out)
         return
     if payment is None:
         click.echo(f"{current.payment_id} did not exist yet at {as_of}")
         return
-    _print_payment(payment, timeline, as_of=as_of, stuck=stuck)
+    _print_payment(payment, timeline, as_of=as_of, stuck=stuck, hints=len(hints))
 
 
 # -------------------------------------------------------------------------- list
@@ -324,7 +343,8 @@ def show(payment_or_charge_id: str, db: str, as_of: str | None, as_json: bool) -
 @click.option(
     "--stuck",
     is_flag=True,
-    help="Only stuck payments: pending past expires_at, or create outcome unknown.",
+    help="Only stuck payments: a create with an unknown outcome or no answer, pending "
+    "past expires_at, or an unresolved webhook hint.",
 )
 @since_option
 @click.option("--until", type=TIME, default=None, help="Only created up to this time.")
@@ -422,7 +442,8 @@ def list_payments(
 def anomalies_cmd(db: str, since: str | None, limit: int, as_json: bool) -> None:
     """
     Conflicts, corrections, rejected inputs (bad signature, stale timestamp,
-    malformed body, mismatches), unknown outcomes and duplicate deliveries,
+    malformed body, mismatches), unknown outcomes, creates settled as never
+    made, unresolved webhook hints, orders paid twice and duplicate deliveries,
     newest first, each with its payment, time and reason.
     """
     with _reading(db) as store:
@@ -525,6 +546,17 @@ def stats_cmd(db: str, since: str | None, as_json: bool) -> None:
     click.echo(
         f"inputs        {inputs['total']:,}; rejected {inputs['rejected']:,} "
         f"({_pct(inputs['rejection_rate'])})"
+    )
+    hints = out["unresolved_hints"]
+    click.echo(
+        f"follow-up     {hints['count']:,} unresolved webhook hints"
+        + (
+            f" (oldest {_short_time(hints['oldest_at'])}, "
+            f"{_duration(hints['oldest_age_seconds'])} ago)"
+            if hints["oldest_at"]
+            else ""
+        )
+        + f"; {out['orders_paid_twice']:,} orders paid twice"
     )
 
 

@@ -234,7 +234,9 @@ PAYMENT_COLUMNS: Final = (
     "version",
     "created_at",
     "updated_at",
+    "order_ref",
 )
+"""The ``payments`` columns; ``order_ref`` was added by migration ``0003_followup``."""
 
 
 def payment_to_row(p: Payment) -> tuple[Any, ...]:
@@ -260,6 +262,7 @@ def payment_to_row(p: Payment) -> tuple[Any, ...]:
         p.version,
         p.created_at,
         p.updated_at,
+        p.order_ref,
     )
 
 
@@ -289,4 +292,5 @@ def payment_from_row(row: Mapping[str, Any] | tuple[Any, ...]) -> Payment:
         version=row["version"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        order_ref=row.get("order_ref"),
     )

@@ -46,7 +46,9 @@ from ._model import (
     CHARGE_EVENT_KEYS,
     CHARGE_STATUSES,
     KNOWN_FAILURE_CODES,
+    NOT_CREATED_CODE,
     STATUS_EVENT,
+    ChargeLookup,
     ChargeSnapshot,
     ChargeView,
     CreateError,
@@ -54,6 +56,7 @@ from ._model import (
     EventKind,
     Input,
     NewEvent,
+    NotCreated,
     Origin,
     Outcome,
     Payment,
@@ -95,6 +98,8 @@ class Signal(enum.StrEnum):
     HINT_FAILED = "hint_failed"
     HINT_EXPIRED = "hint_expired"
     UNKNOWN_STATUS = "unknown_status"
+    LOOKUP_EMPTY = "lookup_empty"
+    NOT_CREATED = "not_created"
 
 
 _READ: Final = {
@@ -210,6 +215,24 @@ def _build_table() -> Mapping[tuple[Status | None, Signal], Rule]:
             Outcome.CONFLICT, f"a create error, yet the payment is {state}"
         )
     table[Status.FAILED, Signal.CREATE_ERROR] = _keep(Outcome.DUPLICATE, "already failed")
+    # Looking for the charge of a create whose outcome is unknown.
+    table[Status.CREATED, Signal.LOOKUP_EMPTY] = _keep(
+        Outcome.UNKNOWN,
+        "no charge found for this payment yet; the create outcome stays unknown "
+        "(a search index can lag)",
+    )
+    table[Status.CREATED, Signal.NOT_CREATED] = _apply(
+        Status.FAILED,
+        EventKind.NOT_CREATED,
+        "settled as never created: no charge found after the grace period by two lookups",
+    )
+    for state in (Status.PENDING, Status.SUCCESSFUL, Status.FAILED, Status.EXPIRED):
+        table[state, Signal.LOOKUP_EMPTY] = _keep(
+            Outcome.STALE, f"the payment is already {state}; an empty lookup changes nothing"
+        )
+        table[state, Signal.NOT_CREATED] = _keep(
+            Outcome.STALE, f"the payment is already {state}; it cannot be settled as not created"
+        )
     return MappingProxyType(table)
 
 
@@ -243,6 +266,10 @@ def signal_of(inp: Input) -> Signal:
         return Signal.CREATE_UNKNOWN
     if isinstance(inp, CreateError):
         return Signal.CREATE_ERROR
+    if isinstance(inp, ChargeLookup):
+        return Signal.LOOKUP_EMPTY
+    if isinstance(inp, NotCreated):
+        return Signal.NOT_CREATED
     if isinstance(inp, ChargeSnapshot):
         return _charge_signal(inp.charge, authoritative=inp.origin.is_authoritative)
     assert inp.event.charge is not None
@@ -283,6 +310,10 @@ def decide(payment: Payment | None, inp: Input) -> Decision:
     data: dict[str, Any]
     if isinstance(inp, CreateError):
         data = {"code": inp.code, "message": inp.message, "http_status": inp.http_status}
+    elif isinstance(inp, ChargeLookup):
+        data = {}
+    elif isinstance(inp, NotCreated):
+        data = {"code": NOT_CREATED_CODE, "message": inp.reason, "evidence": list(inp.evidence)}
     else:
         data = {"reason": inp.reason}
     return _from_table(payment, inp, extra=data)
@@ -549,6 +580,7 @@ def _fold_one(
             "platform_type": data.get("platform_type"),
             "description": data.get("description"),
             "metadata": dict(data.get("metadata") or {}),
+            "order_ref": data.get("order_ref"),
             "version": version,
             "created_at": at,
             "updated_at": at,
@@ -557,7 +589,7 @@ def _fold_one(
         raise ValueError("payment.requested in the middle of a stream")
     if kind == EventKind.CREATE_UNKNOWN:
         state["create_unknown"] = True
-    elif kind == EventKind.CREATE_FAILED:
+    elif kind in (EventKind.CREATE_FAILED, EventKind.NOT_CREATED):
         state["status"] = Status.FAILED
         state["failure_code"] = data["code"]
         state["failure_message"] = data.get("message")

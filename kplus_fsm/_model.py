@@ -98,6 +98,10 @@ class InputKind(enum.StrEnum):
     CREATE_UNKNOWN = "create_unknown"
     WEBHOOK = "webhook"
     REFUND_REQUEST = "refund_request"
+    CHARGE_LOOKUP = "charge_lookup"
+    """A search and a listing of charges by creation time that found no charge."""
+    NOT_CREATED = "not_created"
+    """A create settled as never made, on the evidence of empty lookups."""
 
 
 #: Omise charge statuses the machine understands (``reversed`` is card-only).
@@ -124,6 +128,10 @@ CHARGE_EVENT_KEYS: Final = frozenset(
 
 #: The metadata key that carries our payment id on every charge we create.
 METADATA_PAYMENT_ID: Final = "payment_id"
+#: The metadata key that carries the order reference (when the request has one).
+METADATA_ORDER_REF: Final = "order_ref"
+#: The ``failure_code`` of a payment whose create was settled as never made.
+NOT_CREATED_CODE: Final = "not_created"
 
 # ------------------------------------------------------------------ payment request
 
@@ -141,6 +149,16 @@ def _check_payment_id(value: object) -> str:
     if not isinstance(value, str) or not PAYMENT_ID_RE.fullmatch(value):
         raise InvalidPaymentRequestError(
             "payment_id",
+            "1 to 64 characters of A-Z a-z 0-9 . _ : -, starting with a letter or digit",
+            got=_describe(value),
+        )
+    return value
+
+
+def _check_order_ref(value: object) -> str:
+    if not isinstance(value, str) or not PAYMENT_ID_RE.fullmatch(value):
+        raise InvalidPaymentRequestError(
+            "order_ref",
             "1 to 64 characters of A-Z a-z 0-9 . _ : -, starting with a letter or digit",
             got=_describe(value),
         )
@@ -228,6 +246,8 @@ class PaymentRequest:
     platform_type: str | None = None
     description: str | None = None
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    order_ref: str | None = None
+    """The merchant's order this payment is an attempt for (see :meth:`Tracker.attempts`)."""
 
     @classmethod
     def create(
@@ -240,6 +260,7 @@ class PaymentRequest:
         platform_type: object = None,
         description: object = None,
         metadata: object = None,
+        order_ref: object = None,
     ) -> PaymentRequest:
         """
         Validate and normalise a payment request.
@@ -287,11 +308,12 @@ class PaymentRequest:
                 raise InvalidPaymentRequestError(
                     "metadata", "an object with string keys", got=_describe(metadata)
                 )
-            if METADATA_PAYMENT_ID in metadata:
-                raise InvalidPaymentRequestError(
-                    "metadata",
-                    f"free of the key {METADATA_PAYMENT_ID!r}, which kplus_fsm sets itself",
-                )
+            for reserved in (METADATA_PAYMENT_ID, METADATA_ORDER_REF):
+                if reserved in metadata:
+                    raise InvalidPaymentRequestError(
+                        "metadata",
+                        f"free of the key {reserved!r}, which kplus_fsm sets itself",
+                    )
             try:
                 # As the log stores it (tuples become lists), so that the same request
                 # retried compares equal to the stored one.
@@ -308,10 +330,16 @@ class PaymentRequest:
             platform_type=platform,
             description=description,
             metadata=meta,
+            order_ref=None if order_ref is None else _check_order_ref(order_ref),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """
+        The stored form (the inbox body and the ``payment.requested`` data).
+        ``order_ref`` appears only when set, so a request without one is stored
+        exactly as before order references existed.
+        """
+        out = {
             "payment_id": self.payment_id,
             "amount": self.amount,
             "currency": self.currency,
@@ -320,17 +348,23 @@ class PaymentRequest:
             "description": self.description,
             "metadata": dict(self.metadata),
         }
+        if self.order_ref is not None:
+            out["order_ref"] = self.order_ref
+        return out
 
     def charge_params(self) -> dict[str, Any]:
         """
         The ``POST /charges`` parameters for this request, with the payment id in
         ``metadata`` so that any later webhook or search finds the payment.
         """
+        metadata = {**self.metadata, METADATA_PAYMENT_ID: self.payment_id}
+        if self.order_ref is not None:
+            metadata[METADATA_ORDER_REF] = self.order_ref
         params: dict[str, Any] = {
             "amount": self.amount,
             "currency": self.currency,
             "return_uri": self.return_uri,
-            "metadata": {**self.metadata, METADATA_PAYMENT_ID: self.payment_id},
+            "metadata": metadata,
         }
         if self.description is not None:
             params["description"] = self.description
@@ -549,7 +583,59 @@ class WebhookHint:
     apply_payload: bool
 
 
-Input = PaymentRequest | ChargeSnapshot | CreateError | CreateUnknown | WebhookHint
+@attrs.frozen(kw_only=True)
+class ChargeLookup:
+    """
+    A look for a payment's charge that found none: a search on the payment id
+    and a listing of the charges created around the create attempt (``methods``
+    says which ran). Evidence, never proof: a search index can lag.
+    """
+
+    payment_id: str
+    methods: tuple[str, ...]
+    window_start: str | None = None
+    window_end: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "payment_id": self.payment_id,
+            "found": False,
+            "methods": list(self.methods),
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+        }
+
+
+@attrs.frozen(kw_only=True)
+class NotCreated:
+    """
+    A create settled as never made: no answer was recorded, the grace period
+    has passed and two empty lookups (``evidence``: their inbox ids) agree.
+    The payment ends ``failed`` with ``failure_code`` ``not_created``; a new
+    attempt (a new payment id) may then be paid.
+    """
+
+    payment_id: str
+    reason: str
+    evidence: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "payment_id": self.payment_id,
+            "reason": self.reason,
+            "evidence": list(self.evidence),
+        }
+
+
+Input = (
+    PaymentRequest
+    | ChargeSnapshot
+    | CreateError
+    | CreateUnknown
+    | WebhookHint
+    | ChargeLookup
+    | NotCreated
+)
 
 # ------------------------------------------------------------------ domain events
 
@@ -568,6 +654,7 @@ class EventKind(enum.StrEnum):
     CHARGE_EXPIRED = "charge.expired"
     CHARGE_CORRECTED = "charge.corrected"
     WEBHOOK_ACCEPTED = "webhook.accepted"
+    NOT_CREATED = "charge.not_created"
 
 
 #: The current ``event_version`` of each kind's payload. Older versions are
@@ -608,6 +695,39 @@ class StoredEvent:
     recorded_at: str
     causation: int
 
+    @property
+    def to_status(self) -> Status | None:
+        """
+        The status this event moved its payment to, whatever the route (a
+        webhook, a re-fetch, reconciliation, a correction), or ``None`` when it
+        did not change the status (``webhook.accepted``, ``charge.create_unknown``).
+        The one signal to act on: ``event.to_status is Status.SUCCESSFUL`` means
+        "this payment just became paid".
+        """
+        return _event_status(self.kind, self.data)
+
+
+def _event_status(kind: str, data: Mapping[str, Any]) -> Status | None:
+    if kind == EventKind.PAYMENT_REQUESTED:
+        return Status.CREATED
+    if kind in (EventKind.CREATE_FAILED, EventKind.NOT_CREATED):
+        return Status.FAILED
+    if kind in _STATUS_OF_KIND:
+        return _STATUS_OF_KIND[kind]
+    if kind == EventKind.CHARGE_CORRECTED:
+        status = data.get("status")
+        return Status(status) if status in _STATUS_VALUES else None
+    return None
+
+
+_STATUS_OF_KIND: Final[Mapping[str, Status]] = {
+    EventKind.CHARGE_PENDING.value: Status.PENDING,
+    EventKind.CHARGE_SUCCESSFUL.value: Status.SUCCESSFUL,
+    EventKind.CHARGE_FAILED.value: Status.FAILED,
+    EventKind.CHARGE_EXPIRED.value: Status.EXPIRED,
+}
+_STATUS_VALUES: Final = frozenset(s.value for s in Status)
+
 
 # ------------------------------------------------------------------------ payment
 
@@ -640,6 +760,8 @@ class Payment:
     version: int = 0
     created_at: str = ""
     updated_at: str = ""
+    order_ref: str | None = None
+    """The order this payment is an attempt for, if the request named one."""
 
     @property
     def is_terminal(self) -> bool:
@@ -655,6 +777,7 @@ class Payment:
             platform_type=self.platform_type,
             description=self.description,
             metadata=dict(self.metadata),
+            order_ref=self.order_ref,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -680,4 +803,5 @@ class Payment:
             "version": self.version,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "order_ref": self.order_ref,
         }

@@ -10,12 +10,14 @@ pass; both stores run it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import datetime as dt
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from ._machine import Decision
     from ._model import Payment, StoredEvent
+    from ._ops import Check, Lease, UnresolvedHint
     from ._store import (
         InboxDraft,
         InboxRow,
@@ -83,11 +85,49 @@ class Store(Protocol):
 
     def timeline(self, payment_id: str, *, until: str | None = None) -> list[TimelineEntry]: ...
 
-    def reconcile_candidates(self, *, now: str, cutoff: str, limit: int) -> list[Payment]: ...
+    def reconcile_candidates(
+        self, *, now: str, cutoff: str, limit: int, stored_now: str | None = None
+    ) -> list[Payment]: ...
+
+    def note_checks(self, checks: Sequence[Check], *, now: str) -> None: ...
+
+    def finish_checks(self, checks: Sequence[Check], *, counted: bool = True) -> None: ...
+
+    def check_attempts(self, payment_ids: Sequence[str]) -> dict[str, int]: ...
+
+    def unresolved_hints(
+        self, *, after: int = 0, limit: int = 1000, charge_id: str | None = None
+    ) -> list[UnresolvedHint]: ...
+
+    def payments_for_order(self, order_ref: str) -> list[Payment]: ...
 
     def consumer_position(self, name: str) -> int: ...
 
     def set_consumer_position(self, name: str, position: int, *, now: str) -> None: ...
+
+    def create_consumer(self, name: str, position: int, *, now: str) -> bool: ...
+
+    def consumer_exists(self, name: str) -> bool: ...
+
+    def advance_consumer(
+        self, name: str, position: int, *, now: str, lease: Lease | None = None
+    ) -> None: ...
+
+    def position_before(self, when: str) -> int: ...
+
+    def last_position(self) -> int: ...
+
+    def acquire_lease(
+        self, name: str, holder: str, *, now: str, expires_at: str
+    ) -> Lease | None: ...
+
+    def renew_lease(self, lease: Lease, *, now: str, expires_at: str) -> Lease | None: ...
+
+    def release_lease(self, lease: Lease, *, now: str) -> None: ...
+
+    def lease_valid(self, lease: Lease, *, now: str) -> bool: ...
+
+    def lease(self, name: str) -> Lease | None: ...
 
     def write_transaction(self, work: Callable[[TransactionHandle], T]) -> T:
         """
@@ -133,7 +173,7 @@ def dialect_of(store: object) -> str:
 
 class ChargeAPI(Protocol):
     """
-    The three calls the tracker's create flow and reconciliation need from the
+    The four calls the tracker's create flow and reconciliation need from the
     payment API. ``kplus_fsm.adapters.omise.OmiseClient`` implements it over HTTP;
     any object with these methods will do (a test double, another transport).
 
@@ -152,4 +192,16 @@ class ChargeAPI(Protocol):
 
     def find_charge(self, payment_id: str) -> Mapping[str, Any] | None:
         """The charge whose ``metadata.payment_id`` is ``payment_id``, or ``None``."""
+        ...
+
+    def charges_created(
+        self, *, since: dt.datetime, until: dt.datetime
+    ) -> Iterable[Mapping[str, Any]]:
+        """
+        Every charge created in ``[since, until]`` (``GET /charges?from=…&to=…``,
+        every page), so that an unknown create can be found without trusting the
+        search index. Raises like the other calls; raises
+        :class:`~kplus_fsm.exceptions.GatewayUnavailableError` rather than stop
+        early, so an incomplete listing is never taken for "not found".
+        """
         ...

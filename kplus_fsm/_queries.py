@@ -32,9 +32,20 @@ from . import _codec
 from ._model import Payment, Status
 from ._ports import SQLStore, dialect_of
 from ._rows import INBOX_COLUMNS
-from ._schema import LAG_SECONDS_SQLITE, WEBHOOK_LAG_JOINS, WEBHOOK_LAG_SEEN
+from ._schema import (
+    ANOMALIES_SINCE_PARAMS,
+    ANOMALY_CATEGORY_V3,
+    LAG_SECONDS_SQLITE,
+    NO_ANSWER_MINUTES,
+    PAID_TWICE_ORDERS,
+    UNRESOLVED_HINT_WHERE,
+    WEBHOOK_LAG_JOINS,
+    WEBHOOK_LAG_SEEN,
+    anomalies_sql,
+    stuck_reason_sql,
+)
 from ._schema_pg import LAG_SECONDS_SQL
-from ._tracker import format_time, parse_time
+from ._time import format_time, parse_time, utc_now
 
 # ------------------------------------------------------------------------ times
 
@@ -79,23 +90,45 @@ def omise_time(when: dt.datetime) -> str:
 
 STUCK_PENDING: Final = "pending past expires_at"
 STUCK_CREATE_UNKNOWN: Final = "create outcome unknown"
-
-_PAYMENT_SELECT: Final = f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments"
-_STUCK_SQL: Final = (
-    "((status = 'pending' AND expires_at <= ?) OR (status = 'created' AND create_unknown = 1))"
+STUCK_NO_ANSWER: Final = "no create answer recorded"
+STUCK_UNRESOLVED_HINT: Final = "unresolved webhook hint"
+#: Every reason ``list --stuck`` gives, in the order they are tested.
+STUCK_REASONS: Final = (
+    STUCK_CREATE_UNKNOWN,
+    STUCK_NO_ANSWER,
+    STUCK_PENDING,
+    STUCK_UNRESOLVED_HINT,
 )
 
+_PAYMENT_SELECT: Final = f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments"
+_PAYMENTS_P: Final = ", ".join(f"p.{c}" for c in _codec.PAYMENT_COLUMNS)
 
-def stuck_reason(payment: Payment, *, now: dt.datetime) -> str | None:
-    """Why ``payment`` is stuck at ``now`` (the ``list --stuck`` rule), or ``None``."""
+
+def no_answer_cutoff(now: dt.datetime) -> str:
+    """Before this (stored form), a ``created`` payment with no create answer is stuck."""
+    return format_time(now - dt.timedelta(minutes=NO_ANSWER_MINUTES))
+
+
+def stuck_reason(
+    payment: Payment, *, now: dt.datetime, unresolved_hint: bool = False
+) -> str | None:
+    """
+    Why ``payment`` is stuck at ``now`` (the ``list --stuck`` rule), or ``None``;
+    ``unresolved_hint``: whether its charge has an unresolved webhook hint (which
+    makes a pending payment stuck).
+    """
     if payment.status is Status.CREATED and payment.create_unknown:
         return STUCK_CREATE_UNKNOWN
+    if payment.status is Status.CREATED and payment.updated_at <= no_answer_cutoff(now):
+        return STUCK_NO_ANSWER
     if (
         payment.status is Status.PENDING
         and payment.expires_at is not None
         and payment.expires_at <= omise_time(now)
     ):
         return STUCK_PENDING
+    if unresolved_hint and payment.status is Status.PENDING:
+        return STUCK_UNRESOLVED_HINT
     return None
 
 
@@ -122,58 +155,55 @@ def list_payments(
 ) -> tuple[list[Listed], bool]:
     """
     Payments, newest first (by ``created_at``), filtered by status, stuckness
-    (pending past ``expires_at``, or a create whose outcome is unknown) and
-    creation time (``since`` <= ``created_at`` <= ``until``, stored form).
-    Returns at most ``limit`` and whether there were more.
+    (a create whose outcome is unknown or that has no answer after
+    ``NO_ANSWER_MINUTES``, pending past ``expires_at``, or pending with an
+    unresolved webhook hint on its charge) and creation time (``since`` <= ``created_at`` <=
+    ``until``, stored form). Returns at most ``limit`` and whether there were more.
     """
+    reason = stuck_reason_sql(now="?", cutoff="?")
     where: list[str] = []
-    params: list[Any] = []
+    params: list[Any] = [no_answer_cutoff(now), omise_time(now)]
     if status is not None:
-        where.append("status = ?")
+        where.append("p.status = ?")
         params.append(status)
-    if stuck:
-        where.append(_STUCK_SQL)
-        params.append(omise_time(now))
     if since is not None:
-        where.append("created_at >= ?")
+        where.append("p.created_at >= ?")
         params.append(since)
     if until is not None:
-        where.append("created_at <= ?")
+        where.append("p.created_at <= ?")
         params.append(until)
-    sql = _PAYMENT_SELECT
+    sql = f"SELECT {_PAYMENTS_P}, {reason} AS stuck FROM payments p"
     if where:
         sql += " WHERE " + " AND ".join(where)
+    if stuck:
+        sql = f"SELECT * FROM ({sql}) AS s WHERE stuck IS NOT NULL"
     sql += " ORDER BY created_at DESC, payment_id DESC LIMIT ?"
     params.append(limit + 1)
     rows = store.query(sql, params)
-    listed = []
-    for row in rows[:limit]:
-        payment = _codec.payment_from_row(row)
-        listed.append(Listed(payment=payment, stuck=stuck_reason(payment, now=now)))
+    n = len(_codec.PAYMENT_COLUMNS)
+    listed = [
+        Listed(payment=_codec.payment_from_row(row[:n]), stuck=row[n]) for row in rows[:limit]
+    ]
     return listed, len(rows) > limit
+
+
+def unresolved_summary(store: SQLStore, *, now: dt.datetime) -> dict[str, Any]:
+    """How many unresolved webhook hints there are, and the oldest one's time and age."""
+    row = store.query(
+        f"SELECT count(*), min(h.received_at) FROM inbox h WHERE {UNRESOLVED_HINT_WHERE}"
+    )[0]
+    oldest = row[1]
+    age = None
+    if oldest is not None:
+        age = round((now - parse_time(str(oldest).replace("Z", "+00:00"))).total_seconds(), 3)
+    return {"count": int(row[0]), "oldest_at": oldest, "oldest_age_seconds": age}
 
 
 # --------------------------------------------------------------------- anomalies
 
-#: How an inbox row is classified; the ``anomalies`` view of 0002_views has the
-#: same expression, frozen (a test checks that both classify every row alike).
-_CATEGORY_TEMPLATE: Final = """CASE
-    WHEN i.outcome = 'duplicate' THEN 'duplicate_delivery'
-    WHEN i.outcome = 'conflict' THEN 'conflict'
-    WHEN i.outcome = 'unknown' AND i.kind = 'create_unknown' THEN 'create_unknown'
-    WHEN i.outcome = 'unknown' THEN 'unknown'
-    WHEN i.reason {like} 'signature refused: the signature timestamp is % s %'
-        THEN 'stale_timestamp'
-    WHEN i.reason {like} 'signature refused:%' THEN 'bad_signature'
-    WHEN i.reason {like} '%mismatch%'
-      OR i.reason {like} '%already exists with different parameters%' THEN 'mismatch'
-    WHEN i.reason {like} 'body too large%' THEN 'oversized'
-    WHEN i.kind = 'refund_request' THEN 'refund_refused'
-    WHEN i.reason = 'no such payment' THEN 'unknown_payment'
-    WHEN i.kind = 'payment_request' THEN 'invalid_request'
-    ELSE 'malformed'
-END"""
-ANOMALY_CATEGORY_SQL: Final = _CATEGORY_TEMPLATE.format(like="LIKE")
+#: How an inbox row is classified, as the ``anomalies`` view of 0003_followup
+#: does (a test checks that both classify every row alike).
+ANOMALY_CATEGORY_SQL: Final = ANOMALY_CATEGORY_V3.format(like="LIKE")
 
 ANOMALY_CATEGORIES: Final = (
     "conflict",
@@ -184,6 +214,9 @@ ANOMALY_CATEGORIES: Final = (
     "mismatch",
     "unknown",
     "create_unknown",
+    "not_created",
+    "unresolved_hint",
+    "order_paid_twice",
     "duplicate_delivery",
     "unknown_payment",
     "invalid_request",
@@ -209,7 +242,7 @@ ANOMALY_COLUMNS: Final = (
 
 #: :data:`ANOMALY_CATEGORY_SQL` for PostgreSQL: SQLite's ``LIKE`` ignores ASCII
 #: case, PostgreSQL's does not, so it gets ``ILIKE``.
-ANOMALY_CATEGORY_SQL_PG: Final = _CATEGORY_TEMPLATE.format(like="ILIKE")
+ANOMALY_CATEGORY_SQL_PG: Final = ANOMALY_CATEGORY_V3.format(like="ILIKE")
 
 
 def category_sql(dialect: str) -> str:
@@ -218,26 +251,9 @@ def category_sql(dialect: str) -> str:
 
 
 def _anomaly_sql(since: str | None, dialect: str = "sqlite") -> tuple[str, list[Any]]:
-    inbox_since = " AND i.received_at >= ?" if since is not None else ""
-    event_since = " AND e.recorded_at >= ?" if since is not None else ""
-    sql = f"""
-        SELECT i.received_at AS at, {category_sql(dialect)} AS category,
-               coalesce(i.payment_id, (SELECT p.payment_id FROM payments p
-                                        WHERE p.charge_id = i.charge_id
-                                        ORDER BY p.created_at LIMIT 1)) AS payment_id,
-               i.charge_id AS charge_id, i.id AS inbox_id, CAST(NULL AS BIGINT) AS position,
-               i.kind AS kind, i.origin AS origin, i.external_id AS external_id,
-               i.verification AS verification, i.outcome AS outcome, i.reason AS reason
-          FROM inbox i
-         WHERE (i.outcome IN ('conflict', 'rejected', 'unknown')
-                OR (i.outcome = 'duplicate' AND i.kind = 'webhook')){inbox_since}
-        UNION ALL
-        SELECT e.recorded_at, 'correction', e.stream, i.charge_id, e.causation, e.position,
-               i.kind, i.origin, i.external_id, i.verification, i.outcome, i.reason
-          FROM events e JOIN inbox i ON i.id = e.causation
-         WHERE e.kind = 'charge.corrected'{event_since}
-    """
-    return sql, [since, since] if since is not None else []
+    like = "ILIKE" if dialect == "postgresql" else "LIKE"
+    sql = anomalies_sql(like=like, since=since is not None)
+    return sql, [since] * ANOMALIES_SINCE_PARAMS if since is not None else []
 
 
 @attrs.frozen(kw_only=True)
@@ -315,11 +331,14 @@ def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def stats(store: SQLStore, *, since: str | None = None) -> dict[str, Any]:
+def stats(
+    store: SQLStore, *, since: str | None = None, now: dt.datetime | None = None
+) -> dict[str, Any]:
     """
     Payments (created at or after ``since``) by status and by failure code,
     conversion, webhook lag percentiles, and the duplicate and rejection rates of
-    the inputs (received at or after ``since``). A JSON-ready dict.
+    the inputs (received at or after ``since``); the unresolved webhook hints and
+    the orders paid twice (whenever they arose). A JSON-ready dict.
     """
     p_where = " WHERE created_at >= ?" if since is not None else ""
     i_where = " WHERE received_at >= ?" if since is not None else ""
@@ -394,6 +413,10 @@ def stats(store: SQLStore, *, since: str | None = None) -> dict[str, Any]:
             "rejected": hooks.get("rejected", 0),
             "rejection_rate": _rate(hooks.get("rejected", 0), n_hooks),
         },
+        "unresolved_hints": unresolved_summary(store, now=now or utc_now()),
+        "orders_paid_twice": int(
+            store.query(f"SELECT count(*) FROM ({PAID_TWICE_ORDERS}) AS o")[0][0]
+        ),
     }
 
 
@@ -624,4 +647,5 @@ __all__ = [
     "percentile",
     "stats",
     "stuck_reason",
+    "unresolved_summary",
 ]

@@ -247,6 +247,217 @@ def _views(db: sqlite_utils.Database) -> None:
     )
 
 
+# SQL of migration 0003_followup, shared by both dialects' views and the incident
+# queries (kplus_fsm/_queries.py). Portable: base tables only, no dialect functions.
+
+#: The inputs that read a charge with the secret key: what resolves a webhook hint.
+AUTHORITATIVE_READ: Final = (
+    "r.kind = 'charge_snapshot' AND r.origin IN ('create_response', 'refetch', 'poll')"
+)
+
+#: An accepted webhook ``h`` (it carried a charge and was matched to a payment) with
+#: no authoritative read of that charge recorded after it: an *unresolved hint*.
+UNRESOLVED_HINT_WHERE: Final = f"""h.kind = 'webhook'
+   AND h.outcome IN ('applied', 'stale', 'conflict')
+   AND h.charge_id IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM inbox r
+                    WHERE r.charge_id = h.charge_id AND r.id > h.id
+                      AND {AUTHORITATIVE_READ})"""
+
+#: The columns of an unresolved hint (the ``unresolved_hints`` view and queries).
+UNRESOLVED_HINT_SELECT: Final = f"""SELECT h.id AS inbox_id, h.received_at AS received_at,
+       coalesce(h.payment_id, (SELECT p.payment_id FROM payments p
+                                WHERE p.charge_id = h.charge_id
+                                ORDER BY p.created_at LIMIT 1)) AS payment_id,
+       h.charge_id AS charge_id, h.external_id AS event_id,
+       h.verification AS verification, h.outcome AS outcome
+  FROM inbox h
+ WHERE {UNRESOLVED_HINT_WHERE}"""
+
+#: Orders with more than one successful attempt (K PLUS charges cannot be refunded
+#: through Opn: the extra payment must be returned by hand).
+PAID_TWICE_ORDERS: Final = """SELECT order_ref FROM payments
+         WHERE status = 'successful' AND order_ref IS NOT NULL
+         GROUP BY order_ref HAVING count(*) > 1"""
+
+#: The ``anomalies`` category of an inbox row ``i`` from 0003 on; ``{like}`` is
+#: ``LIKE`` (SQLite) or ``ILIKE`` (PostgreSQL).
+ANOMALY_CATEGORY_V3: Final = """CASE
+                   WHEN i.outcome = 'duplicate' THEN 'duplicate_delivery'
+                   WHEN i.outcome = 'conflict' THEN 'conflict'
+                   WHEN i.outcome = 'unknown' AND i.kind IN ('create_unknown', 'charge_lookup')
+                       THEN 'create_unknown'
+                   WHEN i.outcome = 'unknown' THEN 'unknown'
+                   WHEN i.reason {like} 'signature refused: the signature timestamp is % s %'
+                       THEN 'stale_timestamp'
+                   WHEN i.reason {like} 'signature refused:%' THEN 'bad_signature'
+                   WHEN i.reason {like} '%mismatch%'
+                     OR i.reason {like} '%already exists with different parameters%'
+                       THEN 'mismatch'
+                   WHEN i.reason {like} 'body too large%' THEN 'oversized'
+                   WHEN i.kind = 'refund_request' THEN 'refund_refused'
+                   WHEN i.reason = 'no such payment' THEN 'unknown_payment'
+                   WHEN i.kind = 'payment_request' THEN 'invalid_request'
+                   ELSE 'malformed'
+               END"""
+
+
+#: How many ``?`` parameters :func:`anomalies_sql` takes with ``since=True``.
+ANOMALIES_SINCE_PARAMS: Final = 4
+
+
+def anomalies_sql(*, like: str, since: bool = False) -> str:
+    """
+    Every anomaly, one row each in the ``anomalies`` columns: refused, conflicting
+    or unplaceable inputs and duplicate deliveries (classified by
+    :data:`ANOMALY_CATEGORY_V3`), corrections, creates settled as never made,
+    unresolved webhook hints, and the successful attempts of orders paid twice.
+    With ``since``, only those at or after a time: the statement then takes that
+    time :data:`ANOMALIES_SINCE_PARAMS` times as ``?`` parameters.
+    """
+    inbox_since = " AND i.received_at >= ?" if since else ""
+    event_since = " AND e.recorded_at >= ?" if since else ""
+    hint_since = " AND h.received_at >= ?" if since else ""
+    return f"""
+        SELECT i.received_at AS at, {ANOMALY_CATEGORY_V3.format(like=like)} AS category,
+               coalesce(i.payment_id, (SELECT p.payment_id FROM payments p
+                                        WHERE p.charge_id = i.charge_id
+                                        ORDER BY p.created_at LIMIT 1)) AS payment_id,
+               i.charge_id AS charge_id, i.id AS inbox_id, CAST(NULL AS BIGINT) AS position,
+               i.kind AS kind, i.origin AS origin, i.external_id AS external_id,
+               i.verification AS verification, i.outcome AS outcome, i.reason AS reason
+          FROM inbox i
+         WHERE (i.outcome IN ('conflict', 'rejected', 'unknown')
+                OR (i.outcome = 'duplicate' AND i.kind = 'webhook')){inbox_since}
+        UNION ALL
+        SELECT e.recorded_at, CASE WHEN e.kind = 'charge.corrected' THEN 'correction'
+                                   ELSE 'not_created' END,
+               e.stream, i.charge_id, e.causation, e.position,
+               i.kind, i.origin, i.external_id, i.verification, i.outcome, i.reason
+          FROM events e JOIN inbox i ON i.id = e.causation
+         WHERE e.kind IN ('charge.corrected', 'charge.not_created'){event_since}
+        UNION ALL
+        SELECT h.received_at, 'unresolved_hint',
+               coalesce(h.payment_id, (SELECT p.payment_id FROM payments p
+                                        WHERE p.charge_id = h.charge_id
+                                        ORDER BY p.created_at LIMIT 1)),
+               h.charge_id, h.id, CAST(NULL AS BIGINT), h.kind, h.origin, h.external_id,
+               h.verification, h.outcome,
+               'no authoritative read of the charge recorded after this webhook'
+          FROM inbox h
+         WHERE {UNRESOLVED_HINT_WHERE}{hint_since}
+        UNION ALL
+        SELECT e.recorded_at, 'order_paid_twice', e.stream, p.charge_id, e.causation,
+               e.position, i.kind, i.origin, i.external_id, i.verification, i.outcome,
+               'order ' || p.order_ref || ' has more than one successful attempt'
+          FROM payments p
+          JOIN events e ON e.stream = p.payment_id
+          JOIN inbox i ON i.id = e.causation
+         WHERE p.status = 'successful'
+           AND p.order_ref IN ({PAID_TWICE_ORDERS})
+           AND e.position = (SELECT max(x.position) FROM events x
+                              WHERE x.stream = p.payment_id
+                                AND x.kind IN ('charge.successful', 'charge.corrected'))
+           {event_since}
+    """
+
+
+#: Why a payment is stuck (``list --stuck``, the ``stuck_payments`` view): the
+#: ``CASE`` over a payment ``p``; ``{now}`` is the current time in Omise's form
+#: and ``{cutoff}`` the time before which a create with no answer is stuck. An
+#: unresolved hint makes a *pending* payment stuck (a webhook said it ended and
+#: nothing has read the charge since); on an ended payment it is only listed by
+#: ``anomalies`` (a delivery after the final read, or a receiver without the
+#: secret key, which applies payloads unread).
+STUCK_REASON: Final = """CASE
+            WHEN p.status = 'created' AND p.create_unknown = 1 THEN 'create outcome unknown'
+            WHEN p.status = 'created' AND p.updated_at <= {cutoff}
+                THEN 'no create answer recorded'
+            WHEN p.status = 'pending' AND p.expires_at <= {now} THEN 'pending past expires_at'
+            WHEN p.status = 'pending' AND EXISTS (
+                SELECT 1 FROM inbox h WHERE h.charge_id = p.charge_id AND {hint})
+                THEN 'unresolved webhook hint'
+        END"""
+
+
+def stuck_reason_sql(*, now: str, cutoff: str) -> str:
+    """:data:`STUCK_REASON` with its time expressions (SQL text or ``?``)."""
+    return STUCK_REASON.format(now=now, cutoff=cutoff, hint=UNRESOLVED_HINT_WHERE)
+
+
+#: A create with no recorded answer this long after its request is stuck.
+NO_ANSWER_MINUTES: Final = 15
+
+
+@migrations(name="0003_followup")
+def _followup(db: sqlite_utils.Database) -> None:
+    """
+    What the self-healing receiver, fair reconciliation, leases and payment
+    attempts need: ``payments.order_ref``; ``leases`` (one holder per name, with
+    a fencing token); ``reconcile_checks`` (when reconciliation last looked at a
+    payment, so that every due payment gets its turn); the views
+    ``unresolved_hints`` and ``orders_paid_twice``; and ``stuck_payments`` and
+    ``anomalies`` made anew with the new reasons and categories. The hash-chained
+    tables are untouched.
+    """
+    db.execute("ALTER TABLE payments ADD COLUMN order_ref TEXT")
+    db.execute(
+        "CREATE INDEX payments_order ON payments (order_ref, status) WHERE order_ref IS NOT NULL"
+    )
+    db.execute(
+        """
+        CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            token INTEGER NOT NULL CHECK (token >= 1),
+            acquired_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE reconcile_checks (
+            payment_id TEXT PRIMARY KEY,
+            attempts INTEGER NOT NULL,
+            last_at TEXT NOT NULL,
+            next_at TEXT NOT NULL,
+            last_action TEXT,
+            last_reason TEXT
+        )
+        """
+    )
+    db.execute(f"CREATE VIEW unresolved_hints AS {UNRESOLVED_HINT_SELECT}")
+    db.execute(
+        f"""
+        CREATE VIEW orders_paid_twice AS
+        SELECT order_ref, count(*) AS successful_attempts, sum(amount) AS amount,
+               group_concat(payment_id, ',') AS payment_ids
+          FROM payments
+         WHERE status = 'successful' AND order_ref IN ({PAID_TWICE_ORDERS})
+         GROUP BY order_ref
+        """
+    )
+    now = "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')"
+    cutoff = f"strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-{NO_ANSWER_MINUTES} minutes')"
+    db.execute("DROP VIEW stuck_payments")
+    db.execute(
+        f"""
+        CREATE VIEW stuck_payments AS
+        SELECT * FROM (
+            SELECT p.payment_id, p.status, p.amount, p.currency, p.charge_id, p.expires_at,
+                   p.create_unknown, p.flags, p.created_at, p.updated_at,
+                   {stuck_reason_sql(now=now, cutoff=cutoff)} AS reason
+              FROM payments p
+             WHERE p.status IN ('created', 'pending')
+        ) AS s
+         WHERE reason IS NOT NULL
+        """
+    )
+    db.execute("DROP VIEW anomalies")
+    db.execute(f"CREATE VIEW anomalies AS {anomalies_sql(like='LIKE')}")
+
+
 KNOWN: Final = frozenset(m.name for m in migrations._migrations)
 TRIGGERS: Final = frozenset(
     f"{t}_no_{op}" for t in APPEND_ONLY_TABLES for op in ("update", "delete")

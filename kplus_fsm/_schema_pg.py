@@ -21,9 +21,14 @@ from typing import Final
 from ._schema import (
     ANOMALY_CATEGORY,
     APPEND_ONLY_TABLES,
+    NO_ANSWER_MINUTES,
     OUTCOMES_SQL,
+    PAID_TWICE_ORDERS,
+    UNRESOLVED_HINT_SELECT,
     WEBHOOK_LAG_JOINS,
     WEBHOOK_LAG_SEEN,
+    anomalies_sql,
+    stuck_reason_sql,
 )
 
 MIGRATIONS_TABLE: Final = "kplus_fsm_migrations"
@@ -196,11 +201,66 @@ _VIEWS: Final = (
     """,
 )
 
+#: The current time in Omise's ``expires_at`` form, and the no-answer cutoff in the stored form.
+_NOW: Final = """to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
+_CUTOFF: Final = (
+    f"to_char((now() - interval '{NO_ANSWER_MINUTES} minutes') AT TIME ZONE 'UTC', "
+    """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+)
+
+_FOLLOWUP: Final = (
+    f"ALTER TABLE payments ADD COLUMN order_ref {T}",
+    "CREATE INDEX payments_order ON payments (order_ref, status) WHERE order_ref IS NOT NULL",
+    f"""
+    CREATE TABLE leases (
+        name {T} PRIMARY KEY,
+        holder {T} NOT NULL,
+        token BIGINT NOT NULL CHECK (token >= 1),
+        acquired_at {T} NOT NULL,
+        expires_at {T} NOT NULL
+    )
+    """,
+    f"""
+    CREATE TABLE reconcile_checks (
+        payment_id {T} PRIMARY KEY,
+        attempts INTEGER NOT NULL,
+        last_at {T} NOT NULL,
+        next_at {T} NOT NULL,
+        last_action {T},
+        last_reason {T}
+    )
+    """,
+    f"CREATE VIEW unresolved_hints AS {UNRESOLVED_HINT_SELECT}",
+    f"""
+    CREATE VIEW orders_paid_twice AS
+    SELECT order_ref, count(*) AS successful_attempts, sum(amount) AS amount,
+           string_agg(payment_id, ',' ORDER BY payment_id) AS payment_ids
+      FROM payments
+     WHERE status = 'successful' AND order_ref IN ({PAID_TWICE_ORDERS})
+     GROUP BY order_ref
+    """,
+    "DROP VIEW stuck_payments",
+    f"""
+    CREATE VIEW stuck_payments AS
+    SELECT * FROM (
+        SELECT p.payment_id, p.status, p.amount, p.currency, p.charge_id, p.expires_at,
+               p.create_unknown, p.flags, p.created_at, p.updated_at,
+               {stuck_reason_sql(now=_NOW, cutoff=_CUTOFF)} AS reason
+          FROM payments p
+         WHERE p.status IN ('created', 'pending')
+    ) AS s
+     WHERE reason IS NOT NULL
+    """,
+    "DROP VIEW anomalies",
+    f"CREATE VIEW anomalies AS {anomalies_sql(like='ILIKE')}",
+)
+
 #: The migrations, in order: (name, statements). The names match the SQLite
 #: migrations of :mod:`kplus_fsm._schema`, so both report the same schema version.
 MIGRATIONS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("0001_initial", _INITIAL),
     ("0002_views", _VIEWS),
+    ("0003_followup", _FOLLOWUP),
 )
 
 KNOWN: Final = frozenset(name for name, _ in MIGRATIONS)

@@ -30,6 +30,7 @@ import sqlite_utils
 from . import _codec, _schema
 from ._machine import Decision
 from ._model import Payment, StoredEvent
+from ._ops import Cursor, Operations
 from ._rows import INBOX_COLUMNS, Heads, InboxDraft, InboxRow, Plan, Recorded, inbox_row, plan
 from .exceptions import ConcurrencyError, SchemaVersionError, StoreError
 
@@ -143,6 +144,20 @@ def _create_private(path: Path) -> None:
         os.close(fd)
 
 
+def _shim_old_schema(conn: sqlite3.Connection) -> None:
+    """
+    Let a log opened read-only before migration ``0003_followup`` answer like a
+    current one: a temporary view (in memory, never in the file) gives its
+    ``payments`` the later column, empty.
+    """
+    columns = {row[1] for row in conn.execute("PRAGMA main.table_info(payments)")}
+    if "order_ref" not in columns:
+        conn.execute(
+            "CREATE TEMP VIEW payments AS SELECT *, CAST(NULL AS TEXT) AS order_ref"
+            " FROM main.payments"
+        )
+
+
 def _retryable(exc: sqlite3.Error) -> Exception | None:
     """The error to report if retries run out, or ``None`` when ``exc`` is final."""
     if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
@@ -217,7 +232,7 @@ class _Staged:
             self.charges.setdefault(after.charge_id, after.payment_id)
 
 
-class SQLiteStore:
+class SQLiteStore(Operations):
     """
     The event log in one SQLite file.
 
@@ -301,10 +316,11 @@ class SQLiteStore:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             self.db = sqlite_utils.Database(conn, execute_plugins=False)
             if read_only:
-                conn.execute("PRAGMA query_only = ON")
                 if not self.db["events"].exists():
                     raise SchemaVersionError(f"{path} is not a kplus_fsm event log")
                 _schema.check_version(self.db)
+                _shim_old_schema(conn)  # in memory only; before query_only forbids it
+                conn.execute("PRAGMA query_only = ON")
             else:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     conn.execute("PRAGMA journal_mode = WAL")
@@ -668,6 +684,9 @@ class SQLiteStore:
 
         return self._read(work)
 
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        return self.conn.execute(sql, tuple(params))
+
     def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self.conn.execute(sql, params).fetchone()[0]
 
@@ -762,22 +781,6 @@ class SQLiteStore:
             t: int(self._read(partial(self._scalar, f"SELECT count(*) FROM {t}")))
             for t in ("inbox", "events", "payments")
         }
-
-    def reconcile_candidates(self, *, now: str, cutoff: str, limit: int) -> list[Payment]:
-        """
-        Payments reconciliation may need to re-read, oldest first: ``pending`` past
-        ``expires_at`` (``now`` in Omise's ``YYYY-MM-DDTHH:MM:SSZ`` form) or not
-        updated since ``cutoff``; ``created`` with an unknown create outcome or not
-        updated since ``cutoff``.
-        """
-        sql = (
-            f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments WHERE "
-            "(status = 'pending' AND (expires_at IS NULL OR expires_at <= ? OR updated_at <= ?))"
-            " OR (status = 'created' AND (create_unknown = 1 OR updated_at <= ?))"
-            " ORDER BY updated_at LIMIT ?"
-        )
-        rows = self._read(partial(self._rows, sql, (now, cutoff, cutoff, limit)))
-        return [_codec.payment_from_row(r) for r in rows]
 
     # ------------------------------------------------------------------ consumers
 

@@ -38,6 +38,7 @@ from . import _audit, _codec, _schema_pg
 from ._audit import timeline_sql
 from ._machine import Decision
 from ._model import Outcome, Payment, StoredEvent
+from ._ops import Cursor, Operations
 from ._rows import INBOX_COLUMNS, Heads, InboxDraft, InboxRow, Plan, Recorded, plan
 from ._store import ReplayReport, TimelineEntry, VerifyReport
 from ._urls import redact, scrub
@@ -165,7 +166,7 @@ def _placeholders(n: int) -> str:
     return ", ".join(["%s"] * n)
 
 
-class PostgresStore:
+class PostgresStore(Operations):
     """
     The event log in a PostgreSQL database.
 
@@ -205,6 +206,7 @@ class PostgresStore:
         self._connect_timeout = connect_timeout
         self._application_name = application_name
         self._lock = threading.RLock()
+        self._shim_schema: str | None = None  # set when an old log needs the shim
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._conn = self._connect()
         try:
@@ -212,6 +214,7 @@ class PostgresStore:
                 if not self._table_exists("events"):
                     raise SchemaVersionError(f"{self.location} holds no kplus_fsm event log")
                 self._check_version()
+                self._shim_old_schema()
             else:
                 self._migrate()
         except BaseException as exc:
@@ -243,6 +246,33 @@ class PostgresStore:
     def _scrub(self, exc: BaseException | str) -> str:
         return scrub(str(exc).strip(), self._url)
 
+    def _shim_old_schema(self) -> None:
+        """
+        Let a log opened read-only before migration ``0003_followup`` answer like
+        a current one: a temporary view (this session only, nothing written to
+        the database) gives its ``payments`` the later column, empty.
+        """
+        row = self.conn.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+            " AND table_name = 'payments' AND column_name = 'order_ref'"
+        ).fetchone()
+        if row is not None:
+            return
+        schema = self.conn.execute("SELECT current_schema()").fetchone()
+        self._shim_schema = str(schema[0]) if schema and schema[0] else "public"
+        self._apply_shim(self.conn)
+
+    def _apply_shim(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        if self._shim_schema is None:
+            return
+        quoted = '"' + self._shim_schema.replace('"', '""') + '"'
+        conn.execute("SET default_transaction_read_only = off")
+        conn.execute(
+            "CREATE TEMP VIEW payments AS SELECT *, CAST(NULL AS TEXT) AS order_ref"
+            f" FROM {quoted}.payments"
+        )
+        conn.execute("SET default_transaction_read_only = on")
+
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         pg = self._pg
         try:
@@ -263,6 +293,7 @@ class PostgresStore:
             conn.execute("SET TIME ZONE 'UTC'")
             if self.read_only:
                 conn.execute("SET default_transaction_read_only = on")
+                self._apply_shim(conn)
         except BaseException:
             conn.close()
             raise
@@ -521,6 +552,10 @@ class PostgresStore:
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._read(lambda: self.conn.execute(sql, tuple(params)).fetchall())
 
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        """Run a portable statement (``?`` placeholders) on the connection."""
+        return self.conn.execute(to_pg(sql), tuple(params))
+
     def _load(self, payment_id: str) -> Payment | None:
         row = self.conn.execute(self._lookup_sql, (payment_id,)).fetchone()
         return _codec.payment_from_row(row) if row else None
@@ -622,21 +657,6 @@ class PostgresStore:
             " (SELECT count(*) FROM payments)"
         )[0]
         return {"inbox": int(row[0]), "events": int(row[1]), "payments": int(row[2])}
-
-    def reconcile_candidates(self, *, now: str, cutoff: str, limit: int) -> list[Payment]:
-        """
-        Payments reconciliation may need to re-read, oldest first (the rule of
-        :meth:`kplus_fsm.SQLiteStore.reconcile_candidates`).
-        """
-        sql = (
-            f"SELECT {_COLS_PAYMENTS} FROM payments WHERE "
-            "(status = 'pending' AND (expires_at IS NULL OR expires_at <= %s"
-            " OR updated_at <= %s))"
-            " OR (status = 'created' AND (create_unknown = 1 OR updated_at <= %s))"
-            " ORDER BY updated_at LIMIT %s"
-        )
-        rows = self._rows(sql, (now, cutoff, cutoff, limit))
-        return [_codec.payment_from_row(r) for r in rows]
 
     # ------------------------------------------------------------------ consumers
 

@@ -18,18 +18,20 @@ from functools import partial
 from typing import Any, Final, NoReturn
 
 import attrs
-import sqlite_utils
 import structlog
 
 from . import _codec, _flow
+from ._consumer import DEFAULT_LEASE_TTL, Consumer, Start
 from ._machine import Decision, decide, fold
 from ._model import (
+    ChargeLookup,
     ChargeSnapshot,
     ChargeView,
     CreateError,
     CreateUnknown,
     Input,
     InputKind,
+    NotCreated,
     Origin,
     Outcome,
     Payment,
@@ -41,8 +43,10 @@ from ._model import (
     is_text,
 )
 from ._open import open_store
+from ._ops import UnresolvedHint
 from ._ports import ChargeAPI, Store
 from ._store import InboxDraft, Recorded, ReplayReport, TimelineEntry, VerifyReport
+from ._time import format_time, parse_time, utc_now
 from .exceptions import (
     InvalidInputError,
     InvalidPaymentRequestError,
@@ -64,32 +68,6 @@ SECRET_HEADERS: Final = frozenset(
 )
 
 Raw = bytes | str | Mapping[str, Any]
-
-
-def utc_now() -> dt.datetime:
-    """The default clock: the system's UTC time."""
-    return dt.datetime.now(dt.UTC)
-
-
-def format_time(when: dt.datetime) -> str:
-    """
-    The stored time format: UTC, microseconds, ``Z`` (sorts as text).
-
-    Raises:
-        ValueError: ``when`` is naive.
-    """
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError("times must be timezone-aware (the clock returned a naive datetime)")
-    utc = when.astimezone(dt.UTC)
-    if utc.year < 1000:  # isoformat pads the year; keep strftime's form for these
-        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"  # ~10x strftime
-
-
-def parse_time(text: str | dt.datetime) -> dt.datetime:
-    """Parse an ISO-8601 time (``Z`` allowed); naive times are taken as UTC."""
-    when = text if isinstance(text, dt.datetime) else dt.datetime.fromisoformat(text)
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 @attrs.frozen(kw_only=True)
@@ -369,11 +347,18 @@ class Tracker:
 
         The same request again is a ``duplicate``; the same payment id with other
         parameters is ``rejected`` (use ``raise_for_outcome()`` to make it raise).
+        A request naming an ``order_ref`` is refused (``rejected``) while another
+        attempt of that order is open or has been paid.
 
         Raises:
             InvalidPaymentRequestError: a field is out of its limits (the request is
                 recorded in ``inbox`` as ``rejected`` first).
         """
+        return self._request(request, fields, origin="merchant")
+
+    def _request(
+        self, request: PaymentRequest | None, fields: Mapping[str, Any], *, origin: str
+    ) -> Result:
         if request is None:
             try:
                 request = PaymentRequest.create(**fields)
@@ -389,16 +374,36 @@ class Tracker:
                 reason = f"payment request: {exc}"
                 inbox_id = self._refuse_request(fields, reason, None)
                 raise InvalidInputError(reason, inbox_id=inbox_id) from None
-        return self._apply(
-            request,
-            InboxDraft(
-                kind=InputKind.PAYMENT_REQUEST,
-                body=_codec.dumps(request.to_json()),
-                body_encoding="json",
-                origin="merchant",
-            ),
-            payment_id=request.payment_id,
+        draft = InboxDraft(
+            kind=InputKind.PAYMENT_REQUEST,
+            body=_codec.dumps(request.to_json()),
+            body_encoding="json",
+            origin=origin,
         )
+        if request.order_ref is not None:
+            busy = self._order_busy(request)
+            if busy is not None:
+                return self._finish(
+                    self._commit(
+                        draft, _rejected(busy, request.payment_id), payment_id=request.payment_id
+                    )
+                )
+        return self._apply(request, draft, payment_id=request.payment_id)
+
+    def _order_busy(self, request: PaymentRequest) -> str | None:
+        """Why another attempt of the request's order forbids this one (``None``: it may go)."""
+        assert request.order_ref is not None
+        for other in self.store.payments_for_order(request.order_ref):
+            if other.payment_id == request.payment_id:
+                continue
+            if other.status is Status.SUCCESSFUL:
+                return f"order {request.order_ref} is already paid by attempt {other.payment_id}"
+            if not other.is_terminal:
+                return (
+                    f"order {request.order_ref} has an attempt in progress: {other.payment_id} "
+                    f"({other.status}); settle it first (kplus-fsm reconcile {other.payment_id})"
+                )
+        return None
 
     def record_charge(
         self, charge: Raw, *, origin: Origin | str, payment_id: str | None = None
@@ -453,19 +458,69 @@ class Tracker:
             self._refuse(draft, exc, payment_id=payment_id)
         return self._apply(inp, draft, payment_id=payment_id)
 
-    def record_create_unknown(self, payment_id: str, *, reason: str) -> Result:
+    def record_create_unknown(
+        self, payment_id: str, *, reason: str, origin: str = "create_response"
+    ) -> Result:
         """
         Record that the create of ``payment_id``'s charge may or may not have
         reached Omise (a timeout, a connection reset). The payment stays
         ``created`` and is flagged until a read settles it; never create a second
-        charge before that.
+        charge before that. ``origin`` is ``create_response`` when the API's
+        answer (or its absence) says so, ``create_retry`` when a later call
+        finds an earlier attempt that left no answer.
         """
         inp = CreateUnknown(reason=reason)
         draft = InboxDraft(
             kind=InputKind.CREATE_UNKNOWN,
             body=_codec.dumps({"reason": reason}),
             body_encoding="json",
-            origin="create_response",
+            origin=origin,
+        )
+        return self._apply(inp, draft, payment_id=payment_id)
+
+    def record_lookup(
+        self,
+        payment_id: str,
+        *,
+        methods: Iterable[str],
+        window: tuple[dt.datetime, dt.datetime] | None = None,
+    ) -> Result:
+        """
+        Record a look for ``payment_id``'s charge that found none (``methods``:
+        ``search``, ``list``; ``window``: the creation times listed). Evidence for
+        settling an unknown create, never proof: outcome ``unknown`` while the
+        payment is ``created`` (``stale`` once its charge is known).
+        """
+        inp = ChargeLookup(
+            payment_id=payment_id,
+            methods=tuple(methods),
+            window_start=format_time(window[0]) if window is not None else None,
+            window_end=format_time(window[1]) if window is not None else None,
+        )
+        draft = InboxDraft(
+            kind=InputKind.CHARGE_LOOKUP,
+            body=_codec.dumps(inp.to_json()),
+            body_encoding="json",
+            origin="poll",
+        )
+        return self._apply(inp, draft, payment_id=payment_id)
+
+    def record_not_created(
+        self, payment_id: str, *, reason: str, evidence: Iterable[int]
+    ) -> Result:
+        """
+        Settle ``payment_id``'s create as never made (``failed``,
+        ``failure_code`` ``not_created``), on the ``evidence`` of empty lookups
+        (their inbox ids). The create flow and reconciliation call it once the
+        grace period has passed and two lookups agree; a charge found later
+        still corrects the payment.
+        """
+        inp = NotCreated(payment_id=payment_id, reason=reason, evidence=tuple(evidence))
+        draft = InboxDraft(
+            kind=InputKind.NOT_CREATED,
+            body=_codec.dumps(inp.to_json()),
+            body_encoding="json",
+            origin="reconcile",
         )
         return self._apply(inp, draft, payment_id=payment_id)
 
@@ -639,33 +694,99 @@ class Tracker:
         request: PaymentRequest | None = None,
         /,
         *,
-        retry_unknown_after: dt.timedelta = _flow.DEFAULT_RETRY_UNKNOWN_AFTER,
+        retry_unknown_after: dt.timedelta = _flow.DEFAULT_CREATE_GRACE,
         **fields: Any,
     ) -> Result:
         """
         The whole create flow: record the request (write-ahead), ``POST /charges``
         through ``api`` (a :class:`ChargeAPI`, e.g. ``OmiseClient``), then record
         the charge (``pending``), the error object (``failed``), or the unknown
-        outcome of a timeout or reset (``created``, flagged; then settled by a
-        search on the payment id when the search answers).
+        outcome of a timeout, a reset or a ``backend_error`` (``created``,
+        flagged; then settled by looking for the charge).
 
-        Never creates a second charge for a payment: if the payment already has a
-        charge or has ended, its current state is returned; if an earlier attempt
-        may have reached Omise, a search settles it first, and a new create is made
-        only when the search finds nothing and the earlier attempt is older than
-        ``retry_unknown_after``.
+        Never creates a second charge for a payment: if the payment already has
+        a charge or has ended, its current state is returned; if an earlier
+        attempt may have reached Omise, the payment is settled by looking for
+        its charge (a search and a listing by creation time), never by posting
+        again. A create whose charge is still not found ``retry_unknown_after``
+        (the grace period) after the attempt, by two looks, ends ``failed`` with
+        ``failure_code`` ``not_created``: pay the order with a new attempt.
+
+        With ``order_ref`` and no ``payment_id``, the attempt is chosen for the
+        order: its open attempt if it has one (no second charge), the paid
+        attempt if it was paid, else a new attempt ``<order_ref>.<n>``
+        (:meth:`attempts` lists them).
 
         Returns the :class:`Result` of the last input recorded; ``rejected`` when
-        the payment id exists with other parameters.
+        the payment id exists with other parameters, or the order has another
+        attempt open or paid.
 
         Raises:
             InvalidPaymentRequestError: a field is out of its limits (recorded).
             StoreError: the log could not be written.
         """
-        requested = (
-            self.request_payment(**fields) if request is None else self.request_payment(request)
-        )
-        return _flow.create_charge(self, api, requested, retry_unknown_after=retry_unknown_after)
+        if request is None and fields.get("payment_id") is None and "order_ref" in fields:
+            order_ref = fields["order_ref"]
+            try:
+                PaymentRequest.create(**{**fields, "payment_id": "probe"})
+            except InvalidPaymentRequestError as exc:
+                exc.inbox_id = self._refuse_request(fields, exc.reason, None)
+                raise exc from None
+            except TypeError as exc:
+                reason = f"payment request: {exc}"
+                raise InvalidInputError(
+                    reason, inbox_id=self._refuse_request(fields, reason, None)
+                ) from None
+            fields = {**fields, "payment_id": self.next_attempt_id(order_ref)}
+        requested = self._request(request, fields, origin=_flow.CREATE_ORIGIN)
+        return _flow.create_charge(self, api, requested, grace=retry_unknown_after)
+
+    def next_attempt_id(self, order_ref: str) -> str:
+        """
+        The payment id to pay ``order_ref`` with now: the order's paid attempt,
+        else its open attempt (``created`` or ``pending``), else a new one,
+        ``<order_ref>.<n>`` for the order's ``n``-th attempt. Deterministic, so
+        two concurrent calls for one order choose the same attempt (and the
+        second is a duplicate, never a second charge).
+        """
+        attempts = self.store.payments_for_order(order_ref)
+        for attempt in attempts:
+            if attempt.status is Status.SUCCESSFUL:
+                return attempt.payment_id
+        open_ = [a for a in attempts if not a.is_terminal]
+        if open_:
+            return open_[-1].payment_id
+        taken = {a.payment_id for a in attempts}
+        n = len(attempts) + 1
+        while f"{order_ref}.{n}" in taken:
+            n += 1
+        return f"{order_ref}.{n}"
+
+    def attempts(self, order_ref: str) -> list[Payment]:
+        """Every payment made for ``order_ref``, oldest first (empty: none)."""
+        return self.store.payments_for_order(order_ref)
+
+    def refresh(self, api: ChargeAPI, id_: str) -> Result:
+        """
+        Settle one payment now: read its charge with the secret key and record it
+        (a poll), whatever the reconciliation queue says. A payment with no
+        charge yet is looked for (a search and a listing), as reconciliation
+        does. For the return-URL page ("is it paid?") and the on-call engineer
+        whose customer says they paid.
+
+        Raises:
+            PaymentNotFoundError: no payment with that payment id or charge id.
+            GatewayError: the API did not answer (nothing recorded).
+        """
+        payment = self.get(id_)
+        if payment.charge_id is not None:
+            charge = api.retrieve_charge(payment.charge_id)
+            return self.record_charge(charge, origin=Origin.POLL, payment_id=payment.payment_id)
+        settled, look = _flow.settle(self, api, payment)
+        if settled is None:
+            assert look.error is not None
+            raise look.error
+        return settled
 
     def reconcile(
         self,
@@ -678,15 +799,24 @@ class Tracker:
         """
         Re-read, with the secret key, every charge ``pending`` past its
         ``expires_at`` or not updated for ``pending_threshold``, and settle every
-        payment whose create outcome is unknown (by a search on its payment id).
-        At most ``limit`` payments per run, oldest first; stops at the first HTTP
-        429 (``rate_limited`` in the report). Run it from cron.
+        payment still ``created`` (an unknown create, or none recorded) by
+        looking for its charge. At most ``limit`` payments per run, the least
+        recently checked first; a payment found unchanged rests (1 minute,
+        doubling, at most an hour) before its next read. Stops at the first
+        HTTP 429 (``rate_limited`` in the report). ``kplus-fsm serve`` runs it
+        every minute; without ``serve``, run it from cron.
+
+        Raises:
+            ValueError: ``limit`` is less than 1.
         """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
         when = now if now is not None else self.clock()
         candidates = self.store.reconcile_candidates(
             now=when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             cutoff=format_time(when - pending_threshold),
             limit=limit * 4,
+            stored_now=format_time(when),
         )
         return _flow.reconcile(
             self, api, candidates, now=when, pending_threshold=pending_threshold, limit=limit
@@ -802,9 +932,35 @@ class Tracker:
         self._callbacks.append(callback)
         return lambda: self._callbacks.remove(callback)
 
-    def consumer(self, name: str) -> Consumer:
-        """A named durable consumer of the event log (see :class:`Consumer`)."""
-        return Consumer(self, name)
+    def consumer(
+        self,
+        name: str,
+        *,
+        start: Start | None = None,
+        lease_ttl: dt.timedelta = DEFAULT_LEASE_TTL,
+    ) -> Consumer:
+        """
+        A named, durable, leased consumer of the event log (see :class:`Consumer`).
+        ``start`` says where a consumer that does not exist yet begins:
+        ``"beginning"``, ``"now"``, an event position or a time; it is required
+        then (no silent replay of history) and ignored once the consumer exists.
+
+        Raises:
+            ConsumerStartError: ``start`` is not one of those forms.
+            ValueError: an empty name or a non-positive ``lease_ttl``.
+        """
+        return Consumer(self, name, start=start, lease_ttl=lease_ttl)
+
+    def unresolved_hints(
+        self, *, after: int = 0, limit: int = 1000, charge_id: str | None = None
+    ) -> list[UnresolvedHint]:
+        """
+        Accepted webhooks whose charge has had no authoritative read (create
+        response, re-fetch or poll) recorded after them, oldest first: the
+        deliveries still to follow up. Derived from the log; recording a read of
+        the charge resolves them.
+        """
+        return self.store.unresolved_hints(after=after, limit=limit, charge_id=charge_id)
 
     # --------------------------------------------------------------------- reads
 
@@ -877,91 +1033,6 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return repr(value)
-
-
-class Consumer:
-    """
-    A named, durable reader of the event log: it remembers (in the database) the
-    last position it processed, so a host reacts once to each transition (ship
-    the order on ``charge.successful``), across restarts.
-
-    - :meth:`process`: at-least-once. The handler runs outside any transaction;
-      the position advances after each event it handled. If the process dies
-      between the two, that event is handled again: make the handler idempotent.
-    - :meth:`process_in_transaction`: exactly-once for writes to the same
-      database. The handler gets a ``sqlite_utils.Database`` inside the write
-      transaction that also advances the position; both commit or neither does.
-    """
-
-    def __init__(self, tracker: Tracker, name: str) -> None:
-        if not name:
-            raise ValueError("a consumer needs a name")
-        self.tracker = tracker
-        self.name = name
-
-    @property
-    def position(self) -> int:
-        """The last event position processed."""
-        return self.tracker.store.consumer_position(self.name)
-
-    def pending(self, *, limit: int | None = None) -> list[StoredEvent]:
-        """The events not yet processed (at most ``limit``)."""
-        out: list[StoredEvent] = []
-        for event in self.tracker.store.iter_events(self.position):
-            if limit is not None and len(out) >= limit:
-                break
-            out.append(event)
-        return out
-
-    def process(self, handler: Callable[[StoredEvent], object], *, limit: int | None = None) -> int:
-        """
-        Hand each unprocessed event to ``handler`` in order; return how many were
-        handled. If the handler raises, the position stays before that event and
-        the exception propagates.
-        """
-        done = 0
-        store = self.tracker.store
-        for event in store.iter_events(self.position):
-            if limit is not None and done >= limit:
-                break
-            handler(event)
-            store.write_transaction(partial(self._advance, position=event.position))
-            done += 1
-        return done
-
-    def _advance(self, _db: sqlite_utils.Database, *, position: int) -> None:
-        self.tracker.store.set_consumer_position(
-            self.name, position, now=format_time(self.tracker.clock())
-        )
-
-    def process_in_transaction(
-        self,
-        handler: Callable[[StoredEvent, sqlite_utils.Database], object],
-        *,
-        batch: int = 100,
-    ) -> int:
-        """
-        Hand up to ``batch`` unprocessed events to ``handler(event, db)`` inside one
-        write transaction that also advances the position. Return how many.
-        If the handler raises, the handler's writes and the position roll back.
-        """
-        store = self.tracker.store
-
-        def work(db: sqlite_utils.Database) -> int:
-            start = store.consumer_position(self.name)
-            n = 0
-            last = start
-            for event in store.iter_events(start, batch=batch):
-                if n >= batch:
-                    break
-                handler(event, db)
-                last = event.position
-                n += 1
-            if n:
-                store.set_consumer_position(self.name, last, now=format_time(self.tracker.clock()))
-            return n
-
-        return int(store.write_transaction(work))
 
 
 __all__ = [

@@ -14,6 +14,9 @@ understood at all, for misuse, and for storage problems::
     │   └── RefundNotSupportedError       Opn cannot refund mobile-banking charges
     ├── OutcomeError                      ``Result.raise_for_outcome()`` on a refused input
     ├── PaymentNotFoundError(LookupError) no payment with that payment id or charge id
+    ├── ConsumerError                     a consumer cannot run as asked
+    │   ├── ConsumerStartError(ValueError) a new consumer without a starting point
+    │   └── LeaseLostError                another runner holds (or took) the consumer's lease
     ├── StoreError                        storage problems, chained from the sqlite3 error
     │   ├── ConcurrencyError              (stream, version) already taken; retried inside
     │   ├── IntegrityError                a row breaks the hash chain or cannot be decoded
@@ -31,6 +34,8 @@ from __future__ import annotations
 
 __all__ = [
     "ConcurrencyError",
+    "ConsumerError",
+    "ConsumerStartError",
     "GatewayError",
     "GatewayRefusedError",
     "GatewayUnavailableError",
@@ -38,6 +43,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidPaymentRequestError",
     "KplusFSMError",
+    "LeaseLostError",
     "MalformedInputError",
     "OutcomeError",
     "PaymentNotFoundError",
@@ -124,6 +130,29 @@ class OutcomeError(KplusFSMError):
 class PaymentNotFoundError(KplusFSMError, LookupError):
     """
     No payment has that payment id or charge id.
+    """
+
+
+class ConsumerError(KplusFSMError):
+    """
+    A consumer of the event log cannot run as asked.
+    """
+
+
+class ConsumerStartError(ConsumerError, ValueError):
+    """
+    A consumer that does not exist yet was given no starting point: say where it
+    starts (``start="beginning"``, ``"now"``, an event position or a time), so
+    that a new consumer never replays all of history by accident.
+    """
+
+
+class LeaseLostError(ConsumerError):
+    """
+    The runner no longer holds the lease it worked under (it expired, or another
+    runner took it): its position was not advanced and its transaction, if any,
+    was rolled back. Nothing it handled since its last advance is lost; the new
+    holder handles those events again.
     """
 
 

@@ -604,7 +604,7 @@ class ConsumerContract(_ContractBase):
         request(tracker, "pay-1")
         snapshot(tracker, "pay-1", "chrg_1", "pending")
         seen: list[int] = []
-        consumer = tracker.consumer("audit")
+        consumer = tracker.consumer("audit", start="beginning")
         assert consumer.process(lambda e: seen.append(e.position)) == 2
         assert seen == [1, 2]
         assert store.consumer_position("audit") == 2
@@ -687,7 +687,183 @@ class ImportContract(_ContractBase):
         assert store.verify().ok
 
 
+class OperationsContract(_ContractBase):
+    """Leases, leased consumers, unresolved hints, the reconciliation queue, orders."""
+
+    T0 = "2026-01-01T00:00:00.000000Z"
+    T1 = "2026-01-01T00:00:10.000000Z"
+    T2 = "2026-01-01T00:00:40.000000Z"
+
+    def test_one_holder_at_a_time_and_takeover_after_expiry(self, store: Store) -> None:
+        a = store.acquire_lease("job", "a", now=self.T0, expires_at=self.T1)
+        assert a is not None
+        assert a.token == 1
+        assert store.acquire_lease("job", "b", now=self.T0, expires_at=self.T2) is None
+        again = store.acquire_lease("job", "a", now=self.T0, expires_at=self.T2)
+        assert again is not None
+        assert again.token == 1
+        b = store.acquire_lease("job", "b", now=self.T2, expires_at="2026-01-01T00:01:00.000000Z")
+        assert b is not None
+        assert b.token == 2
+        assert not store.lease_valid(again, now=self.T2)
+        assert (
+            store.renew_lease(again, now=self.T2, expires_at="2026-01-02T00:00:00.000000Z") is None
+        )
+        assert store.lease_valid(b, now=self.T2)
+
+    def test_release_lets_another_take_it_at_once(self, store: Store) -> None:
+        a = store.acquire_lease("job", "a", now=self.T0, expires_at=self.T2)
+        assert a is not None
+        store.release_lease(a, now=self.T1)
+        b = store.acquire_lease("job", "b", now=self.T1, expires_at=self.T2)
+        assert b is not None
+        assert b.token == 2
+        held = store.lease("job")
+        assert held is not None
+        assert held.holder == "b"
+
+    def test_fenced_advance_refuses_a_lost_lease(self, store: Store, tracker: Tracker) -> None:
+        from kplus_fsm.exceptions import LeaseLostError
+
+        request(tracker, "pay-1")
+        a = store.acquire_lease("consumer:c", "a", now=self.T0, expires_at=self.T1)
+        assert a is not None
+        assert store.create_consumer("c", 0, now=self.T0)
+        assert not store.create_consumer("c", 5, now=self.T0)  # exists: unchanged
+        store.advance_consumer("c", 1, now=self.T0, lease=a)
+        assert store.consumer_position("c") == 1
+        b = store.acquire_lease(
+            "consumer:c", "b", now=self.T2, expires_at="2026-01-02T00:00:00.000000Z"
+        )
+        assert b is not None
+        with pytest.raises(LeaseLostError):
+            store.advance_consumer("c", 7, now=self.T2, lease=a)
+        assert store.consumer_position("c") == 1
+
+    def test_new_consumer_starts_where_told(
+        self, store: Store, tracker: Tracker, clock: FakeClock
+    ) -> None:
+        from kplus_fsm.exceptions import ConsumerStartError
+
+        request(tracker, "pay-1")
+        snapshot(tracker, "pay-1", "chrg_1", "pending")
+        clock.advance(minutes=5)
+        middle = clock()
+        request(tracker, "pay-2")
+        with pytest.raises(ConsumerStartError):
+            tracker.consumer("nostart").process(lambda _e: None)
+        assert not store.consumer_exists("nostart")
+        seen: dict[str, list[str]] = {"now": [], "time": [], "all": []}
+        tracker.consumer("from-now", start="now").process(lambda e: seen["now"].append(e.stream))
+        tracker.consumer("from-time", start=middle).process(lambda e: seen["time"].append(e.stream))
+        tracker.consumer("all", start="beginning").process(lambda e: seen["all"].append(e.stream))
+        assert seen == {"now": [], "time": ["pay-2"], "all": ["pay-1", "pay-1", "pay-2"]}
+        snapshot(tracker, "pay-2", "chrg_2", "pending")
+        tracker.consumer("from-now").process(lambda e: seen["now"].append(e.stream))
+        assert seen["now"] == ["pay-2"]
+
+    def test_a_consumer_busy_elsewhere_returns_at_once(
+        self, store: Store, tracker: Tracker
+    ) -> None:
+        request(tracker, "pay-1")
+        other = tracker.consumer("ship", start="beginning")
+        assert other.acquire()
+        handled: list[int] = []
+        assert tracker.consumer("ship").process(lambda e: handled.append(e.position)) == 0
+        assert handled == []
+        other.release()
+        assert tracker.consumer("ship").process(lambda e: handled.append(e.position)) == 1
+
+    def test_in_transaction_work_of_a_fenced_runner_commits_nothing(
+        self, store: Store, tracker: Tracker, clock: FakeClock
+    ) -> None:
+        from kplus_fsm.exceptions import LeaseLostError
+
+        request(tracker, "pay-1")
+        slow = tracker.consumer("books", start="beginning", lease_ttl=dt.timedelta(seconds=10))
+        assert slow.acquire()
+
+        def handler(_event: Any, _handle: Any) -> None:
+            clock.advance(seconds=11)  # the runner stalls past its lease while it works
+
+        with pytest.raises(LeaseLostError):
+            slow._batch_in_transaction(handler, 10)
+        assert store.consumer_position("books") == 0
+        thief = tracker.consumer("books")
+        assert thief.acquire()
+        assert thief.fencing_token == 2
+
+    def test_unresolved_hints_follow_reads(self, store: Store, tracker: Tracker) -> None:
+        request(tracker, "pay-1")
+        snapshot(tracker, "pay-1", "chrg_1", "pending", origin="create_response")
+        hook = webhook_json(
+            charge_json(payment_id="pay-1", charge_id="chrg_1", status="successful"),
+            event_id="evnt_1",
+        )
+        accepted = tracker.record_webhook(hook, apply_payload=False)
+        (hint,) = store.unresolved_hints()
+        assert (hint.inbox_id, hint.charge_id, hint.payment_id, hint.event_id) == (
+            accepted.inbox_id,
+            "chrg_1",
+            "pay-1",
+            "evnt_1",
+        )
+        assert store.unresolved_hints(after=accepted.inbox_id) == []
+        assert store.unresolved_hints(charge_id="chrg_other") == []
+        dup = tracker.record_webhook(hook, apply_payload=False)
+        assert dup.outcome.value == "duplicate"
+        assert len(store.unresolved_hints()) == 1  # a duplicate is the same hint
+        snapshot(tracker, "pay-1", "chrg_1", "successful", origin="refetch")
+        assert store.unresolved_hints() == []
+
+    def test_reconcile_queue_least_recently_checked_first(
+        self, store: Store, tracker: Tracker
+    ) -> None:
+        from kplus_fsm._ops import Check
+
+        for pid in ("pay-a", "pay-b", "pay-c"):
+            request(tracker, pid)
+        args = {"now": "2030-01-01T00:00:00Z", "cutoff": "2030-01-01T00:00:00.000000Z", "limit": 10}
+        first = [p.payment_id for p in store.reconcile_candidates(**args)]
+        assert first == ["pay-a", "pay-b", "pay-c"]
+        store.note_checks([Check(payment_id="pay-a", next_at=self.T0)], now=self.T1)
+        assert [p.payment_id for p in store.reconcile_candidates(**args)] == [
+            "pay-b",
+            "pay-c",
+            "pay-a",
+        ]
+        store.finish_checks([Check(payment_id="pay-a", next_at="2031-01-01T00:00:00.000000Z")])
+        assert store.check_attempts(["pay-a", "pay-b"]) == {"pay-a": 1, "pay-b": 0}
+        resting = store.reconcile_candidates(**args, stored_now="2030-06-01T00:00:00.000000Z")
+        assert [p.payment_id for p in resting] == ["pay-b", "pay-c"]
+
+    def test_orders_and_their_attempts(self, store: Store, tracker: Tracker) -> None:
+        tracker.request_payment(
+            payment_id="o-1.1", amount=10_000, return_uri=RETURN_URI, order_ref="o-1"
+        )
+        tracker.record_charge(
+            charge_json(payment_id="o-1.1", charge_id="chrg_o1", status="failed"), origin="poll"
+        )
+        second = tracker.request_payment(
+            payment_id="o-1.2", amount=10_000, return_uri=RETURN_URI, order_ref="o-1"
+        )
+        assert second.outcome.value == "applied"
+        busy = tracker.request_payment(
+            payment_id="o-1.3", amount=10_000, return_uri=RETURN_URI, order_ref="o-1"
+        )
+        assert busy.outcome.value == "rejected"
+        assert "attempt in progress: o-1.2" in busy.reason
+        attempts = store.payments_for_order("o-1")
+        assert [(p.payment_id, p.order_ref) for p in attempts] == [
+            ("o-1.1", "o-1"),
+            ("o-1.2", "o-1"),
+        ]
+        assert store.get("o-1.2") == attempts[1]
+        assert tracker.replay().ok
+
+
 class StoreContract(
+    OperationsContract,
     AtomicityContract,
     AppendOnlyContract,
     HashChainContract,

@@ -246,11 +246,18 @@ class TestReadOnly:
         """A log from before 0002_views is read as it is (no views, no migration)."""
         edit(
             world,
+            "DROP VIEW unresolved_hints",
+            "DROP VIEW orders_paid_twice",
             "DROP VIEW timeline",
             "DROP VIEW stuck_payments",
             "DROP VIEW anomalies",
             "DROP VIEW webhook_lag",
             "DROP VIEW payment_stats",
+            "DROP INDEX payments_order",
+            "ALTER TABLE payments DROP COLUMN order_ref",
+            "DROP TABLE leases",
+            "DROP TABLE reconcile_checks",
+            "DELETE FROM _sqlite_migrations WHERE name = '0003_followup'",
             "DROP INDEX payments_created",
             "DROP INDEX inbox_kind",
             "DROP INDEX events_kind",
@@ -415,8 +422,13 @@ class TestAnomalies:
             ("create_unknown", "order-timeout"),
             ("unknown", None),
             ("malformed", None),
+            # Payloads applied with no read of the charge after them (no API key here).
+            ("unresolved_hint", "order-paid"),
+            ("unresolved_hint", "order-declined"),
+            ("unresolved_hint", "order-conflict"),
         }
         assert out["by_category"]["malformed"] == 2
+        assert out["by_category"]["unresolved_hint"] == 3
         assert out["count"] == len(out["anomalies"]) == sum(out["by_category"].values())
         for a in out["anomalies"]:
             assert a["at"]
@@ -434,10 +446,11 @@ class TestAnomalies:
             "conflict",
             "create_unknown",
             "malformed",
+            "unresolved_hint",  # the conflicting payload: no read of its charge since
         }
         res = run("anomalies", "--limit", "2", "--db", str(world))
         assert res.exit_code == 0
-        assert "2 of 10 anomalies" in res.output
+        assert "2 of 13 anomalies" in res.output
         assert "no anomalies since" in run("anomalies", "--since", "now", "--db", str(world)).output
 
 
@@ -570,7 +583,7 @@ class TestVerifyAndCheckpoint:
         res = run("checkpoint", "--db", str(world), "--json")
         cp = json.loads(res.stdout)
         assert set(cp) == set(_queries.CHECKPOINT_KEYS)
-        assert cp["schema_version"] == "0002_views"
+        assert cp["schema_version"] == "0003_followup"
         file = tmp_path / "cp.json"
         file.write_text(res.stdout, encoding="utf-8")
         with Tracker(world, clock=FakeClock(T0 + dt.timedelta(hours=2))) as t:
@@ -733,7 +746,15 @@ class TestViews:
             r["name"]
             for r in view_rows(world, "SELECT name FROM sqlite_master WHERE type = 'view'")
         }
-        assert names == {"timeline", "stuck_payments", "anomalies", "webhook_lag", "payment_stats"}
+        assert names == {
+            "timeline",
+            "stuck_payments",
+            "anomalies",
+            "webhook_lag",
+            "payment_stats",
+            "unresolved_hints",
+            "orders_paid_twice",
+        }
         assert run_json("verify", "--db", str(world))["ok"] is True
 
     @pytest.mark.parametrize("pid", ["order-paid", "order-pending", "order-late", "order-timeout"])
@@ -769,7 +790,9 @@ class TestViews:
         view = {
             r["inbox_id"]: r["category"]
             for r in view_rows(
-                world, "SELECT inbox_id, category FROM anomalies WHERE position IS NULL"
+                world,
+                "SELECT inbox_id, category FROM anomalies"
+                " WHERE position IS NULL AND category != 'unresolved_hint'",
             )
         }
         conn = sqlite3.connect(f"file:{world}?mode=ro", uri=True)

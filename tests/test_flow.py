@@ -28,6 +28,7 @@ class ScriptedAPI:
         self.creates: list[Answer] = []
         self.reads: dict[str, list[Answer]] = {}
         self.searches: list[Answer] = []
+        self.listings: list[list[Mapping[str, Any]] | Exception] = []
 
     def _next(self, queue: list[Answer], default: Answer) -> Any:
         answer = queue.pop(0) if queue else default
@@ -46,6 +47,13 @@ class ScriptedAPI:
     def find_charge(self, payment_id: str) -> Mapping[str, Any] | None:
         self.calls.append(("find", payment_id))
         return self._next(self.searches, None)  # type: ignore[no-any-return]
+
+    def charges_created(self, *, since: dt.datetime, until: dt.datetime) -> list[Mapping[str, Any]]:
+        self.calls.append(("list", (since, until)))
+        answer = self.listings.pop(0) if self.listings else []
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     def count(self, kind: str) -> int:
         return sum(1 for c in self.calls if c[0] == kind)
@@ -157,21 +165,77 @@ class TestCreate:
         assert info.value.inbox_id == 1
         assert api.calls == []
 
-    def test_unknown_retry_waits_then_searches_then_creates(self, env: Env) -> None:
-        """After an unknown outcome, a retry searches; it creates again only when old enough."""
+    def test_unknown_retry_never_posts_again(self, env: Env) -> None:
+        """After an unknown outcome, a retry looks for the charge; it never posts again."""
         t, api, clock = env
         api.creates.append(GatewayUnavailableError("timeout"))
         with t:
             t.create_charge(api, **REQ)
             deferred = t.create_charge(api, **REQ)
-            assert deferred.status is Status.CREATED
-            assert api.count("create") == 1
+            assert (deferred.outcome, deferred.status) == (Outcome.UNKNOWN, Status.CREATED)
             clock.advance(minutes=16)
-            api.creates.append(_pending())
-            created = t.create_charge(api, **REQ)
-        assert created.status is Status.PENDING
-        assert api.count("create") == 2
+            later = t.create_charge(api, **REQ)
+            assert later.status is Status.CREATED  # one look after the grace: not enough
+        assert api.count("create") == 1
         assert api.count("find") == 3
+        assert api.count("list") == 3
+
+    def test_listing_finds_what_search_misses(self, env: Env) -> None:
+        """Metadata not indexed (or a lagging index): the listing by creation time finds it."""
+        t, api, _ = env
+        api.creates.append(GatewayUnavailableError("timeout"))
+        api.listings.append([_pending(), charge_json(payment_id="other", amount=25_000)])
+        with t:
+            result = t.create_charge(api, **REQ)
+        assert result.status is Status.PENDING
+        assert api.count("create") == 1
+
+    def test_settled_as_not_created_after_grace_and_two_looks(self, env: Env) -> None:
+        """Two empty looks after the grace period, 60 s apart, settle the create as never made."""
+        t, api, clock = env
+        api.creates.append(GatewayUnavailableError("timeout"))
+        with t:
+            t.create_charge(api, **REQ)
+            clock.advance(minutes=15, seconds=1)
+            first = t.create_charge(api, **REQ)
+            assert first.status is Status.CREATED
+            clock.advance(seconds=30)
+            too_soon = t.create_charge(api, **REQ)
+            assert too_soon.status is Status.CREATED  # the looks must be 60 s apart
+            clock.advance(seconds=31)
+            settled = t.create_charge(api, **REQ)
+            assert (settled.outcome, settled.status) == (Outcome.APPLIED, Status.FAILED)
+            payment = t.get("order-9")
+            assert payment.failure_code == "not_created"
+            assert [e.kind for e in settled.events] == ["charge.not_created"]
+            evidence = settled.events[0].data["evidence"]
+            looks = [e for e in t.timeline("order-9") if e.kind == "charge_lookup"]
+            assert evidence == [looks[1].inbox_id, looks[3].inbox_id]
+        assert api.count("create") == 1
+
+    def test_a_look_that_fails_is_no_evidence(self, env: Env) -> None:
+        """A search or listing that fails records nothing: 'no answer' is not 'not found'."""
+        t, api, clock = env
+        api.creates.append(GatewayUnavailableError("timeout"))
+        with t:
+            t.create_charge(api, **REQ)
+            for _ in range(3):
+                clock.advance(minutes=16)
+                api.listings.append(GatewayUnavailableError("503", http_status=503))
+                assert t.create_charge(api, **REQ).status is Status.CREATED
+            looks = [e for e in t.timeline("order-9") if e.kind == "charge_lookup"]
+        assert len(looks) == 1  # only the look right after the timeout answered
+        assert api.count("create") == 1
+
+    def test_request_alone_then_create_posts_once(self, env: Env) -> None:
+        """A request recorded by request_payment was never posted: create_charge posts it."""
+        t, api, _ = env
+        api.creates.append(_pending())
+        with t:
+            t.request_payment(**REQ)
+            result = t.create_charge(api, **REQ)
+        assert result.status is Status.PENDING
+        assert api.count("create") == 1
 
 
 class TestReconcile:
@@ -205,6 +269,60 @@ class TestReconcile:
             assert report.items[0].action == "found"
             assert t.get("order-9").status is Status.SUCCESSFUL
 
+    def test_dead_creates_do_not_block_the_rest(self, env: Env) -> None:
+        """Successive bounded runs reach every due payment: the least recently checked first."""
+        t, api, clock = env
+        with t:
+            for i in range(3):  # creates cut off before any charge existed
+                api.creates.append(GatewayUnavailableError("503", http_status=503))
+                t.create_charge(api, **{**REQ, "payment_id": f"order-dead{i}"})
+            api.creates.append(
+                charge_json(payment_id="order-paid", charge_id="chrg_p", amount=25_000)
+            )
+            t.create_charge(api, **{**REQ, "payment_id": "order-paid"})
+            clock.advance(hours=1)
+            api.reads["chrg_p"] = [
+                charge_json(
+                    payment_id="order-paid", charge_id="chrg_p", amount=25_000, status="successful"
+                )
+            ]
+            seen: list[str] = []
+            for _ in range(3):
+                report = t.reconcile(api, limit=3)
+                seen += [i.payment_id for i in report.items]
+                clock.advance(minutes=2)
+            assert "order-paid" in seen[:4]
+            assert t.get("order-paid").status is Status.SUCCESSFUL
+
+    def test_dead_create_settles_without_any_command_but_reconcile(self, env: Env) -> None:
+        """Reconciliation settles a create that never reached Omise, after the grace period."""
+        t, api, clock = env
+        api.creates.append(GatewayUnavailableError("503", http_status=503))
+        with t:
+            t.create_charge(api, **REQ)
+            actions: list[str] = []
+            for _ in range(20):
+                clock.advance(minutes=2)
+                actions += [i.action for i in t.reconcile(api).items]
+            payment = t.get("order-9")
+        assert (payment.status, payment.failure_code) == (Status.FAILED, "not_created")
+        assert actions[-1] == "not_created"
+        assert "found" not in actions
+        assert api.count("create") == 1
+
+    def test_unchanged_payments_rest(self, env: Env) -> None:
+        """A pending payment found unchanged is not read again at once (backoff)."""
+        t, api, clock = env
+        with t:
+            self._pending_payment(t, api)
+            clock.advance(hours=1)
+            api.reads["chrg_test_9"] = [_pending(), _pending()]
+            assert t.reconcile(api).checked == 1
+            assert t.reconcile(api).checked == 0  # resting
+            clock.advance(minutes=2)
+            assert t.reconcile(api).checked == 1
+        assert api.count("retrieve") == 2
+
     def test_stops_at_429(self, env: Env, tmp_path: Path) -> None:
         """The first 429 ends the run and reports retry_after."""
         t, api, clock = env
@@ -235,10 +353,15 @@ class TestReconcile:
                     charge_json(payment_id=pid, charge_id=f"chrg_test_l{i}", amount=25_000)
                 )
                 t.create_charge(api, **{**REQ, "payment_id": pid})
+                api.reads[f"chrg_test_l{i}"] = [
+                    charge_json(payment_id=pid, charge_id=f"chrg_test_l{i}", amount=25_000)
+                ]
                 clock.advance(seconds=1)
             clock.advance(hours=1)
             report = t.reconcile(api, limit=2)
-        assert [i.payment_id for i in report.items] == ["order-l0", "order-l1"]
+            assert [i.payment_id for i in report.items] == ["order-l0", "order-l1"]
+            again = t.reconcile(api, limit=2)
+        assert [i.payment_id for i in again.items] == ["order-l2", "order-l3"]
 
     def test_errors_are_counted_not_raised(self, env: Env) -> None:
         """A 5xx on one read is reported; the run goes on."""

@@ -13,12 +13,14 @@ from hypothesis import strategies as st
 from kplus_fsm import (
     CHARGE_EVENT_KEYS,
     TRANSITIONS,
+    ChargeLookup,
     ChargeSnapshot,
     ChargeView,
     CreateError,
     CreateUnknown,
     Decision,
     Input,
+    NotCreated,
     Origin,
     Outcome,
     Payment,
@@ -64,6 +66,8 @@ _NO_PAYMENT: Row = {
     "hint_failed": (R, None, ()),
     "hint_expired": (R, None, ()),
     "unknown_status": (R, None, ()),
+    "lookup_empty": (R, None, ()),
+    "not_created": (R, None, ()),
 }
 _CREATED: Row = {
     "request": (D, "created", ()),
@@ -78,6 +82,8 @@ _CREATED: Row = {
     "hint_failed": (A, "failed", (WA, "charge.failed")),
     "hint_expired": (A, "expired", (WA, "charge.expired")),
     "unknown_status": (U, "created", ()),
+    "lookup_empty": (U, "created", ()),
+    "not_created": (A, "failed", ("charge.not_created",)),
 }
 _PENDING: Row = {
     "request": (D, "pending", ()),
@@ -92,6 +98,8 @@ _PENDING: Row = {
     "hint_failed": (A, "failed", (WA, "charge.failed")),
     "hint_expired": (A, "expired", (WA, "charge.expired")),
     "unknown_status": (U, "pending", ()),
+    "lookup_empty": (S, "pending", ()),
+    "not_created": (S, "pending", ()),
 }
 _SUCCESSFUL: Row = {
     "request": (D, "successful", ()),
@@ -106,6 +114,8 @@ _SUCCESSFUL: Row = {
     "hint_failed": (C, "successful", (WA,)),
     "hint_expired": (C, "successful", (WA,)),
     "unknown_status": (U, "successful", ()),
+    "lookup_empty": (S, "successful", ()),
+    "not_created": (S, "successful", ()),
 }
 _FAILED: Row = {
     "request": (D, "failed", ()),
@@ -120,6 +130,8 @@ _FAILED: Row = {
     "hint_failed": (D, "failed", (WA,)),
     "hint_expired": (C, "failed", (WA,)),
     "unknown_status": (U, "failed", ()),
+    "lookup_empty": (S, "failed", ()),
+    "not_created": (S, "failed", ()),
 }
 _EXPIRED: Row = {
     "request": (D, "expired", ()),
@@ -134,6 +146,8 @@ _EXPIRED: Row = {
     "hint_failed": (C, "expired", (WA,)),
     "hint_expired": (D, "expired", (WA,)),
     "unknown_status": (U, "expired", ()),
+    "lookup_empty": (S, "expired", ()),
+    "not_created": (S, "expired", ()),
 }
 EXPECTED: dict[str | None, Row] = {
     None: _NO_PAYMENT,
@@ -205,6 +219,10 @@ def input_for(signal: Signal) -> Input:
         return CreateError.from_json(error_json("invalid_charge", "bad"), http_status=400)
     if signal is Signal.UNKNOWN_STATUS:
         return snapshot("reversed", Origin.POLL)
+    if signal is Signal.LOOKUP_EMPTY:
+        return ChargeLookup(payment_id=PID, methods=("search", "list"))
+    if signal is Signal.NOT_CREATED:
+        return NotCreated(payment_id=PID, reason="no charge found twice", evidence=(3, 5))
     if kind == "read":
         return snapshot(status, Origin.REFETCH)
     assert kind == "hint"

@@ -40,8 +40,8 @@ def world(tmp_path: Path) -> Path:
     path = tmp_path / "kplus.db"
     build_world(path)
     with Tracker(path, clock=FakeClock()) as tracker:
-        tracker.consumer("mailer").process(lambda _e: None, limit=7)
-        tracker.consumer("shipper").process(lambda _e: None)
+        tracker.consumer("mailer", start="beginning").process(lambda _e: None, limit=7)
+        tracker.consumer("shipper", start="beginning").process(lambda _e: None)
     return path
 
 

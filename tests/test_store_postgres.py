@@ -93,7 +93,7 @@ class TestSchema:
 
     def test_same_schema_version_and_views_as_sqlite(self, pg_url: str, tmp_path: Path) -> None:
         with PostgresStore(pg_url) as pg, SQLiteStore(tmp_path / "x.db") as lite:
-            assert pg.verify().schema_version == lite.verify().schema_version == "0002_views"
+            assert pg.verify().schema_version == lite.verify().schema_version == "0003_followup"
             views = {
                 r[0]
                 for r in raw(
@@ -109,7 +109,7 @@ class TestSchema:
     def test_reopening_applies_nothing_twice(self, pg_url: str) -> None:
         PostgresStore(pg_url).close()
         with PostgresStore(pg_url) as store:
-            assert store.applied() == ["0001_initial", "0002_views"]
+            assert store.applied() == ["0001_initial", "0002_views", "0003_followup"]
 
     def test_newer_schema_is_refused(self, pg_url: str) -> None:
         PostgresStore(pg_url).close()
@@ -384,7 +384,7 @@ class TestPrivileges:
         with Tracker(roles["kplus_app"], clock=FakeClock()) as tracker:
             request(tracker, "pay-1")
             snapshot(tracker, "pay-1", "chrg_1", "pending")
-            assert tracker.consumer("mailer").process(lambda _e: None) == 2
+            assert tracker.consumer("mailer", start="beginning").process(lambda _e: None) == 2
             assert tracker.verify().ok
         for sql in (
             "UPDATE inbox SET reason = 'x'",
@@ -419,7 +419,7 @@ class TestExactlyOnceConsumer:
         with Tracker(PostgresStore(pg_url), clock=FakeClock()) as tracker:
             request(tracker, "pay-1")
             snapshot(tracker, "pay-1", "chrg_1", "successful")
-            consumer = tracker.consumer("shipping")
+            consumer = tracker.consumer("shipping", start="beginning")
 
             def ship(event: Any, conn: Any) -> None:
                 if event.kind == "charge.successful":

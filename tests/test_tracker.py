@@ -499,7 +499,7 @@ class TestConsumer:
     """Consumers: at-least-once process, exactly-once process_in_transaction."""
 
     def test_process_is_at_least_once(self, tracker: Tracker, three_events: None) -> None:
-        consumer = tracker.consumer("mailer")
+        consumer = tracker.consumer("mailer", start="beginning")
         handled: list[int] = []
 
         def flaky(event: StoredEvent) -> None:
@@ -519,7 +519,7 @@ class TestConsumer:
         assert consumer.process(lambda e: again.append(e.position)) == 0
 
     def test_process_limit(self, tracker: Tracker, three_events: None) -> None:
-        consumer = tracker.consumer("mailer")
+        consumer = tracker.consumer("mailer", start="beginning")
         assert consumer.process(lambda _e: None, limit=2) == 2
         assert consumer.position == 2
         assert [e.position for e in consumer.pending(limit=5)] == [3]
@@ -528,8 +528,8 @@ class TestConsumer:
         with Tracker(db_path, clock=clock) as first:
             request(first, "pay-1")
             snapshot(first, "pay-1", "chrg_1", "pending")
-            assert first.consumer("a").process(lambda _e: None, limit=1) == 1
-            assert first.consumer("b").process(lambda _e: None) == 2
+            assert first.consumer("a", start="beginning").process(lambda _e: None, limit=1) == 1
+            assert first.consumer("b", start="beginning").process(lambda _e: None) == 2
         with Tracker(db_path, clock=clock) as second:
             assert second.consumer("a").position == 1
             assert second.consumer("b").position == 2
@@ -548,7 +548,7 @@ class TestConsumer:
     def test_in_transaction_rolls_back_both(
         self, tracker: Tracker, db_path: Path, shipments_table: None
     ) -> None:
-        consumer = tracker.consumer("shipper")
+        consumer = tracker.consumer("shipper", start="beginning")
 
         def handler(event: StoredEvent, db: sqlite_utils.Database) -> None:
             db.table("shipments").insert({"position": event.position, "kind": event.kind})
@@ -563,7 +563,7 @@ class TestConsumer:
     def test_in_transaction_commits_both(
         self, tracker: Tracker, db_path: Path, shipments_table: None
     ) -> None:
-        consumer = tracker.consumer("shipper")
+        consumer = tracker.consumer("shipper", start="beginning")
 
         def handler(event: StoredEvent, db: sqlite_utils.Database) -> None:
             db.table("shipments").insert({"position": event.position, "kind": event.kind})

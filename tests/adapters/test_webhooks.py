@@ -292,7 +292,7 @@ class TestRecording:
         result = intake_for(tracker, api).handle(body, signed(body))
         assert result.status == 200
         assert result.refetch is None
-        assert "reconciliation will settle it" in result.reason
+        assert "the follow-up re-fetches it" in result.reason
         assert last_inbox(tracker).id == result.inbox_id
         assert last_inbox(tracker).kind == "webhook"
         assert tracker.get(PID).status is Status.PENDING
@@ -330,7 +330,7 @@ class TestRecording:
         body = event("successful")
         result = intake_for(tracker, api).handle(body, signed(body))
         assert result.status == 200
-        assert "reconciliation will settle it" in result.reason
+        assert "the follow-up re-fetches it" in result.reason
 
     @pytest.mark.parametrize(
         "body",
