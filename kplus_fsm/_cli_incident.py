@@ -551,8 +551,7 @@ def stats_cmd(db: str, since: str | None, as_json: bool) -> None:
     click.echo(
         f"follow-up     {hints['count']:,} unresolved webhook hints"
         + (
-            f" (oldest {_short_time(hints['oldest_at'])}, "
-            f"{_duration(hints['oldest_age_seconds'])} ago)"
+            f" (the oldest received {_short_time(hints['oldest_at'])})"
             if hints["oldest_at"]
             else ""
         )

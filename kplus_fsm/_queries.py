@@ -289,7 +289,7 @@ def anomalies(
     # NULLs last, on both databases (PostgreSQL sorts NULLs first when descending).
     rows = store.query(
         f"SELECT * FROM ({sql}) AS a"
-        " ORDER BY inbox_id DESC, position IS NULL, position DESC LIMIT ?",
+        " ORDER BY inbox_id DESC, position IS NULL, position DESC, category LIMIT ?",
         [*params, limit],
     )
     counts = store.query(
@@ -413,7 +413,11 @@ def stats(
             "rejected": hooks.get("rejected", 0),
             "rejection_rate": _rate(hooks.get("rejected", 0), n_hooks),
         },
-        "unresolved_hints": unresolved_summary(store, now=now or utc_now()),
+        "unresolved_hints": {
+            k: v
+            for k, v in unresolved_summary(store, now=now or utc_now()).items()
+            if k != "oldest_age_seconds"  # stats read the log only, not the clock
+        },
         "orders_paid_twice": int(
             store.query(f"SELECT count(*) FROM ({PAID_TWICE_ORDERS}) AS o")[0][0]
         ),

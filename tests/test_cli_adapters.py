@@ -266,7 +266,7 @@ class TestPay:
 
 
 class TestUnknownOutcome:
-    """The create's answer is lost and the search fails: reconcile settles it."""
+    """The create's answer is lost and the look (search, listing) fails: reconcile settles it."""
 
     def test_pay_then_reconcile(self, fake: Process, api: httpx.Client, tmp_path: Path) -> None:
         """pay exits 1 with create_unknown; reconcile finds the one charge: pending."""
@@ -274,6 +274,7 @@ class TestUnknownOutcome:
         for fault in (
             {"route": "POST /charges", "kind": "commit_then_drop"},
             {"route": "GET /search", "kind": "error", "status": 400, "code": "bad_request"},
+            {"route": "GET /charges", "kind": "error", "status": 400, "code": "bad_request"},
         ):
             assert api.post("/_fake/faults", json=fault).status_code == 200
         paid = pay(db, "cli-limbo", fake.url)
@@ -427,7 +428,7 @@ class TestServe:
                 for e in tracker.timeline("cli-hooked")
                 if e.type == "input"
             ]
-            assert inputs[0] == ("payment_request", "merchant", "applied", "not_applicable")
+            assert inputs[0] == ("payment_request", "create_charge", "applied", "not_applicable")
             # pay's answer and the charge.create webhook (re-fetched) race: any order.
             first = inputs[1:4]
             assert sorted((kind, str(origin)) for kind, origin, _, _ in first) == [

@@ -186,7 +186,9 @@ class TestViews:
             " FROM timeline ORDER BY payment_id, inbox_id, position IS NOT NULL, position",
             "SELECT payment_id, status, reason FROM stuck_payments ORDER BY payment_id",
             "SELECT at, category, payment_id, inbox_id, position, reason FROM anomalies"
-            " ORDER BY inbox_id, position IS NOT NULL, position",
+            " ORDER BY inbox_id, position IS NOT NULL, position, category",
+            "SELECT inbox_id, payment_id, charge_id, event_id, verification FROM unresolved_hints"
+            " ORDER BY inbox_id",
             "SELECT payment_id, completion, via, lag_seconds FROM webhook_lag ORDER BY payment_id",
             "SELECT status, failure_code, payments, amount FROM payment_stats"
             " ORDER BY status, failure_code",
