@@ -89,6 +89,7 @@ from kplus_fsm.exceptions import (
     KplusFSMError,
     StoreError,
 )
+from kplus_fsm.failpoints import failpoint
 
 from .omise import DEFAULT_BASE_URL, OmiseClient
 from .signatures import DEFAULT_TOLERANCE, decode_secret, verify_signature
@@ -316,6 +317,7 @@ class WebhookIntake:
             )
         except StoreError as exc:
             return self._unrecorded(exc)
+        failpoint("intake.after_record")
         if self.client is None:
             return self._answer(result)
         return self._refetch(result, body, only_unresolved=result.outcome is Outcome.DUPLICATE)
@@ -433,6 +435,7 @@ class WebhookIntake:
         finally:
             if self.observer is not None:
                 self.observer.refetched(seconds=time.perf_counter() - started, error=error)
+        failpoint("intake.before_refetch_record")
         try:
             refetched = self._locked(lambda: self.tracker.record_charge(charge, origin="refetch"))
         except (InvalidInputError, StoreError) as exc:
@@ -444,6 +447,7 @@ class WebhookIntake:
                 charge_id,
                 f"the re-fetched charge {charge_id} was not applied ({type(exc).__name__})",
             )
+        failpoint("intake.after_refetch_record")
         return self._answer(result, refetch=refetched)
 
     def _unresolved(self, result: Result, charge_id: str, what: str) -> IntakeResult:

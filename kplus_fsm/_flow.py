@@ -45,6 +45,7 @@ from ._model import InputKind, Origin, Outcome, Payment, PaymentRequest, Status
 from ._ops import Check
 from ._time import format_time, parse_time
 from .exceptions import GatewayError, GatewayRefusedError, GatewayUnavailableError
+from .failpoints import failpoint
 
 if TYPE_CHECKING:
     from ._ports import ChargeAPI
@@ -295,6 +296,7 @@ def create_charge(
         rows = tracker.store.inbox_for(payment.payment_id)
         if create_history(rows, payment, before=requested.inbox_id).posted:
             return _settle_earlier(tracker, api, payment, requested, grace=grace)
+    failpoint("create.after_request")
     try:
         charge = api.create_charge(charge_params(payment.request()))
     except GatewayRefusedError as exc:
@@ -307,6 +309,7 @@ def create_charge(
         if settled is not None and settled.outcome is not Outcome.UNKNOWN:
             return settled
         return unknown
+    failpoint("create.after_post")
     return tracker.record_charge(
         charge, origin=Origin.CREATE_RESPONSE, payment_id=payment.payment_id
     )

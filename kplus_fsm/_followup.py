@@ -40,6 +40,7 @@ from ._model import Origin, StoredEvent
 from ._ops import Lease, UnresolvedHint, holder_id
 from ._time import format_time, parse_time
 from .exceptions import GatewayError, GatewayUnavailableError, KplusFSMError, StoreError
+from .failpoints import failpoint
 
 if TYPE_CHECKING:
     from ._flow import ReconcileReport
@@ -272,6 +273,7 @@ class FollowUp(_Leased):
             if not self.tracker.unresolved_hints(charge_id=hint.charge_id, limit=1):
                 return None  # resolved meanwhile (a redelivery, the reconciler)
             charge = self.api.retrieve_charge(hint.charge_id)
+            failpoint("followup.before_record")
             self.tracker.record_charge(charge, origin=Origin.REFETCH, payment_id=hint.payment_id)
         except (GatewayError, KplusFSMError) as exc:
             log.warning(

@@ -1,0 +1,81 @@
+"""
+Failpoints: named places in the code where a test can make the process die,
+raise or stall, to prove that a crash between any two writes is safe (as
+FoundationDB's and TiKV's failpoints do). Off unless armed: the environment
+variable ``KPLUS_FSM_FAILPOINTS`` is read once, at import, and never by
+production code paths otherwise; an unarmed failpoint costs one dict lookup.
+
+``KPLUS_FSM_FAILPOINTS="intake.after_record=kill,followup.after_read=sleep:2"``
+
+Actions: ``kill`` (SIGKILL this process at once: no cleanup, no flush, as a
+power cut or the OOM killer would), ``exit`` (``os._exit(3)``), ``raise``
+(:class:`FailpointError`), ``sleep:SECONDS``. A name may carry ``@N`` to fire
+only on its N-th hit (``intake.after_record@2=kill``).
+
+The failpoints in the code are listed in :data:`FAILPOINTS` (a test checks
+that each one is reachable).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Final
+
+#: Every failpoint in the code base, and where it sits.
+FAILPOINTS: Final = {
+    "intake.after_record": "a delivery is recorded; the re-fetch has not started",
+    "intake.before_refetch_record": "the charge was re-fetched; not yet recorded",
+    "intake.after_refetch_record": "the re-fetched charge is recorded; no answer sent yet",
+    "followup.before_record": "the follow-up read a charge; not yet recorded",
+    "create.after_request": "the write-ahead request is recorded; POST /charges not sent",
+    "create.after_post": "POST /charges answered; the answer is not recorded",
+}
+
+
+class FailpointError(RuntimeError):
+    """Raised by a failpoint armed with ``raise``."""
+
+
+def _parse(text: str) -> dict[str, tuple[str, int | None]]:
+    armed: dict[str, tuple[str, int | None]] = {}
+    for item in text.split(","):
+        name, sep, action = item.strip().partition("=")
+        if not sep:
+            continue
+        name, at, nth = name.partition("@")
+        armed[name.strip()] = (action.strip(), int(nth) if at and nth.isdigit() else None)
+    return armed
+
+
+_ARMED: Final = _parse(os.environ.get("KPLUS_FSM_FAILPOINTS", ""))
+_hits: dict[str, int] = {}
+_lock = threading.Lock()
+
+
+def failpoint(name: str) -> None:
+    """Do what ``name`` is armed to do (nothing, unless a test armed it)."""
+    if not _ARMED:
+        return
+    armed = _ARMED.get(name)
+    if armed is None:
+        return
+    action, nth = armed
+    with _lock:
+        _hits[name] = _hits.get(name, 0) + 1
+        hit = _hits[name]
+    if nth is not None and hit != nth:
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "exit":
+        os._exit(3)
+    elif action == "raise":
+        raise FailpointError(f"failpoint {name} fired")
+    elif action.startswith("sleep:"):
+        time.sleep(float(action.split(":", 1)[1]))
+
+
+__all__ = ["FAILPOINTS", "FailpointError", "failpoint"]
