@@ -161,7 +161,10 @@ class TestSignatures:
         elif case == "bad_timestamp":
             headers["Omise-Signature-Timestamp"] = "yesterday"
         before = len(inbox_rows(tracker))
-        result = intake_for(tracker, api).handle(body, headers)
+        # A genuine but stale (or future) delivery is refused only when nothing
+        # re-fetches the charge: with a client it is a hint (see the next test).
+        client = None if case in ("old", "future") else api
+        result = intake_for(tracker, client).handle(body, headers)
         assert result.status == status
         assert result.outcome == "rejected"
         assert words in result.reason
@@ -176,6 +179,30 @@ class TestSignatures:
         assert row.verification.startswith("failed: ")
         assert row.raw() == body.decode()
         assert tracker.get(PID).status is Status.PENDING
+
+    @pytest.mark.parametrize("skew", [-301, 301, -86_400 * 3])
+    def test_stale_but_signed_is_a_hint_that_is_refetched(
+        self, tracker: Tracker, api: StubAPI, skew: int
+    ) -> None:
+        """Genuine, outside the tolerance, re-fetch on: recorded as a hint, the truth is read."""
+        open_payment(tracker, api)
+        body = event("successful")  # claims success; the API still says pending
+        result = intake_for(tracker, api).handle(body, signed(body, at=NOW + skew))
+        assert (result.status, result.outcome) == (200, "applied")
+        assert api.calls == [CID]
+        assert result.refetch is not None
+        assert tracker.get(PID).status is Status.PENDING
+        row = next(r for r in inbox_rows(tracker) if r.id == result.inbox_id)
+        assert row.verification == "verified_stale"
+        assert tracker.unresolved_hints() == []
+
+    def test_stale_and_forged_is_still_refused(self, tracker: Tracker, api: StubAPI) -> None:
+        """Outside the tolerance and not signed with the secret: refused as before."""
+        open_payment(tracker, api)
+        body = event("successful")
+        result = intake_for(tracker, api).handle(body, signed(body, (OTHER_SECRET,), at=NOW - 999))
+        assert (result.status, result.outcome) == (400, "rejected")
+        assert api.calls == []
 
     def test_within_the_tolerance(self, tracker: Tracker, api: StubAPI) -> None:
         open_payment(tracker, api)
@@ -709,7 +736,16 @@ class TestIntegrationExamples:
         stale = asgi_call(
             app, "POST", "/webhooks/omise", content=body, headers=signed(body, at=NOW - 3600)
         )
-        assert stale.status_code == 400
+        assert stale.status_code == 200  # genuine, an hour old: a duplicate of a resolved hint
+        assert stale.json()["outcome"] == "duplicate"
+        forged = asgi_call(
+            app,
+            "POST",
+            "/webhooks/omise",
+            content=body,
+            headers=signed(body, (OTHER_SECRET,), at=NOW - 3600),
+        )
+        assert forged.status_code == 400
         big = asgi_call(app, "POST", "/webhooks/omise", content=b"x" * (2 << 20))
         assert big.status_code == 413
         assert asgi_call(app, "GET", "/").json() == {"ready": True}
