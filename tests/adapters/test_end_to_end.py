@@ -12,7 +12,6 @@ import base64
 import contextlib
 import datetime as dt
 import json
-import re
 import threading
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
