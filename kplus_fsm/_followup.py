@@ -128,13 +128,22 @@ class FollowUpStats:
 
 @attrs.frozen(kw_only=True)
 class FollowUpReport:
-    """One pass of the follow-up: hints found, re-fetched, failed, and left waiting."""
+    """
+    One pass of the follow-up: hints found, re-fetched, failed, found resolved
+    by someone else meanwhile (a redelivery, the reconciler), and left waiting.
+    """
 
     found: int
     refetched: int
     failed: int
     waiting: int
+    already_resolved: int = 0
     rate_limited: bool = False
+
+
+#: What re-fetching one hint came to, when it did not fail.
+_REFETCHED: Final = "refetched"
+_ALREADY: Final = "already_resolved"
 
 
 class FollowUp(_Leased):
@@ -221,13 +230,16 @@ class FollowUp(_Leased):
             (p for p in self._pending.values() if p.next_try <= now),
             key=lambda p: p.hint.inbox_id,
         )
-        refetched = failed = 0
+        refetched = failed = already = 0
         limited = False
         for start in range(0, len(due), self.concurrency):
             chunk = due[start : start + self.concurrency]
             for item, error in zip(chunk, self._refetch_all(chunk), strict=True):
-                if error is None:
-                    refetched += 1
+                if isinstance(error, str):
+                    if error == _REFETCHED:
+                        refetched += 1
+                    else:
+                        already += 1
                     self._pending.pop(item.hint.charge_id, None)
                     continue
                 failed += 1
@@ -249,6 +261,7 @@ class FollowUp(_Leased):
             refetched=refetched,
             failed=failed,
             waiting=len(self._pending),
+            already_resolved=already,
             rate_limited=limited,
         )
 
@@ -259,19 +272,19 @@ class FollowUp(_Leased):
         )
         self.stats.oldest_unresolved_at = oldest.received_at if oldest is not None else None
 
-    def _refetch_all(self, chunk: Sequence[_Pending]) -> list[BaseException | None]:
+    def _refetch_all(self, chunk: Sequence[_Pending]) -> list[BaseException | str]:
         if len(chunk) == 1 or self.concurrency == 1:
             return [self._refetch(item) for item in chunk]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="kplus-followup")
         return list(self._pool.map(self._refetch, chunk))
 
-    def _refetch(self, item: _Pending) -> BaseException | None:
-        """Re-fetch one hint's charge and record it; the error, or ``None``."""
+    def _refetch(self, item: _Pending) -> BaseException | str:
+        """Re-fetch one hint's charge and record it; the error, or what was done."""
         hint = item.hint
         try:
             if not self.tracker.unresolved_hints(charge_id=hint.charge_id, limit=1):
-                return None  # resolved meanwhile (a redelivery, the reconciler)
+                return _ALREADY  # resolved meanwhile (a redelivery, the reconciler)
             charge = self.api.retrieve_charge(hint.charge_id)
             failpoint("followup.before_record")
             self.tracker.record_charge(charge, origin=Origin.REFETCH, payment_id=hint.payment_id)
@@ -288,7 +301,7 @@ class FollowUp(_Leased):
             log.exception("followup_refetch_crashed", charge_id=hint.charge_id)
             return exc
         log.info("followup_refetched", charge_id=hint.charge_id, inbox_id=hint.inbox_id)
-        return None
+        return _REFETCHED
 
     def run(self, stop: threading.Event, *, poll_interval: float = 2.0) -> None:
         """Run passes until ``stop`` is set (the intake's :meth:`wake` speeds the next one)."""

@@ -12,16 +12,21 @@ power cut or the OOM killer would), ``exit`` (``os._exit(3)``), ``raise``
 (:class:`FailpointError`), ``sleep:SECONDS``. A name may carry ``@N`` to fire
 only on its N-th hit (``intake.after_record@2=kill``).
 
+In process, a test arms one with :func:`armed` (a context manager), usually
+with ``raise``: the exception stands for the process dying at that point.
+
 The failpoints in the code are listed in :data:`FAILPOINTS` (a test checks
 that each one is reachable).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Final
 
 #: Every failpoint in the code base, and where it sits.
@@ -55,6 +60,36 @@ _hits: dict[str, int] = {}
 _lock = threading.Lock()
 
 
+@contextlib.contextmanager
+def armed(name: str, action: str = "raise", *, nth: int | None = None) -> Iterator[None]:
+    """
+    Arm failpoint ``name`` with ``action`` while the block runs (on its ``nth``
+    hit only, if given), in this process.
+
+    Raises:
+        KeyError: ``name`` is not a failpoint of the code base.
+    """
+    if name not in FAILPOINTS:
+        raise KeyError(f"no failpoint named {name!r}")
+    with _lock:
+        previous = _ARMED.get(name)
+        _ARMED[name] = (action, nth)
+        _hits[name] = 0
+    try:
+        yield
+    finally:
+        with _lock:
+            if previous is None:
+                _ARMED.pop(name, None)
+            else:
+                _ARMED[name] = previous
+
+
+def hits(name: str) -> int:
+    """How many times an armed failpoint was reached since it was armed."""
+    return _hits.get(name, 0)
+
+
 def failpoint(name: str) -> None:
     """Do what ``name`` is armed to do (nothing, unless a test armed it)."""
     if not _ARMED:
@@ -78,4 +113,4 @@ def failpoint(name: str) -> None:
         time.sleep(float(action.split(":", 1)[1]))
 
 
-__all__ = ["FAILPOINTS", "FailpointError", "failpoint"]
+__all__ = ["FAILPOINTS", "FailpointError", "armed", "failpoint", "hits"]
