@@ -7,16 +7,137 @@ on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
+import attrs
 import orjson
 
 from . import _codec
-from ._machine import PaymentState, apply_event
-from ._model import EVENT_VERSIONS, Payment
+from ._model import (
+    EVENT_VERSIONS,
+    KNOWN_FAILURE_CODES,
+    STATUS_EVENT,
+    EventKind,
+    Payment,
+    Status,
+)
 from ._store import ReplayDifference, TimelineEntry, VerifyReport
 from .exceptions import IntegrityError
+
+# ----------------------------------------------------------- replay's fast fold
+
+_CHANGE_KINDS: Final = frozenset(STATUS_EVENT.values()) | {EventKind.CHARGE_CORRECTED}
+
+#: A payment's fields as a dict: what :func:`apply_event` folds into.
+PaymentState = dict[str, Any]
+
+_PAYMENT_FIELDS: Final = tuple(a.name for a in attrs.fields(Payment))
+
+
+_STATUSES: Final = {s.value: s for s in Status}
+
+
+def payment_state(payment: Payment) -> PaymentState:
+    """The fields of ``payment`` (``Payment(**payment_state(p)) == p``)."""
+    return {name: getattr(payment, name) for name in _PAYMENT_FIELDS}
+
+
+#: The fields of a payment just requested, before its request's own.
+_NEW_PAYMENT: Final[PaymentState] = payment_state(
+    Payment(payment_id="", status=Status.CREATED, amount=0, currency="", return_uri="")
+)
+
+
+def apply_event(
+    state: PaymentState | None,
+    stream: str,
+    kind: str,
+    data: Mapping[str, Any],
+    version: int,
+    at: str,
+    position: int,
+) -> PaymentState:
+    """
+    Replay's fast copy of :func:`kplus_fsm._machine.evolve`, on a payment's
+    fields: ``state`` (``None`` before the first event) after the event, changed
+    in place, so that replay folds a whole stream into one dict and builds the
+    :class:`Payment` once, at its end. Used by replay only; a property test
+    (``tests/test_audit.py``) checks it agrees with ``evolve`` on any events.
+
+    Raises:
+        IntegrityError: the event does not fit (see :func:`~kplus_fsm._machine.evolve`).
+    """
+    try:
+        return _fold_one(state, stream, kind, data, version, at)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(
+            f"event at position {position} ({kind}) cannot be folded: {exc!r}",
+            table="events",
+            row_id=position,
+        ) from exc
+
+
+def _fold_one(
+    state: PaymentState | None,
+    stream: str,
+    kind: str,
+    data: Mapping[str, Any],
+    version: int,
+    at: str,
+) -> PaymentState:
+    if state is None:
+        if kind != EventKind.PAYMENT_REQUESTED:
+            raise ValueError(f"stream {stream} does not start with payment.requested")
+        return {
+            **_NEW_PAYMENT,
+            "payment_id": data["payment_id"],
+            "amount": data["amount"],
+            "currency": data["currency"],
+            "return_uri": data["return_uri"],
+            "platform_type": data.get("platform_type"),
+            "description": data.get("description"),
+            "metadata": dict(data.get("metadata") or {}),
+            "order_ref": data.get("order_ref"),
+            "version": version,
+            "created_at": at,
+            "updated_at": at,
+        }
+    if kind == EventKind.PAYMENT_REQUESTED:
+        raise ValueError("payment.requested in the middle of a stream")
+    if kind == EventKind.CREATE_UNKNOWN:
+        state["create_unknown"] = True
+    elif kind in (EventKind.CREATE_FAILED, EventKind.NOT_CREATED):
+        state["status"] = Status.FAILED
+        state["failure_code"] = data["code"]
+        state["failure_message"] = data.get("message")
+        state["create_unknown"] = False
+    elif kind == EventKind.WEBHOOK_ACCEPTED:
+        state["webhook_event_ids"] = state["webhook_event_ids"] | {data["event_id"]}
+    elif kind in _CHANGE_KINDS:
+        status = _STATUSES[data["status"]]
+        flags = set(state["flags"])
+        if kind == EventKind.CHARGE_CORRECTED:
+            flags.add("corrected")
+        code = data.get("failure_code")
+        if code is not None and code not in KNOWN_FAILURE_CODES:
+            flags.add("unknown_failure_code")
+        state["status"] = status
+        state["charge_id"] = data["charge_id"]
+        if data.get("livemode") is not None:
+            state["livemode"] = data["livemode"]
+        state["authorize_uri"] = data.get("authorize_uri") or state["authorize_uri"]
+        state["expires_at"] = data.get("expires_at") or state["expires_at"]
+        state["failure_code"] = code
+        state["failure_message"] = data.get("failure_message")
+        state["create_unknown"] = False
+        state["flags"] = frozenset(flags)
+    else:
+        raise ValueError(f"unknown event kind {kind!r}")
+    state["version"] = version
+    state["updated_at"] = at
+    return state
+
 
 #: ``fetch(table, after)``: up to :data:`VERIFY_BATCH` rows of ``table``
 #: (``inbox`` or ``events``) after ``after`` in key order: the hashed columns and

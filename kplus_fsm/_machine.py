@@ -47,6 +47,7 @@ from ._model import (
     CHARGE_STATUSES,
     KNOWN_FAILURE_CODES,
     NOT_CREATED_CODE,
+    RANK,
     STATUS_EVENT,
     ChargeLookup,
     ChargeSnapshot,
@@ -150,11 +151,11 @@ def _status_rules(state: Status) -> dict[Signal, Rule]:
             source = "an authoritative read" if authoritative else "a webhook payload"
             if observed == state:
                 rules[signal] = _keep(Outcome.DUPLICATE, f"already {state}")
-            elif _rank(observed) > _rank(state):
+            elif RANK[observed] > RANK[state]:
                 rules[signal] = _apply(
                     observed, STATUS_EVENT[observed], f"{state} -> {observed} by {source}"
                 )
-            elif _rank(observed) < _rank(state):
+            elif RANK[observed] < RANK[state]:
                 rules[signal] = _keep(Outcome.STALE, f"{observed} is older news than {state}")
             elif authoritative:
                 rules[signal] = _apply(
@@ -172,10 +173,6 @@ def _status_rules(state: Status) -> dict[Signal, Rule]:
         Outcome.UNKNOWN, "unknown charge status; kept and reported"
     )
     return rules
-
-
-def _rank(status: Status) -> int:
-    return {Status.CREATED: 0, Status.PENDING: 1}.get(status, 2)
 
 
 def _build_table() -> Mapping[tuple[Status | None, Signal], Rule]:
@@ -494,131 +491,86 @@ def _charge_data(charge: ChargeView, origin: Origin) -> dict[str, Any]:
 
 def evolve(payment: Payment | None, event: StoredEvent) -> Payment:
     """
-    Fold one stored event into the payment. Live state and replay both use it.
+    Fold one stored event into the payment: THE rule of what each event does
+    to a payment, which live state (every write) and ``fold`` use. Replay folds
+    a million events through a faster copy of it on plain dicts
+    (:func:`kplus_fsm._audit.apply_event`); a property test checks that the two
+    agree on any sequence of events.
 
     Raises:
         IntegrityError: the event does not fit (an unknown kind, a first event
             that is not ``payment.requested``, or a missing field).
     """
-    state = None if payment is None else payment_state(payment)
-    state = apply_event(
-        state,
-        event.stream,
-        event.kind,
-        event.data,
-        event.version,
-        event.recorded_at,
-        event.position,
-    )
-    return Payment(**state)
-
-
-#: A payment's fields as a dict: what :func:`apply_event` folds into.
-PaymentState = dict[str, Any]
-
-_PAYMENT_FIELDS: Final = tuple(a.name for a in attrs.fields(Payment))
-
-
-_STATUSES: Final = {s.value: s for s in Status}
-
-
-def payment_state(payment: Payment) -> PaymentState:
-    """The fields of ``payment`` (``Payment(**payment_state(p)) == p``)."""
-    return {name: getattr(payment, name) for name in _PAYMENT_FIELDS}
-
-
-#: The fields of a payment just requested, before its request's own.
-_NEW_PAYMENT: Final[PaymentState] = payment_state(
-    Payment(payment_id="", status=Status.CREATED, amount=0, currency="", return_uri="")
-)
-
-
-def apply_event(
-    state: PaymentState | None,
-    stream: str,
-    kind: str,
-    data: Mapping[str, Any],
-    version: int,
-    at: str,
-    position: int,
-) -> PaymentState:
-    """
-    The one folding rule, on a payment's fields: ``state`` (``None`` before the
-    first event) after the event, changed in place. Replay folds a whole stream
-    into one dict and builds the :class:`Payment` once, at its end.
-
-    Raises:
-        IntegrityError: the event does not fit (see :func:`evolve`).
-    """
     try:
-        return _fold_one(state, stream, kind, data, version, at)
+        return _evolve(payment, event)
     except (KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(
-            f"event at position {position} ({kind}) cannot be folded: {exc!r}",
+            f"event at position {event.position} ({event.kind}) cannot be folded: {exc!r}",
             table="events",
-            row_id=position,
+            row_id=event.position,
         ) from exc
 
 
-def _fold_one(
-    state: PaymentState | None,
-    stream: str,
-    kind: str,
-    data: Mapping[str, Any],
-    version: int,
-    at: str,
-) -> PaymentState:
-    if state is None:
+def _evolve(payment: Payment | None, event: StoredEvent) -> Payment:
+    kind, data = event.kind, event.data
+    if payment is None:
         if kind != EventKind.PAYMENT_REQUESTED:
-            raise ValueError(f"stream {stream} does not start with payment.requested")
-        return {
-            **_NEW_PAYMENT,
-            "payment_id": data["payment_id"],
-            "amount": data["amount"],
-            "currency": data["currency"],
-            "return_uri": data["return_uri"],
-            "platform_type": data.get("platform_type"),
-            "description": data.get("description"),
-            "metadata": dict(data.get("metadata") or {}),
-            "order_ref": data.get("order_ref"),
-            "version": version,
-            "created_at": at,
-            "updated_at": at,
-        }
+            raise ValueError(f"stream {event.stream} does not start with payment.requested")
+        return Payment(
+            payment_id=data["payment_id"],
+            status=Status.CREATED,
+            amount=data["amount"],
+            currency=data["currency"],
+            return_uri=data["return_uri"],
+            platform_type=data.get("platform_type"),
+            description=data.get("description"),
+            metadata=dict(data.get("metadata") or {}),
+            order_ref=data.get("order_ref"),
+            version=event.version,
+            created_at=event.recorded_at,
+            updated_at=event.recorded_at,
+        )
     if kind == EventKind.PAYMENT_REQUESTED:
         raise ValueError("payment.requested in the middle of a stream")
+    # Every event stamps its version and time on the payment.
+    payment = attrs.evolve(payment, version=event.version, updated_at=event.recorded_at)
     if kind == EventKind.CREATE_UNKNOWN:
-        state["create_unknown"] = True
-    elif kind in (EventKind.CREATE_FAILED, EventKind.NOT_CREATED):
-        state["status"] = Status.FAILED
-        state["failure_code"] = data["code"]
-        state["failure_message"] = data.get("message")
-        state["create_unknown"] = False
-    elif kind == EventKind.WEBHOOK_ACCEPTED:
-        state["webhook_event_ids"] = state["webhook_event_ids"] | {data["event_id"]}
-    elif kind in _CHANGE_KINDS:
-        status = _STATUSES[data["status"]]
-        flags = set(state["flags"])
+        return attrs.evolve(payment, create_unknown=True)
+    if kind in (EventKind.CREATE_FAILED, EventKind.NOT_CREATED):
+        # The create failed, or was settled as never made: no charge exists.
+        return attrs.evolve(
+            payment,
+            status=Status.FAILED,
+            failure_code=data["code"],
+            failure_message=data.get("message"),
+            create_unknown=False,
+        )
+    if kind == EventKind.WEBHOOK_ACCEPTED:
+        ids = payment.webhook_event_ids | {data["event_id"]}
+        return attrs.evolve(payment, webhook_event_ids=ids)
+    if kind in _CHANGE_KINDS:
+        # The charge moved (or was corrected) to data["status"], as a read or a
+        # payload showed it: take its fields; keep what it does not carry.
+        code = data.get("failure_code")
+        flags = set(payment.flags)
         if kind == EventKind.CHARGE_CORRECTED:
             flags.add("corrected")
-        code = data.get("failure_code")
         if code is not None and code not in KNOWN_FAILURE_CODES:
             flags.add("unknown_failure_code")
-        state["status"] = status
-        state["charge_id"] = data["charge_id"]
-        if data.get("livemode") is not None:
-            state["livemode"] = data["livemode"]
-        state["authorize_uri"] = data.get("authorize_uri") or state["authorize_uri"]
-        state["expires_at"] = data.get("expires_at") or state["expires_at"]
-        state["failure_code"] = code
-        state["failure_message"] = data.get("failure_message")
-        state["create_unknown"] = False
-        state["flags"] = frozenset(flags)
-    else:
-        raise ValueError(f"unknown event kind {kind!r}")
-    state["version"] = version
-    state["updated_at"] = at
-    return state
+        livemode = data.get("livemode")
+        return attrs.evolve(
+            payment,
+            status=Status(data["status"]),
+            charge_id=data["charge_id"],
+            livemode=payment.livemode if livemode is None else livemode,
+            authorize_uri=data.get("authorize_uri") or payment.authorize_uri,
+            expires_at=data.get("expires_at") or payment.expires_at,
+            failure_code=code,
+            failure_message=data.get("failure_message"),
+            create_unknown=False,
+            flags=frozenset(flags),
+        )
+    raise ValueError(f"unknown event kind {kind!r}")
 
 
 def fold(events: Iterable[StoredEvent], payment: Payment | None = None) -> Payment | None:

@@ -16,7 +16,7 @@ from typing import Any, Final
 import attrs
 
 from . import _codec
-from ._machine import Decision, apply_event, payment_state
+from ._machine import Decision, evolve
 from ._model import EVENT_VERSIONS, Payment, StoredEvent
 
 INBOX_COLUMNS: Final = (*_codec.INBOX_HASHED, "hash")
@@ -155,7 +155,6 @@ def plan(
         if stream is None:  # pragma: no cover - the machine always names it
             raise ValueError("events without a payment id")
         version = before.version if before is not None else 0
-        state = None if before is None else payment_state(before)
         for new in decision.events:
             position += 1
             version += 1
@@ -173,21 +172,19 @@ def plan(
             )
             events_hash = _codec.hash_values(events_hash, ev)
             rows.append((*ev, events_hash))
-            stored.append(
-                StoredEvent(
-                    position=position,
-                    stream=stream,
-                    version=version,
-                    kind=kind,
-                    event_version=event_version,
-                    data=new.data,
-                    recorded_at=now,
-                    causation=inbox_id,
-                )
+            event = StoredEvent(
+                position=position,
+                stream=stream,
+                version=version,
+                kind=kind,
+                event_version=event_version,
+                data=new.data,
+                recorded_at=now,
+                causation=inbox_id,
             )
-            state = apply_event(state, stream, kind, new.data, version, now, position)
-        assert state is not None
-        after = Payment(**state)
+            stored.append(event)
+            after = evolve(after, event)
+        assert after is not None
         payment_row = _codec.payment_to_row(after)
     return Plan(
         inbox_row=inbox_row,
