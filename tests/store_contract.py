@@ -823,7 +823,11 @@ class OperationsContract(_ContractBase):
 
         for pid in ("pay-a", "pay-b", "pay-c"):
             request(tracker, pid)
-        args = {"now": "2030-01-01T00:00:00Z", "cutoff": "2030-01-01T00:00:00.000000Z", "limit": 10}
+        args: dict[str, Any] = {
+            "now": "2030-01-01T00:00:00Z",
+            "cutoff": "2030-01-01T00:00:00.000000Z",
+            "limit": 10,
+        }
         first = [p.payment_id for p in store.reconcile_candidates(**args)]
         assert first == ["pay-a", "pay-b", "pay-c"]
         store.note_checks([Check(payment_id="pay-a", next_at=self.T0)], now=self.T1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import importlib.util
 import io
 import json
@@ -65,6 +66,9 @@ class StubAPI:
 
     def find_charge(self, payment_id: str) -> Mapping[str, Any] | None:
         return None
+
+    def charges_created(self, *, since: dt.datetime, until: dt.datetime) -> list[Mapping[str, Any]]:
+        return []
 
 
 @pytest.fixture
