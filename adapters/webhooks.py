@@ -3,7 +3,7 @@ Framework-neutral intake of Omise webhooks: raw bytes and headers in, an HTTP
 status and a small JSON answer out. ASGI and WSGI wrappers, a threaded
 loopback-or-LAN receiver (:func:`serve`) and :func:`intake_from_env` on top.
 
-The order of :meth:`WebhookIntake.handle` (ARCHITECTURE §4):
+The order of :meth:`WebhookIntake.handle` (docs/concepts.md, "Why webhooks are hints"):
 
 1. verify the signature on the raw bytes, when webhook secrets are configured
    (:func:`kplus_fsm.adapters.signatures.verify_signature`: timestamps more than

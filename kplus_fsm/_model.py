@@ -575,8 +575,9 @@ class WebhookHint:
     """
     A webhook event offered to the machine. With ``apply_payload=False`` its
     charge is recorded as a hint only and the state follows the re-fetch that
-    the intake makes next (ARCHITECTURE §4); with ``True`` (no API access) the
-    payload itself moves the state forward, as an unverified snapshot.
+    the intake makes next (docs/concepts.md, "Why webhooks are hints"); with
+    ``True`` (no API access) the payload itself moves the state forward, as an
+    unverified snapshot.
     """
 
     event: WebhookEvent

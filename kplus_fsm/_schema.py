@@ -8,6 +8,7 @@ by a newer kplus_fsm and is refused (:class:`SchemaVersionError`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import sqlite_utils
@@ -17,7 +18,24 @@ from .exceptions import SchemaVersionError
 
 MIGRATION_SET: Final = "kplus_fsm"
 
+MigrationFn = Callable[[sqlite_utils.Database], None]
+
 migrations = Migrations(MIGRATION_SET)
+#: The names of this version's migrations, in order (kept here rather than read
+#: from sqlite-utils' private list).
+_NAMES: list[str] = []
+
+
+def _migration(name: str) -> Callable[[MigrationFn], MigrationFn]:
+    """Register a migration with sqlite-utils and in :data:`_NAMES`."""
+
+    def register(fn: MigrationFn) -> MigrationFn:
+        _NAMES.append(name)
+        migrations(name=name)(fn)
+        return fn
+
+    return register
+
 
 OUTCOMES_SQL: Final = "('applied','duplicate','stale','conflict','rejected','unknown')"
 
@@ -67,7 +85,7 @@ WEBHOOK_LAG_JOINS: Final = """FROM seen s
 LAG_SECONDS_SQLITE: Final = "round((julianday({end}) - julianday({start})) * 86400.0, 3)"
 
 
-@migrations(name="0001_initial")
+@_migration("0001_initial")
 def _initial(db: sqlite_utils.Database) -> None:
     db.execute(
         f"""
@@ -160,7 +178,7 @@ def _initial(db: sqlite_utils.Database) -> None:
             )
 
 
-@migrations(name="0002_views")
+@_migration("0002_views")
 def _views(db: sqlite_utils.Database) -> None:
     """
     Read-only views for sqlite-utils and Datasette users (the same answers as
@@ -389,7 +407,7 @@ def stuck_reason_sql(*, now: str, cutoff: str) -> str:
 NO_ANSWER_MINUTES: Final = 15
 
 
-@migrations(name="0003_followup")
+@_migration("0003_followup")
 def _followup(db: sqlite_utils.Database) -> None:
     """
     What the self-healing receiver, fair reconciliation, leases and payment
@@ -458,7 +476,7 @@ def _followup(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE VIEW anomalies AS {anomalies_sql(like='LIKE')}")
 
 
-KNOWN: Final = frozenset(m.name for m in migrations._migrations)
+KNOWN: Final = frozenset(_NAMES)
 TRIGGERS: Final = frozenset(
     f"{t}_no_{op}" for t in APPEND_ONLY_TABLES for op in ("update", "delete")
 )
@@ -480,13 +498,6 @@ def check_version(db: sqlite_utils.Database) -> None:
             f"{', '.join(unknown)} that this version does not know; upgrade kplus_fsm "
             "to read or write it"
         )
-
-
-def migrate(db: sqlite_utils.Database) -> None:
-    """Check the version, then apply any pending migrations."""
-    check_version(db)
-    if migrations.pending(db):
-        migrations.apply(db)
 
 
 def schema_version(db: sqlite_utils.Database) -> str | None:

@@ -538,9 +538,10 @@ class Tracker:
         ``verification`` says what the intake found (``verified``, ``unverified``,
         or why it failed). With ``apply_payload=False`` the event is recorded as a
         hint only, and the caller re-fetches the charge and records that with
-        :meth:`record_charge` (ARCHITECTURE §4); with ``True`` the payload moves
-        the state forward as an unverified snapshot (it never overrides a
-        terminal state). A redelivered event id is a ``duplicate``.
+        :meth:`record_charge` (docs/concepts.md, "Why webhooks are hints"); with
+        ``True`` the payload moves the state forward as an unverified snapshot
+        (it never overrides a terminal state). A redelivered event id is a
+        ``duplicate``.
 
         Raises:
             MalformedInputError: not an event envelope (recorded first).

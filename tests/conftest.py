@@ -1,4 +1,8 @@
-"""Shared test setup: make tests/ importable and provide generic fixtures."""
+"""
+Shared test setup and generic fixtures. ``tests/`` itself is importable
+(``pythonpath`` in pyproject.toml), so helpers such as ``store_contract`` and
+``pg`` are plain imports.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from pg import pg_server, pg_url  # noqa: F401  (PostgreSQL fixtures: tests/pg.py)
 
 from kplus_fsm.testing import FakeClock
 
-sys.path.insert(0, str(Path(__file__).parent))
 pytest.register_assert_rewrite("store_contract")
 
 
@@ -34,6 +38,3 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("reliability figures")
     for test, name, value in figures:
         terminalreporter.write_line(f"{test}: {name} = {value}")
-
-
-from pg import pg_server, pg_url  # noqa: E402, F401  (PostgreSQL fixtures: tests/pg.py)
