@@ -4,10 +4,10 @@ a :class:`ChargeAPI`.
 
 Create: write-ahead request (origin ``create_charge``) → ``POST /charges`` →
 record the charge, the error object, or the unknown outcome. A create is
-**never** made twice for one payment: when an earlier attempt may have reached
-Omise (its request was recorded by ``create_charge`` and no answer followed, or
-an unknown outcome was recorded), the payment is settled by *looking* for its
-charge, never by posting again.
+**never** made twice for one payment: a recorded request is a write-ahead (by
+``create_charge``, or by ``request_payment`` before the caller's own POST), so
+when a payment already has one and no answer followed, the payment is settled
+by *looking* for its charge, never by posting again.
 
 Looking for a charge does not trust Omise's search alone (metadata is not
 documented as searchable, and the search index can lag): a look is a search on
@@ -56,9 +56,8 @@ log = structlog.get_logger("kplus_fsm")
 
 #: The source type of every K PLUS charge.
 SOURCE_TYPE: Final = "mobile_banking_kbank"
-#: The ``origin`` of a payment request recorded by ``create_charge``: its
-#: ``POST /charges`` follows at once, so such a request with no answer after it
-#: means a charge may exist.
+#: The ``origin`` of a payment request recorded by ``create_charge`` (its
+#: ``POST /charges`` follows at once); ``request_payment`` records ``merchant``.
 CREATE_ORIGIN: Final = "create_charge"
 #: The ``origin`` of an unknown outcome inferred by a later call (an earlier
 #: attempt left no answer), as opposed to one the API's own answer caused
@@ -80,6 +79,9 @@ DEFAULT_PENDING_THRESHOLD: Final = dt.timedelta(minutes=30)
 #: attempt, up to :data:`BACKOFF_CAP`, before it is read again.
 BACKOFF_BASE: Final = dt.timedelta(minutes=1)
 BACKOFF_CAP: Final = dt.timedelta(hours=1)
+#: A payment still ``created`` rests at most this long: its create is settled
+#: by two looks after the grace period, which should not wait an hour.
+CREATED_REST_CAP: Final = dt.timedelta(minutes=5)
 
 
 def charge_params(request: PaymentRequest) -> dict[str, Any]:
@@ -122,9 +124,9 @@ def create_history(
     """
     Read a payment's create attempts and empty looks from its inbox rows (those
     before inbox id ``before``, if given). A ``created`` payment has had at most
-    one ``POST /charges``: the one that followed the first request recorded by
-    ``create_charge`` (every later call only looks). Its time, and the time its
-    unknown answer was recorded, bound when the charge can have been made.
+    one ``POST /charges``: the one that followed its first recorded request
+    (every later call only looks). Its time, and the time its unknown answer was
+    recorded, bound when the charge can have been made.
     """
     attempts: list[dt.datetime] = []
     looks: list[tuple[int, dt.datetime]] = []
@@ -132,11 +134,9 @@ def create_history(
         if before is not None and row.id >= before:
             continue
         if row.kind == InputKind.PAYMENT_REQUEST:
-            if (
-                not attempts
-                and row.origin == CREATE_ORIGIN
-                and row.outcome in (Outcome.APPLIED, Outcome.DUPLICATE)
-            ):
+            # A recorded request is a write-ahead: its POST may follow at once
+            # (create_charge's own, or the caller's after request_payment).
+            if not attempts and row.outcome in (Outcome.APPLIED, Outcome.DUPLICATE):
                 attempts.append(_parse(row.received_at))
         elif row.kind == InputKind.CREATE_UNKNOWN:
             if row.origin == "create_response" or not attempts:
@@ -412,6 +412,14 @@ def backoff(attempts: int) -> dt.timedelta:
     return rest * (0.8 + 0.4 * random.random())  # noqa: S311 - jitter, not crypto
 
 
+def _rest(payment: Payment, attempts: int) -> dt.timedelta:
+    """How long ``payment`` rests after its ``attempts``-th look found it unchanged."""
+    rest = backoff(attempts)
+    if payment.status is Status.CREATED:
+        return min(rest, CREATED_REST_CAP)  # two looks must come soon after the grace
+    return rest
+
+
 def refresh(tracker: Tracker, api: ChargeAPI, payment: Payment) -> ReconcileItem:
     """
     Read one payment's charge now and record it (a poll); a payment with no
@@ -478,13 +486,13 @@ def reconcile(
     store = tracker.store
     attempts = store.check_attempts([p.payment_id for p in due])
     stamp = format_time(now)
-    # Counted before any call: a payment whose read hangs or crashes the run still
+    # Noted before any call: a payment whose read hangs or crashes the run still
     # moves to the back of the queue.
     store.note_checks(
         [
             Check(
                 payment_id=p.payment_id,
-                next_at=format_time(now + backoff(attempts[p.payment_id] + 1)),
+                next_at=format_time(now + _rest(p, attempts[p.payment_id] + 1)),
             )
             for p in due
         ],
@@ -501,7 +509,7 @@ def reconcile(
             errors += 1
         elif moved:
             changed += 1
-        rest = backoff(1) if moved else backoff(attempts[payment.payment_id] + 1)
+        rest = backoff(1) if moved else _rest(payment, attempts[payment.payment_id] + 1)
         finished.append(
             Check(
                 payment_id=payment.payment_id,

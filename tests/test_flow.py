@@ -227,15 +227,16 @@ class TestCreate:
         assert len(looks) == 1  # only the look right after the timeout answered
         assert api.count("create") == 1
 
-    def test_request_alone_then_create_posts_once(self, env: Env) -> None:
-        """A request recorded by request_payment was never posted: create_charge posts it."""
+    def test_a_recorded_request_is_a_write_ahead(self, env: Env) -> None:
+        """request_payment records the write-ahead of the caller's own POST: create_charge
+        after it only looks for the charge, it never posts (it could be the second)."""
         t, api, _ = env
-        api.creates.append(_pending())
+        api.searches.append(_pending())
         with t:
             t.request_payment(**REQ)
             result = t.create_charge(api, **REQ)
         assert result.status is Status.PENDING
-        assert api.count("create") == 1
+        assert api.count("create") == 0
 
 
 class TestReconcile:

@@ -153,6 +153,7 @@ class RawWriter:
                 "version": 0,
                 "created_at": now,
                 "updated_at": now,
+                "order_ref": req.get("order_ref"),
             }
         data = step.event_data
         p["status"] = step.status
@@ -187,6 +188,7 @@ class RawWriter:
             p["version"],
             p["created_at"],
             p["updated_at"],
+            p["order_ref"],
         )
 
     # ------------------------------------------------------------- the writes

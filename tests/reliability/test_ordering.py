@@ -24,6 +24,7 @@ projection, and a fresh process reads the same states.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import shutil
 import tempfile
@@ -43,7 +44,7 @@ from hypothesis.stateful import (
 )
 from reliability_support import Stopwatch, figure, quiet_structlog
 
-from kplus_fsm import Payment, Status, Tracker, charge_params, fold
+from kplus_fsm import Payment, Status, Tracker, failpoints, fold
 from kplus_fsm._model import RANK
 from kplus_fsm.adapters.fake import FakeOmise
 from kplus_fsm.adapters.fake import RetryPolicy as DeliveryRetry
@@ -215,12 +216,7 @@ class PaymentScenarios(RuleBasedStateMachine):
     ) -> None:
         """The process dies after its POST; later the merchant retries the payment."""
         pid = data.draw(st.sampled_from([p for p in PAYMENTS if self.payment(p) is None]))
-        requested = self.tracker.request_payment(
-            payment_id=pid, amount=AMOUNT, return_uri="https://shop.example/r"
-        )
-        assert requested.payment is not None
-        self.client.create_charge(charge_params(requested.payment.request()))
-        self.crashed_after_post.add(pid)
+        self.crash_in_create(pid, after_post=True)
         self.restart()
         self.fake.advance_clock(dt.timedelta(minutes=minutes))
         self.create(pid, fault, search_fails)
@@ -231,15 +227,19 @@ class PaymentScenarios(RuleBasedStateMachine):
     def crash_during_create(self, data: st.DataObject, after_post: bool) -> None:
         """The process dies after the write-ahead request (and maybe after the POST)."""
         pid = data.draw(st.sampled_from([p for p in PAYMENTS if self.payment(p) is None]))
-        requested = self.tracker.request_payment(
-            payment_id=pid, amount=AMOUNT, return_uri="https://shop.example/r"
-        )
-        if after_post:
-            assert requested.payment is not None
-            self.client.create_charge(charge_params(requested.payment.request()))
-            self.crashed_after_post.add(pid)
+        self.crash_in_create(pid, after_post=after_post)
         tally("crashes after the POST" if after_post else "crashes before the POST")
         self.restart()
+
+    def crash_in_create(self, pid: str, *, after_post: bool) -> None:
+        """create_charge dies (a failpoint) after its write-ahead request or after its POST."""
+        point = "create.after_post" if after_post else "create.after_request"
+        with failpoints.armed(point), contextlib.suppress(failpoints.FailpointError):
+            self.tracker.create_charge(
+                self.client, payment_id=pid, amount=AMOUNT, return_uri="https://shop.example/r"
+            )
+        if after_post:
+            self.crashed_after_post.add(pid)
 
     def charges_in(self, *statuses: str) -> list[dict[str, Any]]:
         return [
