@@ -29,7 +29,12 @@ import attrs
 
 from . import _codec
 from ._model import Payment
-from ._schema import UNRESOLVED_HINT_SELECT
+from ._schema import (
+    HINTS_FROM,
+    HINTS_FROM_SQLITE,
+    HINTS_FROM_SQLITE_AFTER,
+    unresolved_hint_select,
+)
 from .exceptions import LeaseLostError
 
 T = TypeVar("T")
@@ -204,10 +209,18 @@ class UnresolvedHint:
 
 
 def unresolved_hints(
-    execute: Execute, *, after: int = 0, limit: int = 1000, charge_id: str | None = None
+    execute: Execute,
+    *,
+    after: int = 0,
+    limit: int = 1000,
+    charge_id: str | None = None,
+    dialect: str = "sqlite",
 ) -> list[UnresolvedHint]:
     """Unresolved hints with inbox id above ``after``, oldest first (at most ``limit``)."""
-    sql = UNRESOLVED_HINT_SELECT + " AND h.id > ?"
+    source = HINTS_FROM
+    if dialect == "sqlite" and charge_id is None:
+        source = HINTS_FROM_SQLITE_AFTER if after else HINTS_FROM_SQLITE
+    sql = unresolved_hint_select(source) + " AND h.id > ?"
     params: list[Any] = [after]
     if charge_id is not None:
         sql += " AND h.charge_id = ?"
@@ -322,6 +335,9 @@ def payments_for_order(execute: Execute, order_ref: str) -> list[Payment]:
 class _Driven(Protocol):
     """What a store offers the shared operations: its transactions and its driver."""
 
+    @property
+    def dialect(self) -> str: ...
+
     def _retrying(self, work: Callable[[], T]) -> T: ...
 
     def _read(self, work: Callable[[], T]) -> T: ...
@@ -408,7 +424,9 @@ class Operations:
     ) -> list[UnresolvedHint]:
         """Accepted webhooks not followed by a read of their charge, oldest first."""
         return self._read(
-            lambda: unresolved_hints(self._exec, after=after, limit=limit, charge_id=charge_id)
+            lambda: unresolved_hints(
+                self._exec, after=after, limit=limit, charge_id=charge_id, dialect=self.dialect
+            )
         )
 
     def reconcile_candidates(

@@ -35,13 +35,15 @@ from ._rows import INBOX_COLUMNS
 from ._schema import (
     ANOMALIES_SINCE_PARAMS,
     ANOMALY_CATEGORY_V3,
+    HINTS_FROM,
+    HINTS_FROM_SQLITE,
     LAG_SECONDS_SQLITE,
     NO_ANSWER_MINUTES,
-    PAID_TWICE_ORDERS,
     UNRESOLVED_HINT_WHERE,
     WEBHOOK_LAG_JOINS,
     WEBHOOK_LAG_SEEN,
     anomalies_sql,
+    paid_twice_orders,
     stuck_reason_sql,
 )
 from ._schema_pg import LAG_SECONDS_SQL
@@ -187,10 +189,20 @@ def list_payments(
     return listed, len(rows) > limit
 
 
+def hints_from(store: SQLStore) -> str:
+    """Where the whole-log hint questions read hints from, for this store (see _schema)."""
+    if dialect_of(store) == "sqlite" and store.query(
+        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'inbox_hints'"
+    ):
+        return HINTS_FROM_SQLITE
+    return HINTS_FROM
+
+
 def unresolved_summary(store: SQLStore, *, now: dt.datetime) -> dict[str, Any]:
     """How many unresolved webhook hints there are, and the oldest one's time and age."""
     row = store.query(
-        f"SELECT count(*), min(h.received_at) FROM inbox h WHERE {UNRESOLVED_HINT_WHERE}"
+        f"SELECT count(*), min(h.received_at) FROM {hints_from(store)}"
+        f" WHERE {UNRESOLVED_HINT_WHERE}"
     )[0]
     oldest = row[1]
     age = None
@@ -250,9 +262,10 @@ def category_sql(dialect: str) -> str:
     return ANOMALY_CATEGORY_SQL_PG if dialect == "postgresql" else ANOMALY_CATEGORY_SQL
 
 
-def _anomaly_sql(since: str | None, dialect: str = "sqlite") -> tuple[str, list[Any]]:
-    like = "ILIKE" if dialect == "postgresql" else "LIKE"
-    sql = anomalies_sql(like=like, since=since is not None)
+def _anomaly_sql(
+    since: str | None, dialect: str = "sqlite", source: str = HINTS_FROM
+) -> tuple[str, list[Any]]:
+    sql = anomalies_sql(dialect=dialect, since=since is not None, hints_from=source)
     return sql, [since] * ANOMALIES_SINCE_PARAMS if since is not None else []
 
 
@@ -284,20 +297,24 @@ def anomalies(
     The newest ``limit`` anomalies (received at or after ``since``), and the
     count of every category over the whole window.
     """
-    sql, params = _anomaly_sql(since, dialect_of(store))
-    # A correction (an event) before the input that caused it: positions first,
-    # NULLs last, on both databases (PostgreSQL sorts NULLs first when descending).
+    sql, params = _anomaly_sql(since, dialect_of(store), hints_from(store))
+    columns = ", ".join(ANOMALY_COLUMNS)
+    blanks = ", ".join("NULL" for _ in ANOMALY_COLUMNS[2:])
+    # One statement, the anomalies gathered once: the newest ``limit`` rows (part 0)
+    # and the count of each category (part 1). A correction (an event) sorts before
+    # the input that caused it: positions first, NULLs last, on both databases.
     rows = store.query(
-        f"SELECT * FROM ({sql}) AS a"
-        " ORDER BY inbox_id DESC, position IS NULL, position DESC, category LIMIT ?",
+        f"WITH a AS MATERIALIZED ({sql})"
+        f" SELECT * FROM (SELECT 0 AS part, {columns}, CAST(NULL AS BIGINT) AS n FROM a"
+        " ORDER BY inbox_id DESC, position IS NULL, position DESC, category LIMIT ?) AS top"
+        f" UNION ALL SELECT 1, NULL, category, {blanks}, count(*) FROM a GROUP BY category",
         [*params, limit],
     )
-    counts = store.query(
-        f"SELECT category, count(*) FROM ({sql}) AS a GROUP BY category ORDER BY 2 DESC, 1",
-        params,
+    found = [Anomaly(**dict(zip(ANOMALY_COLUMNS, r[1:-1], strict=True))) for r in rows if r[0] == 0]
+    counts = sorted(
+        ((str(r[2]), int(r[-1])) for r in rows if r[0] == 1), key=lambda c: (-c[1], c[0])
     )
-    found = [Anomaly(**dict(zip(ANOMALY_COLUMNS, r, strict=True))) for r in rows]
-    return found, {str(c): int(n) for c, n in counts}
+    return found, dict(counts)
 
 
 # ------------------------------------------------------------------------- stats
@@ -419,7 +436,7 @@ def stats(
             if k != "oldest_age_seconds"  # stats read the log only, not the clock
         },
         "orders_paid_twice": int(
-            store.query(f"SELECT count(*) FROM ({PAID_TWICE_ORDERS}) AS o")[0][0]
+            store.query(f"SELECT count(*) FROM ({paid_twice_orders(dialect_of(store))}) AS o")[0][0]
         ),
     }
 

@@ -282,21 +282,58 @@ UNRESOLVED_HINT_WHERE: Final = f"""h.kind = 'webhook'
                     WHERE r.charge_id = h.charge_id AND r.id > h.id
                       AND {AUTHORITATIVE_READ})"""
 
-#: The columns of an unresolved hint (the ``unresolved_hints`` view and queries).
-UNRESOLVED_HINT_SELECT: Final = f"""SELECT h.id AS inbox_id, h.received_at AS received_at,
+#: Where unresolved hints are read from. On SQLite the whole-log questions
+#: (``stats``, ``anomalies``, the view) name the partial index of hints
+#: (``inbox_hints``, by charge): walked in charge order, each probe of the
+#: partial index of reads (``inbox_reads``) lands next to the last one, which is
+#: 4-10x faster on a million-event log than the planner's own choice (the
+#: kind/outcome index, in time order, a random probe each). PostgreSQL's planner
+#: is left to itself.
+HINTS_FROM: Final = "inbox h"
+HINTS_FROM_SQLITE: Final = "inbox h INDEXED BY inbox_hints"
+#: The incremental scan of the follow-up (hints above an inbox id) on SQLite:
+#: the ``(outcome, id)`` index seeks straight to the new rows.
+HINTS_FROM_SQLITE_AFTER: Final = "inbox h INDEXED BY inbox_outcome"
+
+
+def unresolved_hint_select(source: str = HINTS_FROM) -> str:
+    """The columns of an unresolved hint (the ``unresolved_hints`` view and queries)."""
+    return f"""SELECT h.id AS inbox_id, h.received_at AS received_at,
        coalesce(h.payment_id, (SELECT p.payment_id FROM payments p
                                 WHERE p.charge_id = h.charge_id
                                 ORDER BY p.created_at LIMIT 1)) AS payment_id,
        h.charge_id AS charge_id, h.external_id AS event_id,
        h.verification AS verification, h.outcome AS outcome
-  FROM inbox h
+  FROM {source}
  WHERE {UNRESOLVED_HINT_WHERE}"""
+
+
+UNRESOLVED_HINT_SELECT: Final = unresolved_hint_select()
+
+#: The partial indexes that answer "which hints are unresolved" (both dialects).
+HINT_INDEXES: Final = (
+    "CREATE INDEX inbox_hints ON inbox (charge_id, id, received_at)"
+    " WHERE kind = 'webhook' AND outcome IN ('applied', 'stale', 'conflict')",
+    "CREATE INDEX inbox_reads ON inbox (charge_id, id)"
+    " WHERE kind = 'charge_snapshot' AND origin IN ('create_response', 'refetch', 'poll')",
+)
 
 #: Orders with more than one successful attempt (K PLUS charges cannot be refunded
 #: through Opn: the extra payment must be returned by hand).
 PAID_TWICE_ORDERS: Final = """SELECT order_ref FROM payments
-         WHERE status = 'successful' AND order_ref IS NOT NULL
+         WHERE {status} = 'successful' AND order_ref IS NOT NULL
          GROUP BY order_ref HAVING count(*) > 1"""
+
+
+def paid_twice_orders(dialect: str) -> str:
+    """
+    :data:`PAID_TWICE_ORDERS` for a dialect. On SQLite the status test is
+    ``+status``, which keeps the planner on the partial ``payments_order`` index
+    (payments with an order, a few) rather than ``payments_status`` (every
+    successful payment): 0.3 s to nothing on a million-event log.
+    """
+    return PAID_TWICE_ORDERS.format(status="+status" if dialect == "sqlite" else "status")
+
 
 #: The ``anomalies`` category of an inbox row ``i`` from 0003 on; ``{like}`` is
 #: ``LIKE`` (SQLite) or ``ILIKE`` (PostgreSQL).
@@ -324,7 +361,7 @@ ANOMALY_CATEGORY_V3: Final = """CASE
 ANOMALIES_SINCE_PARAMS: Final = 4
 
 
-def anomalies_sql(*, like: str, since: bool = False) -> str:
+def anomalies_sql(*, dialect: str, since: bool = False, hints_from: str = HINTS_FROM) -> str:
     """
     Every anomaly, one row each in the ``anomalies`` columns: refused, conflicting
     or unplaceable inputs and duplicate deliveries (classified by
@@ -333,6 +370,7 @@ def anomalies_sql(*, like: str, since: bool = False) -> str:
     With ``since``, only those at or after a time: the statement then takes that
     time :data:`ANOMALIES_SINCE_PARAMS` times as ``?`` parameters.
     """
+    like = "ILIKE" if dialect == "postgresql" else "LIKE"
     inbox_since = " AND i.received_at >= ?" if since else ""
     event_since = " AND e.recorded_at >= ?" if since else ""
     hint_since = " AND h.received_at >= ?" if since else ""
@@ -362,7 +400,7 @@ def anomalies_sql(*, like: str, since: bool = False) -> str:
                h.charge_id, h.id, CAST(NULL AS BIGINT), h.kind, h.origin, h.external_id,
                h.verification, h.outcome,
                'no authoritative read of the charge recorded after this webhook'
-          FROM inbox h
+          FROM {hints_from}
          WHERE {UNRESOLVED_HINT_WHERE}{hint_since}
         UNION ALL
         SELECT e.recorded_at, 'order_paid_twice', e.stream, p.charge_id, e.causation,
@@ -372,7 +410,7 @@ def anomalies_sql(*, like: str, since: bool = False) -> str:
           JOIN events e ON e.stream = p.payment_id
           JOIN inbox i ON i.id = e.causation
          WHERE p.status = 'successful'
-           AND p.order_ref IN ({PAID_TWICE_ORDERS})
+           AND p.order_ref IN ({paid_twice_orders(dialect)})
            AND e.position = (SELECT max(x.position) FROM events x
                               WHERE x.stream = p.payment_id
                                 AND x.kind IN ('charge.successful', 'charge.corrected'))
@@ -422,6 +460,8 @@ def _followup(db: sqlite_utils.Database) -> None:
     db.execute(
         "CREATE INDEX payments_order ON payments (order_ref, status) WHERE order_ref IS NOT NULL"
     )
+    for statement in HINT_INDEXES:
+        db.execute(statement)
     db.execute(
         """
         CREATE TABLE leases (
@@ -445,14 +485,14 @@ def _followup(db: sqlite_utils.Database) -> None:
         )
         """
     )
-    db.execute(f"CREATE VIEW unresolved_hints AS {UNRESOLVED_HINT_SELECT}")
+    db.execute(f"CREATE VIEW unresolved_hints AS {unresolved_hint_select(HINTS_FROM_SQLITE)}")
     db.execute(
         f"""
         CREATE VIEW orders_paid_twice AS
         SELECT order_ref, count(*) AS successful_attempts, sum(amount) AS amount,
                group_concat(payment_id, ',') AS payment_ids
           FROM payments
-         WHERE status = 'successful' AND order_ref IN ({PAID_TWICE_ORDERS})
+         WHERE status = 'successful' AND order_ref IN ({paid_twice_orders("sqlite")})
          GROUP BY order_ref
         """
     )
@@ -473,7 +513,9 @@ def _followup(db: sqlite_utils.Database) -> None:
         """
     )
     db.execute("DROP VIEW anomalies")
-    db.execute(f"CREATE VIEW anomalies AS {anomalies_sql(like='LIKE')}")
+    db.execute(
+        f"CREATE VIEW anomalies AS {anomalies_sql(dialect='sqlite', hints_from=HINTS_FROM_SQLITE)}"
+    )
 
 
 KNOWN: Final = frozenset(_NAMES)

@@ -21,13 +21,14 @@ from typing import Final
 from ._schema import (
     ANOMALY_CATEGORY,
     APPEND_ONLY_TABLES,
+    HINT_INDEXES,
     NO_ANSWER_MINUTES,
     OUTCOMES_SQL,
-    PAID_TWICE_ORDERS,
     UNRESOLVED_HINT_SELECT,
     WEBHOOK_LAG_JOINS,
     WEBHOOK_LAG_SEEN,
     anomalies_sql,
+    paid_twice_orders,
     stuck_reason_sql,
 )
 
@@ -211,6 +212,7 @@ _CUTOFF: Final = (
 _FOLLOWUP: Final = (
     f"ALTER TABLE payments ADD COLUMN order_ref {T}",
     "CREATE INDEX payments_order ON payments (order_ref, status) WHERE order_ref IS NOT NULL",
+    *HINT_INDEXES,
     f"""
     CREATE TABLE leases (
         name {T} PRIMARY KEY,
@@ -236,7 +238,7 @@ _FOLLOWUP: Final = (
     SELECT order_ref, count(*) AS successful_attempts, sum(amount) AS amount,
            string_agg(payment_id, ',' ORDER BY payment_id) AS payment_ids
       FROM payments
-     WHERE status = 'successful' AND order_ref IN ({PAID_TWICE_ORDERS})
+     WHERE status = 'successful' AND order_ref IN ({paid_twice_orders("postgresql")})
      GROUP BY order_ref
     """,
     "DROP VIEW stuck_payments",
@@ -252,7 +254,7 @@ _FOLLOWUP: Final = (
      WHERE reason IS NOT NULL
     """,
     "DROP VIEW anomalies",
-    f"CREATE VIEW anomalies AS {anomalies_sql(like='ILIKE')}",
+    f"CREATE VIEW anomalies AS {anomalies_sql(dialect='postgresql')}",
 )
 
 #: The migrations, in order: (name, statements). The names match the SQLite

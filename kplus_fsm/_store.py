@@ -254,6 +254,9 @@ class SQLiteStore(Operations):
         ValueError: ``synchronous`` is not one of OFF, NORMAL, FULL, EXTRA.
     """
 
+    #: The SQL dialect of :meth:`query` (the incident queries pick their variants by it).
+    dialect: Final = "sqlite"
+
     def __init__(
         self,
         path: str | os.PathLike[str] | sqlite3.Connection,
