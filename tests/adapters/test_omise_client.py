@@ -262,7 +262,7 @@ class TestErrors:
             "invalid_charge",
             "amount must be at least 2000",
         )
-        assert exc.location == "https://www.omise.co/api-errors#invalid_charge"
+        assert exc.location == "https://www.omise.co/api-errors#invalid-charge"
         assert exc.error["code"] == "invalid_charge"
         assert str(exc) == "HTTP 400 invalid_charge: amount must be at least 2000"
         assert (exc.method, exc.path) == ("POST", "/charges")
@@ -599,10 +599,12 @@ class TestFindCharge:
         assert [r.url.params["page"] for r in wire.requests] == ["1", "2"]
 
     def test_pages_are_bounded(self) -> None:
+        """Ten pages at most; an incomplete scan without a match is no answer, not None."""
         wire = Wire(ok(search_json(page=1, total_pages=1000)))
-        with wire.client() as client:
-            assert client.find_charge("order-1") is None
-        assert len(wire.requests) == 5
+        with wire.client() as client, pytest.raises(OmiseUnavailableError) as info:
+            client.find_charge("order-1")
+        assert len(wire.requests) == 10
+        assert "incomplete" in str(info.value)
 
     def test_search_errors_propagate(self) -> None:
         wire = Wire(raw(b"", 502))
