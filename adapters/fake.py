@@ -186,12 +186,23 @@ class FakeOmise:
         webhook_timeout: seconds a receiver may take to answer.
         sweep_interval: seconds between background expiry checks.
         signature_time: Unix seconds used to sign deliveries (default: the clock's).
-        expiry_model, charge_lifetime, bank_timeout, expiry_webhook,
-        expire_endpoint, search_metadata, search_lag, kplus_enabled, api_version,
-        rate_limit, rate_burst, retry_after_header: the switches, each described
-            (with its default, the most likely reading of Omise) by
-            :class:`FakeOptions`; :meth:`set_options` and ``POST /_fake/options``
-            change them later.
+        expiry_model: ``"bank_timeout"`` (default) or ``"lifetime"``.
+        charge_lifetime: ``expires_at - created_at`` (default: 7 days, or 10
+            minutes under ``lifetime``).
+        bank_timeout: when the bank gives up on an unpaid charge (10 minutes).
+        expiry_webhook: whether an expiry is announced (``charge.complete``).
+        expire_endpoint: whether ``POST /charges/:id/expire`` works for K PLUS.
+        search_metadata: whether the search ``query`` finds metadata values.
+        search_lag: seconds a new charge stays invisible to ``/search``.
+        kplus_enabled: whether K PLUS is enabled for the account.
+        api_version: the account's default ``Omise-Version``.
+        rate_limit: requests per second before HTTP 429 (``None``: no limit).
+        rate_burst: how many requests may come at once under ``rate_limit``.
+        retry_after_header: whether a 429 carries ``Retry-After``.
+
+    Every switch is described, with the evidence for its default, by
+    :class:`FakeOptions`; :meth:`set_options` and ``POST /_fake/options``
+    change them later.
 
     Raises:
         ValueError: an empty or shared key, a webhook secret that is not base64

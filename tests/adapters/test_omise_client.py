@@ -803,6 +803,18 @@ class TestErrorTable:
         assert {c: (r.status, r.meaning) for c, r in ERROR_CODES.items()} == ERROR_ORACLE
         assert all(row.code == code and row.source for code, row in ERROR_CODES.items())
 
+    def test_the_docs_table_is_the_same_table(self) -> None:
+        """docs/omise-facts.md's error table lists the same codes, statuses and meanings."""
+        text = (FIXTURES.parent.parent / "docs" / "omise-facts.md").read_text(encoding="utf-8")
+        section = text.split("## Error codes", 1)[1].split("\n## ", 1)[0]
+        rows = {}
+        for line in section.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 4 and cells[0].startswith("`"):
+                status = None if cells[1] == "—" else int(cells[1])
+                rows[cells[0].strip("`")] = (status, cells[2])
+        assert rows == ERROR_ORACLE
+
     @pytest.mark.parametrize("code", sorted(ERROR_ORACLE))
     def test_each_code_on_a_create(self, code: str) -> None:
         status, meaning = ERROR_ORACLE[code]
