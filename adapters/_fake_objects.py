@@ -80,21 +80,10 @@ def json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def _pretty(obj: Any, depth: int) -> str:
-    pad, inner = "  " * depth, "  " * (depth + 1)
-    if isinstance(obj, dict):
-        if not obj:
-            return "{}"
-        items = [
-            f"{inner}{json.dumps(str(k), ensure_ascii=False)}: {_pretty(v, depth + 1)}"
-            for k, v in obj.items()
-        ]
-        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if isinstance(obj, list):
-        if not obj:
-            return "[\n\n" + pad + "]"
-        return "[\n" + ",\n".join(inner + _pretty(v, depth + 1) for v in obj) + "\n" + pad + "]"
-    return json.dumps(obj, ensure_ascii=False)
+#: An empty array as a value (``"key": []``) or an element (``[]``) of indented
+#: JSON: ``[`` and ``]`` are followed by a comma or the line's end only outside
+#: strings (a string cannot hold a raw newline).
+_EMPTY_ARRAY: Final = re.compile(r"^( *)((?:\"(?:[^\"\\]|\\.)*\": )?)\[\](,?)$", re.MULTILINE)
 
 
 def pretty_json_bytes(obj: Any) -> bytes:
@@ -103,7 +92,9 @@ def pretty_json_bytes(obj: Any) -> bytes:
     empty array as ``[``, a blank line, ``]``, and a final newline (the recorded
     delivery payload of omise-php's ``events/evnt_test_no1t4tnemucod0e51mo-get.json``).
     """
-    return (_pretty(obj, 0) + "\n").encode("utf-8")
+    text = json.dumps(obj, ensure_ascii=False, indent=2)
+    text = _EMPTY_ARRAY.sub(lambda m: f"{m[1]}{m[2]}[\n\n{m[1]}]{m[3]}", text)
+    return (text + "\n").encode("utf-8")
 
 
 def json_response(obj: Any, status: int = 200) -> httpx.Response:
@@ -564,8 +555,12 @@ class Fault:
       (default 30) and close without an answer (in process: ``httpx.ReadTimeout``
       at once).
 
-    ``code`` overrides the error object's code, ``retry_after`` adds a
-    ``Retry-After`` header (seconds) to ``error`` answers.
+    ``code`` overrides the error object's code; without a ``status``, the
+    answer takes the code's documented status (``backend_error``: 400, so
+    ``kind="error", code="backend_error"`` refuses a create without making the
+    charge and ``kind="commit_then_error", code="backend_error"`` makes it and
+    loses the answer). ``retry_after`` adds a ``Retry-After`` header (seconds)
+    to ``error`` answers.
     """
 
     route: str

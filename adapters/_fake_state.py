@@ -62,8 +62,9 @@ class Ledger:
     The state of one fake account. Every public method takes the lock, checks
     everything before changing anything, and returns JSON-ready dicts.
     ``publish`` is called (under the lock) with each new event's id, key and
-    payload; ``deliveries`` returns the delivery records of an event;
-    ``options`` returns the switches in force.
+    payload when ``delivers()`` says deliveries are made at all;
+    ``deliveries`` returns the delivery records of an event; ``options``
+    returns the switches in force.
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class Ledger:
         options: Callable[[], FakeOptions],
         ids: IdMaker,
         publish: Callable[[str, str, bytes], None],
+        delivers: Callable[[], bool],
         deliveries: Callable[[str], list[WebhookDelivery]],
     ) -> None:
         self.lock = threading.RLock()
@@ -80,6 +82,7 @@ class Ledger:
         self._options = options
         self._ids = ids
         self._publish = publish
+        self._delivers = delivers
         self._deliveries = deliveries
         self._sources: dict[str, SourceRecord] = {}
         self._charges: dict[str, ChargeRecord] = {}
@@ -412,7 +415,8 @@ class Ledger:
         )
         self._events[event.id] = event
         charge.event_ids.append(event.id)
-        self._publish(event.id, key, pretty_json_bytes(self._event_body(event)))
+        if self._delivers():  # the body is written only for a delivery
+            self._publish(event.id, key, pretty_json_bytes(self._event_body(event)))
 
     def _complete(
         self,

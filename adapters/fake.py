@@ -287,6 +287,7 @@ class FakeOmise:
             options=lambda: self.options,
             ids=ids,
             publish=self._worker.enqueue,
+            delivers=lambda: self._worker.enabled,
             deliveries=self._worker.records,
         )
 

@@ -612,6 +612,15 @@ class TestWebhookBodies:
         payload = event["webhook_deliveries"][0]["payload"]
         assert pretty_json_bytes(json.loads(payload)).decode() == payload
 
+    def test_the_printer_leaves_strings_alone(self) -> None:
+        """Only structural empty arrays are spread over three lines; strings never change."""
+        tricky = {"a": [], "b": {"c": [[], [1, []]], "d": "x: []", "e": "[]", "f": 'q": []'}}
+        text = pretty_json_bytes(tricky).decode()
+        assert json.loads(text) == tricky
+        assert text.count("[\n\n") == 3
+        assert '"d": "x: []",' in text
+        assert '"e": "[]",' in text
+
     def test_deliveries_are_pretty_and_keyed_as_recorded(self, clock: FakeClock) -> None:
         bodies: list[bytes] = []
 
