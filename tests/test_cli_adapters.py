@@ -334,6 +334,10 @@ class TestReconcile:
                 ("charge.failed", None, None),
             ]
 
+
+class TestFakeOmiseSwitches:
+    """``kplus-fsm fake-omise`` options: the fake's switches, as a separate process."""
+
     def test_the_lifetime_model_chosen_on_the_command_line(self, tmp_path: Path) -> None:
         """--expiry-model lifetime --charge-minutes 10 --no-expiry-webhook: expired, silently."""
         fake = start_fake(
@@ -360,6 +364,46 @@ class TestReconcile:
                 assert done.returncode == 0, done.stderr
             with read_only(db) as tracker:
                 assert tracker.get("cli-order-expired").status is Status.EXPIRED
+        finally:
+            fake.stop()
+        assert_clean(fake.stdout, fake.stderr)
+
+    def test_every_switch_reaches_the_fake(self) -> None:
+        """Each fake-omise option sets its switch (GET /_fake/options shows them all)."""
+        fake = start_fake(
+            "--expiry-model", "bank_timeout", "--charge-minutes", "60",
+            "--bank-timeout-minutes", "2.5", "--no-expiry-webhook", "--expire-endpoint",
+            "--no-search-metadata", "--search-lag", "4", "--kplus-disabled",
+            "--api-version", "2017-11-02", "--rate-limit", "500", "--rate-burst", "50",
+            "--no-retry-after",
+        )  # fmt: skip
+        try:
+            with httpx.Client(base_url=fake.url, auth=(SK, ""), trust_env=False) as api:
+                assert api.get("/_fake/options").json() == {
+                    "object": "fake_options",
+                    "expiry_model": "bank_timeout",
+                    "charge_lifetime": 3600.0,
+                    "bank_timeout": 150.0,
+                    "expiry_webhook": False,
+                    "expire_endpoint": True,
+                    "search_metadata": False,
+                    "search_lag": 4.0,
+                    "kplus_enabled": False,
+                    "api_version": "2017-11-02",
+                    "rate_limit": 500.0,
+                    "rate_burst": 50,
+                    "retry_after_header": False,
+                }
+                refused = api.post(
+                    "/charges",
+                    json={
+                        "amount": 35_000,
+                        "currency": "THB",
+                        "return_uri": RETURN_URI,
+                        "source": {"type": "mobile_banking_kbank"},
+                    },
+                )
+                assert refused.json()["code"] == "service_not_found"
         finally:
             fake.stop()
         assert_clean(fake.stdout, fake.stderr)
