@@ -7,7 +7,8 @@ Private to :mod:`kplus_fsm.adapters.fake`.
 Invariants: every public method takes the lock and checks everything before it
 changes anything (a refused request changes nothing); a charge leaves
 ``pending`` once, except through ``force``; each change of a charge records one
-event, delivered as a webhook unless the expiry model says the change is silent.
+event, delivered as a webhook, except a silent expiry (``expiry_webhook`` off),
+which records none: only a read shows it.
 """
 
 from __future__ import annotations

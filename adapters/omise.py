@@ -655,6 +655,78 @@ class OmiseClient:
         params = self._page_params(offset, limit, from_=from_, to=to, order=order)
         return self._request("GET", "/charges", key=self._key(), params=params, expect="list")
 
+    def charges_created(
+        self, *, since: dt.datetime, until: dt.datetime
+    ) -> Iterator[dict[str, Any]]:
+        """
+        Every charge created in [``since``, ``until``], oldest first, as charge
+        objects: ``GET /charges?from=…&to=…&order=chronological&limit=100``,
+        page after page (``offset``). A generator: pages are read as the caller
+        iterates, and each page is a GET retried like the other reads. Naive
+        datetimes are taken as UTC; ``since`` is rounded down and ``until`` up to
+        the second (Omise's timestamps are whole seconds), so the window never
+        shrinks. Oldest-first pages keep earlier offsets stable while charges are
+        created during the scan (they are appended at the end).
+
+        Raises:
+            OmiseAPIError: while iterating, a definite refusal (an error object).
+            OmiseUnavailableError: while iterating, no definite answer (timeout, 429, 5xx,
+                garbage, an item that is not a charge), or the window holds more
+                than :data:`CHARGES_CREATED_MAX_PAGES` pages: a caller never
+                mistakes an incomplete scan for "not found".
+            OmiseConfigurationError: at the call, before any request: no secret
+                key, ``since`` after ``until``.
+        """
+        self._key()
+        start, end = _utc(since), _utc(until)
+        if start > end:
+            raise OmiseConfigurationError("since must not be after until")
+        start = start.replace(microsecond=0)
+        if end.microsecond:
+            end = end.replace(microsecond=0) + dt.timedelta(seconds=1)
+        return self._charges_created(start, end)
+
+    def _charges_created(self, start: dt.datetime, end: dt.datetime) -> Iterator[dict[str, Any]]:
+        offset = 0
+        for _page in range(CHARGES_CREATED_MAX_PAGES):
+            listed = self.list_charges(
+                offset=offset, limit=_MAX_LIST_LIMIT, from_=start, to=end, order="chronological"
+            )
+            data, total = listed.get("data"), listed.get("total")
+            if not isinstance(data, list) or not isinstance(total, int):
+                raise OmiseUnavailableError(
+                    "GET /charges: a list without its data or total",
+                    http_status=200,
+                    method="GET",
+                    path="/charges",
+                )
+            if total > CHARGES_CREATED_MAX_PAGES * _MAX_LIST_LIMIT:
+                raise self._too_many(total)
+            for index, item in enumerate(data):
+                if not isinstance(item, dict) or item.get("object") != "charge":
+                    raise OmiseUnavailableError(
+                        f"GET /charges: item {offset + index} is not a charge object",
+                        http_status=200,
+                        method="GET",
+                        path="/charges",
+                    )
+                yield item
+            offset += len(data)
+            if not data or offset >= total:
+                return
+        raise self._too_many(None)
+
+    @staticmethod
+    def _too_many(total: int | None) -> OmiseUnavailableError:
+        held = f"{total} charges" if total is not None else "more charges"
+        return OmiseUnavailableError(
+            f"GET /charges: the window holds {held} than the {CHARGES_CREATED_MAX_PAGES} "
+            f"pages of {_MAX_LIST_LIMIT} this scan may read: it is incomplete",
+            http_status=200,
+            method="GET",
+            path="/charges",
+        )
+
     def list_charge_events(
         self, charge_id: str, *, offset: int = 0, limit: int = 20
     ) -> dict[str, Any]:
@@ -775,78 +847,6 @@ class OmiseClient:
             enumerate(matches),
             key=lambda pair: (str(pair[1].get("created_at") or ""), -pair[0]),
         )[1]
-
-    def charges_created(
-        self, *, since: dt.datetime, until: dt.datetime
-    ) -> Iterator[dict[str, Any]]:
-        """
-        Every charge created in [``since``, ``until``], oldest first, as charge
-        objects: ``GET /charges?from=…&to=…&order=chronological&limit=100``,
-        page after page (``offset``). A generator: pages are read as the caller
-        iterates, and each page is a GET retried like the other reads. Naive
-        datetimes are taken as UTC; ``since`` is rounded down and ``until`` up to
-        the second (Omise's timestamps are whole seconds), so the window never
-        shrinks. Oldest-first pages keep earlier offsets stable while charges are
-        created during the scan (they are appended at the end).
-
-        Raises:
-            OmiseAPIError: while iterating, a definite refusal (an error object).
-            OmiseUnavailableError: while iterating, no definite answer (timeout, 429, 5xx,
-                garbage, an item that is not a charge), or the window holds more
-                than :data:`CHARGES_CREATED_MAX_PAGES` pages: a caller never
-                mistakes an incomplete scan for "not found".
-            OmiseConfigurationError: at the call, before any request: no secret
-                key, ``since`` after ``until``.
-        """
-        self._key()
-        start, end = _utc(since), _utc(until)
-        if start > end:
-            raise OmiseConfigurationError("since must not be after until")
-        start = start.replace(microsecond=0)
-        if end.microsecond:
-            end = end.replace(microsecond=0) + dt.timedelta(seconds=1)
-        return self._charges_created(start, end)
-
-    def _charges_created(self, start: dt.datetime, end: dt.datetime) -> Iterator[dict[str, Any]]:
-        offset = 0
-        for _page in range(CHARGES_CREATED_MAX_PAGES):
-            listed = self.list_charges(
-                offset=offset, limit=_MAX_LIST_LIMIT, from_=start, to=end, order="chronological"
-            )
-            data, total = listed.get("data"), listed.get("total")
-            if not isinstance(data, list) or not isinstance(total, int):
-                raise OmiseUnavailableError(
-                    "GET /charges: a list without its data or total",
-                    http_status=200,
-                    method="GET",
-                    path="/charges",
-                )
-            if total > CHARGES_CREATED_MAX_PAGES * _MAX_LIST_LIMIT:
-                raise self._too_many(total)
-            for index, item in enumerate(data):
-                if not isinstance(item, dict) or item.get("object") != "charge":
-                    raise OmiseUnavailableError(
-                        f"GET /charges: item {offset + index} is not a charge object",
-                        http_status=200,
-                        method="GET",
-                        path="/charges",
-                    )
-                yield item
-            offset += len(data)
-            if not data or offset >= total:
-                return
-        raise self._too_many(None)
-
-    @staticmethod
-    def _too_many(total: int | None) -> OmiseUnavailableError:
-        held = f"{total} charges" if total is not None else "more charges"
-        return OmiseUnavailableError(
-            f"GET /charges: the window holds {held} than the {CHARGES_CREATED_MAX_PAGES} "
-            f"pages of {_MAX_LIST_LIMIT} this scan may read: it is incomplete",
-            http_status=200,
-            method="GET",
-            path="/charges",
-        )
 
     # --------------------------------------------------------------- plumbing
 

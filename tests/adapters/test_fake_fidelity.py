@@ -37,7 +37,7 @@ from kplus_fsm.testing import FakeClock
 SK = "skey_test_5zFIDELITYsecretKEY0"
 PK = "pkey_test_5zFIDELITYpublicKEY0"
 WEBHOOK_SECRET = base64.b64encode(b"whsec-fidelity-test-secret-bytes").decode()
-FIXTURES = Path(__file__).parent.parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "omise"
 FAST = RetryPolicy(max_attempts=2, backoff=0.02, max_backoff=0.05)
 
 #: Every filter the charge scope documents (omise.co *Search query and filters*
