@@ -77,7 +77,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal
 from urllib.parse import quote
 
 import attrs
@@ -135,7 +135,6 @@ CHARGES_CREATED_MAX_PAGES: Final = 50
 ErrorMeaning = Literal["refused", "retry"]
 """``refused``: a definite "no" (a create made nothing). ``retry``: no answer;
 try again (a create's outcome is unknown; a read is retried)."""
-ERROR_MEANINGS: Final = frozenset(get_args(ErrorMeaning))
 
 _DOC_ERRORS: Final = "Opn docs, API errors (docs.opn.ooo/api-errors), 400 Bad Request"
 _OLD_ERRORS: Final = "omise.co/api-errors (the older errors page)"
