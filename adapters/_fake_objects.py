@@ -29,6 +29,10 @@ PLATFORM_TYPES: Final = frozenset({"IOS", "ANDROID", "WEB"})
 #: Fee of the guide's example: a flat 10 THB plus 7 % VAT on it.
 FEE: Final = 1_000
 FEE_VAT: Final = 70
+#: Error objects link here, with the code's underscores as hyphens in the anchor
+#: (``#not-found``, ``#authentication-failure``): omise-go's recorded
+#: ``charges/404-get.json``, omise-php's exception tests, and a live answer quoted
+#: in omise-node issue #97.
 ERROR_LOCATION: Final = "https://www.omise.co/api-errors#"
 EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -62,10 +66,10 @@ class FakeOmiseError(Exception):
 
 
 def error_object(code: str, message: str) -> dict[str, Any]:
-    """An Omise error object."""
+    """An Omise error object (its ``location`` anchor spells the code with hyphens)."""
     return {
         "object": "error",
-        "location": ERROR_LOCATION + code,
+        "location": ERROR_LOCATION + code.replace("_", "-"),
         "code": code,
         "message": message,
     }
@@ -74,6 +78,23 @@ def error_object(code: str, message: str) -> dict[str, Any]:
 def json_bytes(obj: Any) -> bytes:
     """The compact UTF-8 JSON of ``obj``."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+#: An empty array as a value (``"key": []``) or an element (``[]``) of indented
+#: JSON: ``[`` and ``]`` are followed by a comma or the line's end only outside
+#: strings (a string cannot hold a raw newline).
+_EMPTY_ARRAY: Final = re.compile(r"^( *)((?:\"(?:[^\"\\]|\\.)*\": )?)\[\](,?)$", re.MULTILINE)
+
+
+def pretty_json_bytes(obj: Any) -> bytes:
+    """
+    ``obj`` as Omise's webhook deliveries are written: two-space indents, an
+    empty array as ``[``, a blank line, ``]``, and a final newline (the recorded
+    delivery payload of omise-php's ``events/evnt_test_no1t4tnemucod0e51mo-get.json``).
+    """
+    text = json.dumps(obj, ensure_ascii=False, indent=2)
+    text = _EMPTY_ARRAY.sub(lambda m: f"{m[1]}{m[2]}[\n\n{m[1]}]{m[3]}", text)
+    return (text + "\n").encode("utf-8")
 
 
 def json_response(obj: Any, status: int = 200) -> httpx.Response:
@@ -309,10 +330,13 @@ class ChargeRecord:
     expires_at: dt.datetime
     status: str = "pending"
     paid_at: dt.datetime | None = None
+    authorized_at: dt.datetime | None = None
     expired_at: dt.datetime | None = None
     failure_code: str | None = None
     failure_message: str | None = None
     transaction: str | None = None
+    refunded_amount: int = 0
+    source_type: str = SOURCE_TYPE
     event_ids: list[str] = attrs.Factory(list)
 
 
@@ -342,6 +366,7 @@ def render_source(source: SourceRecord) -> dict[str, Any]:
         "phone_number": None,
         "platform_type": source.platform_type,
         "scannable_code": None,
+        "qr_settings": None,
         "billing": None,
         "shipping": None,
         "items": [],
@@ -357,6 +382,7 @@ def render_source(source: SourceRecord) -> dict[str, Any]:
         "charge_status": source.charge_status,
         "receipt_amount": None,
         "discounts": [],
+        "promotion_code": None,
     }
 
 
@@ -386,13 +412,22 @@ def render_list(
 
 
 def render_charge(charge: ChargeRecord, source: SourceRecord, now: dt.datetime) -> dict[str, Any]:
-    """The JSON of a charge, with the fields (and order) of the guide's example."""
+    """
+    The JSON of a charge: the fields of the guide's example plus those of the
+    charges Omise recorded in 2025 (``authorization_type``, ``authorized_amount``,
+    ``captured_amount``, ``linked_account``, ``merchant_advice``,
+    ``merchant_advice_code``, ``authorized_at``, ``multi_capture``: omise-php's
+    ``charges-get.json``), in that recording's order.
+    """
     successful = charge.status == "successful"
     return {
         "object": "charge",
         "id": charge.id,
         "location": f"/charges/{charge.id}",
         "amount": charge.amount,
+        "authorization_type": None,
+        "authorized_amount": charge.amount,
+        "captured_amount": charge.amount,
         "acquirer_reference_number": None,
         "net": charge.amount - FEE - FEE_VAT,
         "fee": FEE,
@@ -400,7 +435,7 @@ def render_charge(charge: ChargeRecord, source: SourceRecord, now: dt.datetime) 
         "interest": 0,
         "interest_vat": 0,
         "funding_amount": charge.amount,
-        "refunded_amount": 0,
+        "refunded_amount": charge.refunded_amount,
         "transaction_fees": {"fee_flat": "10.0", "fee_rate": "0.0", "vat_rate": "7.0"},
         "platform_fee": {"fixed": None, "amount": None, "percentage": None},
         "currency": charge.currency,
@@ -422,19 +457,24 @@ def render_charge(charge: ChargeRecord, source: SourceRecord, now: dt.datetime) 
         "card": None,
         "source": render_source(source),
         "schedule": None,
+        "linked_account": None,
         "customer": None,
         "dispute": None,
         "transaction": charge.transaction,
         "failure_code": charge.failure_code,
         "failure_message": charge.failure_message,
+        "merchant_advice": None,
+        "merchant_advice_code": None,
         "status": charge.status,
         "authorize_uri": charge.authorize_uri,
         "return_uri": charge.return_uri,
         "created_at": iso(charge.created_at),
         "paid_at": _opt(charge.paid_at),
+        "authorized_at": _opt(charge.authorized_at),
         "expires_at": iso(charge.expires_at),
         "expired_at": _opt(charge.expired_at),
         "reversed_at": None,
+        "multi_capture": False,
         "zero_interest_installments": False,
         "branch": None,
         "terminal": None,
@@ -515,8 +555,12 @@ class Fault:
       (default 30) and close without an answer (in process: ``httpx.ReadTimeout``
       at once).
 
-    ``code`` overrides the error object's code, ``retry_after`` adds a
-    ``Retry-After`` header (seconds) to ``error`` answers.
+    ``code`` overrides the error object's code; without a ``status``, the
+    answer takes the code's documented status (``backend_error``: 400, so
+    ``kind="error", code="backend_error"`` refuses a create without making the
+    charge and ``kind="commit_then_error", code="backend_error"`` makes it and
+    loses the answer). ``retry_after`` adds a ``Retry-After`` header (seconds)
+    to ``error`` answers.
     """
 
     route: str

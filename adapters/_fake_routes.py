@@ -28,6 +28,7 @@ from ._fake_objects import (
     iso,
     json_response,
 )
+from ._fake_options import updated
 from ._fake_webhooks import ReleaseOrder
 
 if TYPE_CHECKING:
@@ -63,11 +64,16 @@ def ready(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> 
     return json_response({"object": "fake_omise", "ready": True})
 
 
+def _api_version(request: httpx.Request) -> str | None:
+    """The request's ``Omise-Version`` (None: the account's default applies)."""
+    return request.headers.get("Omise-Version") or None
+
+
 @_route("POST", "/sources", "public")
 def create_source(
     fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids
 ) -> httpx.Response:
-    return json_response(fake._ledger.create_source(params))
+    return json_response(fake._ledger.create_source(params, _api_version(request)))
 
 
 @_route("GET", "/sources/:id", "public")
@@ -79,7 +85,7 @@ def source(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) ->
 def create_charge(
     fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids
 ) -> httpx.Response:
-    body = fake._ledger.create_charge(params, _origin(fake, request))
+    body = fake._ledger.create_charge(params, _origin(fake, request), _api_version(request))
     fake._worker.start()
     return json_response(body)
 
@@ -92,6 +98,13 @@ def charges(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -
 @_route("GET", "/charges/:id", "secret")
 def charge(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     return json_response(fake._ledger.charge(ids[0]))
+
+
+@_route("PATCH", "/charges/:id", "secret")
+def update_charge(
+    fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids
+) -> httpx.Response:
+    return json_response(fake._ledger.update_charge(ids[0], params))
 
 
 @_route("GET", "/charges/:id/events", "secret")
@@ -128,7 +141,7 @@ def mark_as_failed(
 
 @_route("POST", "/charges/:id/expire", "secret")
 def expire(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
-    return json_response(fake.expire(ids[0]))
+    return json_response(fake._ledger.expire_endpoint(ids[0]))
 
 
 @_route("GET", "/search", "secret")
@@ -244,6 +257,28 @@ def advance(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -
     with _bad_request():
         expired = fake.advance_clock(_number(params.get("seconds", 0), "seconds"))
     return json_response({"object": "fake_clock", "now": iso(fake.now()), "expired": expired})
+
+
+@_route("GET", "/_fake/options", "secret")
+def options(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+    return json_response(fake.options.to_json())
+
+
+@_route("POST", "/_fake/options", "secret")
+def set_options(
+    fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids
+) -> httpx.Response:
+    with fake._options_lock:
+        fake._options = updated(fake._options, params)
+        return json_response(fake._options.to_json())
+
+
+@_route("POST", "/_fake/charges/:id/expire", "secret")
+def expire_control(
+    fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids
+) -> httpx.Response:
+    force = params.get("force", False)
+    return json_response(fake.expire(ids[0], force=force is True or force == "true"))
 
 
 @_route("POST", "/_fake/webhooks/duplicate", "secret")

@@ -3,6 +3,12 @@ The fake Omise's account: sources, charges and events behind one lock, with
 the rules Omise enforces (omise-facts §1-§5) and the JSON it answers.
 
 Private to :mod:`kplus_fsm.adapters.fake`.
+
+Invariants: every public method takes the lock and checks everything before it
+changes anything (a refused request changes nothing); a charge leaves
+``pending`` once, except through ``force``; each change of a charge records one
+event, delivered as a webhook, except a silent expiry (``expiry_webhook`` off),
+which records none: only a read shows it.
 """
 
 from __future__ import annotations
@@ -10,13 +16,11 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any
 
 import attrs
 
 from ._fake_objects import (
-    MAX_AMOUNT,
-    MIN_AMOUNT,
     PLATFORM_TYPES,
     SOURCE_TYPE,
     ChargeRecord,
@@ -24,25 +28,25 @@ from ._fake_objects import (
     FakeOmiseError,
     IdMaker,
     SourceRecord,
-    as_int,
     as_str,
     check_amount,
     check_currency,
     failure_message,
     iso,
-    json_bytes,
     page_bounds,
     parse_time,
+    pretty_json_bytes,
     render_charge,
     render_list,
     render_source,
     time_window,
 )
+from ._fake_options import MIN_SOURCE_API_VERSION, FakeOptions, version_at_least
+from ._fake_search import SearchIndex, SearchRequest, run_search
 from ._fake_webhooks import WebhookDelivery
 
-_SEARCH_FILTERS: Final = frozenset(
-    {"amount", "authorized", "captured", "currency", "failure_code", "paid", "status"}
-)
+#: The failure code of a charge the bank gave up on (the K PLUS guide's failure table).
+BANK_TIMEOUT_CODE = "payment_expired"
 
 
 @attrs.define
@@ -59,23 +63,27 @@ class Ledger:
     The state of one fake account. Every public method takes the lock, checks
     everything before changing anything, and returns JSON-ready dicts.
     ``publish`` is called (under the lock) with each new event's id, key and
-    payload; ``deliveries`` returns the delivery records of an event.
+    payload when ``delivers()`` says deliveries are made at all;
+    ``deliveries`` returns the delivery records of an event; ``options``
+    returns the switches in force.
     """
 
     def __init__(
         self,
         *,
         now: Clock,
-        lifetime: dt.timedelta,
+        options: Callable[[], FakeOptions],
         ids: IdMaker,
         publish: Callable[[str, str, bytes], None],
+        delivers: Callable[[], bool],
         deliveries: Callable[[str], list[WebhookDelivery]],
     ) -> None:
         self.lock = threading.RLock()
         self._now = now
-        self._lifetime = lifetime
+        self._options = options
         self._ids = ids
         self._publish = publish
+        self._delivers = delivers
         self._deliveries = deliveries
         self._sources: dict[str, SourceRecord] = {}
         self._charges: dict[str, ChargeRecord] = {}
@@ -88,9 +96,10 @@ class Ledger:
 
     # --- sources and charges ---------------------------------------------------------
 
-    def create_source(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``POST /sources``."""
+    def create_source(self, params: Mapping[str, Any], api_version: str | None) -> dict[str, Any]:
+        """``POST /sources``; ``api_version`` is the request's ``Omise-Version``, if any."""
         with self.lock:
+            self._check_service(api_version)
             source = self._new_source(params, "invalid_source")
             self._sources[source.id] = source
             return render_source(source)
@@ -103,9 +112,12 @@ class Ledger:
                 raise FakeOmiseError(404, "not_found", f"source {source_id} was not found")
             return render_source(source)
 
-    def create_charge(self, params: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    def create_charge(
+        self, params: Mapping[str, Any], origin: str, api_version: str | None
+    ) -> dict[str, Any]:
         """``POST /charges``; ``origin`` prefixes the ``authorize_uri``."""
         with self.lock:
+            self._check_service(api_version)
             now = self._now().replace(microsecond=0)
             amount = check_amount(params.get("amount"))
             currency = check_currency(params.get("currency"), "invalid_charge")
@@ -140,7 +152,7 @@ class Ledger:
             metadata = params.get("metadata", {})
             if not isinstance(metadata, dict):
                 raise FakeOmiseError(400, "invalid_charge", "metadata must be an object")
-            expires_at = now + self._lifetime
+            expires_at = now + self._options().lifetime
             if "expires_at" in params:
                 expires_at = parse_time(params["expires_at"], "expires_at").replace(microsecond=0)
                 if expires_at <= now:
@@ -184,26 +196,94 @@ class Ledger:
         """Complete a charge as ``status`` (emits ``charge.complete``)."""
         with self.lock:
             self.sweep()
+            charge = self._pending(charge_id, "invalid_charge", force=force)
+            self._complete(charge, status, failure_code, self._now())
+            return self._render(charge)
+
+    def expire_now(self, charge_id: str, *, force: bool) -> dict[str, Any]:
+        """
+        End a charge now the way the expiry model ends an abandoned one: the bank
+        times out (``failed``, ``payment_expired``) or its lifetime is over
+        (``expired``, ``expires_at`` moved to now), with a webhook or silently.
+        """
+        with self.lock:
+            self.sweep()
+            charge = self._pending(charge_id, "failed_expire", force=force)
+            now = self._now().replace(microsecond=0)
+            options = self._options()
+            if options.timeout is not None:
+                self._complete(
+                    charge, "failed", BANK_TIMEOUT_CODE, now, webhook=options.expiry_webhook
+                )
+            else:
+                charge.expires_at = now
+                self._complete(charge, "expired", None, now, webhook=options.expiry_webhook)
+            return self._render(charge)
+
+    def expire_endpoint(self, charge_id: str) -> dict[str, Any]:
+        """
+        ``POST /charges/:id/expire``: documented for Alipay barcode only, so
+        refused ``failed_expire`` for K PLUS unless the ``expire_endpoint``
+        switch is on; then as recorded for an app-redirect charge (omise-php's
+        ``expire-post.json``): ``expired``, ``expires_at == expired_at == now``.
+        """
+        with self.lock:
+            self.sweep()
+            charge = self._pending(charge_id, "failed_expire", force=False)
+            if not self._options().expire_endpoint:
+                raise FakeOmiseError(
+                    400,
+                    "failed_expire",
+                    f"a {charge.source_type} charge cannot be set to expire",
+                )
+            now = self._now().replace(microsecond=0)
+            charge.expires_at = now
+            self._complete(charge, "expired", None, now)
+            return self._render(charge)
+
+    def update_charge(self, charge_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``PATCH /charges/:id`` (``description``, ``metadata``); emits ``charge.update``."""
+        with self.lock:
             charge = self._get_charge(charge_id)
-            if charge.status != "pending" and not force:
-                code = "failed_expire" if status == "expired" else "invalid_charge"
-                raise FakeOmiseError(400, code, f"charge is not pending (it is {charge.status})")
-            now = self._now()
-            if status == "expired":
-                charge.expires_at = now.replace(microsecond=0)
-            self._complete(charge, status, failure_code, now)
+            description = charge.description
+            metadata = charge.metadata
+            if "description" in params:
+                description = as_str(params["description"], "description", "invalid_charge")
+            if "metadata" in params:
+                if not isinstance(params["metadata"], dict):
+                    raise FakeOmiseError(400, "invalid_charge", "metadata must be an object")
+                metadata = dict(params["metadata"])
+            charge.description, charge.metadata = description, metadata
+            self._emit("charge.update", charge)
             return self._render(charge)
 
     def sweep(self) -> list[str]:
-        """Expire the pending charges whose ``expires_at`` has passed; return their ids."""
+        """
+        End the pending charges whose time is up (the bank timeout, then
+        ``expires_at``, whichever comes first); return their ids.
+        """
         with self.lock:
             now = self._now()
-            due = [
-                c for c in self._charges.values() if c.status == "pending" and c.expires_at <= now
-            ]
-            for charge in due:
-                self._complete(charge, "expired", None, now)
-            return [c.id for c in due]
+            options = self._options()
+            done = []
+            for charge in self._charges.values():
+                if charge.status != "pending":
+                    continue
+                timeout = (
+                    charge.created_at + options.timeout if options.timeout is not None else None
+                )
+                if timeout is not None and timeout <= now and timeout < charge.expires_at:
+                    self._complete(
+                        charge, "failed", BANK_TIMEOUT_CODE, timeout, webhook=options.expiry_webhook
+                    )
+                elif charge.expires_at <= now:
+                    self._complete(
+                        charge, "expired", None, charge.expires_at, webhook=options.expiry_webhook
+                    )
+                else:
+                    continue
+                done.append(charge.id)
+            return done
 
     # --- lists, events, search --------------------------------------------------------
 
@@ -241,45 +321,20 @@ class Ledger:
             ]
 
     def search(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``GET /search?scope=charge&query=…&filters[…]=…``."""
-        scope = params.get("scope")
-        if scope != "charge":
-            raise FakeOmiseError(400, "invalid_scope", "this fake searches the charge scope only")
-        query = as_str(params.get("query", ""), "query").strip()
-        filters = params.get("filters", {})
-        if not isinstance(filters, dict):
-            raise FakeOmiseError(400, "invalid_filters", "filters must be an object")
-        checks = [_search_filter(name, value) for name, value in filters.items()]
-        page = as_int(params.get("page", 1), "page", "invalid_page")
-        per_page = as_int(params.get("per_page", 30), "per_page", "invalid_page")
-        if page < 1 or not 1 <= per_page <= 100:
-            raise FakeOmiseError(400, "invalid_page", "page must be >= 1, per_page 1..100")
-        order = as_str(params.get("order", "chronological"), "order")
-        if order not in ("chronological", "reverse_chronological"):
-            raise FakeOmiseError(400, "bad_request", "order is invalid")
+        """``GET /search?scope=charge&query=…&filters[…]=…`` (see ``_fake_search``)."""
+        request = SearchRequest.parse(params)
+        options = self._options()
+        index = SearchIndex(
+            metadata=options.search_metadata, lag=dt.timedelta(seconds=options.search_lag)
+        )
         with self.lock:
-            found = [
-                c
-                for c in self._charges.values()
-                if _query_matches(c, query) and all(check(c) for check in checks)
-            ]
-            if order == "reverse_chronological":
-                found.reverse()
-            start = (page - 1) * per_page
-            data = [self._render(c) for c in found[start : start + per_page]]
-        return {
-            "object": "search",
-            "order": order,
-            "scope": scope,
-            "query": query,
-            "filters": filters,
-            "page": page,
-            "per_page": per_page,
-            "location": "/search",
-            "total": len(found),
-            "total_pages": -(-len(found) // per_page),
-            "data": data,
-        }
+            return run_search(
+                request,
+                list(self._charges.values()),
+                now=self._now(),
+                index=index,
+                render=self._render,
+            )
 
     # --- internals ------------------------------------------------------------------
 
@@ -288,6 +343,28 @@ class Ledger:
         if charge is None:
             raise FakeOmiseError(404, "not_found", f"charge {charge_id} was not found")
         return charge
+
+    def _pending(self, charge_id: str, code: str, *, force: bool) -> ChargeRecord:
+        charge = self._get_charge(charge_id)
+        if charge.status != "pending" and not force:
+            raise FakeOmiseError(400, code, f"charge is not pending (it is {charge.status})")
+        return charge
+
+    def _check_service(self, api_version: str | None) -> None:
+        """K PLUS must be enabled, and sources need API version 2017-11-02 or newer."""
+        options = self._options()
+        version = api_version or options.api_version
+        if not options.kplus_enabled:
+            raise FakeOmiseError(
+                404, "service_not_found", f"{SOURCE_TYPE} is not enabled for this account"
+            )
+        if not version_at_least(version, MIN_SOURCE_API_VERSION):
+            raise FakeOmiseError(
+                404,
+                "service_not_found",
+                f"API version {version!s:.20} does not support sources "
+                f"(minimum {MIN_SOURCE_API_VERSION})",
+            )
 
     def _new_source(self, params: Mapping[str, Any], code: str) -> SourceRecord:
         kind = params.get("type")
@@ -312,15 +389,16 @@ class Ledger:
         return render_charge(charge, self._sources[charge.source_id], self._now())
 
     def _event_body(self, event: _Event) -> dict[str, Any]:
+        # The key order of the recorded delivery (omise-php's event fixture).
         return {
             "object": "event",
             "id": event.id,
             "livemode": False,
             "location": f"/events/{event.id}",
+            "webhook_deliveries": [],
+            "data": event.data,
             "key": event.key,
             "created_at": iso(event.created_at),
-            "data": event.data,
-            "webhook_deliveries": [],
         }
 
     def _render_event(self, event: _Event) -> dict[str, Any]:
@@ -338,21 +416,36 @@ class Ledger:
         )
         self._events[event.id] = event
         charge.event_ids.append(event.id)
-        self._publish(event.id, key, json_bytes(self._event_body(event)))
+        if self._delivers():  # the body is written only for a delivery
+            self._publish(event.id, key, pretty_json_bytes(self._event_body(event)))
 
     def _complete(
-        self, charge: ChargeRecord, status: str, failure_code: str | None, now: dt.datetime
+        self,
+        charge: ChargeRecord,
+        status: str,
+        failure_code: str | None,
+        when: dt.datetime,
+        *,
+        webhook: bool = True,
     ) -> None:
-        now = now.replace(microsecond=0)
+        """
+        Move ``charge`` to ``status`` as of ``when``; record ``charge.complete``
+        (and deliver it) unless ``webhook`` is False: then the change is silent,
+        as an expiry Omise announces to nobody.
+        """
+        when = when.replace(microsecond=0)
         charge.status = status
         charge.failure_code = failure_code
         charge.failure_message = failure_message(failure_code) if failure_code else None
-        charge.paid_at = now if status == "successful" else None
-        charge.expired_at = now if status == "expired" else None
+        charge.paid_at = when if status == "successful" else None
+        charge.authorized_at = when if status == "successful" else None
+        # After an expiry expired_at equals expires_at (omise-php's 2025 recordings).
+        charge.expired_at = charge.expires_at if status == "expired" else None
         if status == "successful" and charge.transaction is None:
             charge.transaction = self._ids("trxn_test_")
         self._sources[charge.source_id].charge_status = status
-        self._emit("charge.complete", charge)
+        if webhook:
+            self._emit("charge.complete", charge)
 
     def _page(
         self,
@@ -376,47 +469,3 @@ class Ledger:
             start=start,
             end=end,
         )
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return None
-
-
-def _query_matches(charge: ChargeRecord, query: str) -> bool:
-    """A charge id, the description, or any metadata value, exactly."""
-    if not query:
-        return True
-    if query in (charge.id, charge.description):
-        return True
-    return any(_text(v) == query for v in charge.metadata.values())
-
-
-def _search_filter(name: str, value: Any) -> Callable[[ChargeRecord], bool]:
-    text = _text(value)
-    if name not in _SEARCH_FILTERS or text is None:
-        raise FakeOmiseError(400, "invalid_filters", f"filter {name!s:.40} is not supported")
-    text = text.strip()
-    if name == "amount":
-        low, sep, high = text.partition("..")
-        try:
-            lo = int(low) if low else MIN_AMOUNT
-            hi = int(high) if sep and high else (MAX_AMOUNT if sep else lo)
-        except ValueError:
-            raise FakeOmiseError(400, "invalid_filters", "amount is N or N..M") from None
-        return lambda c: lo <= c.amount <= hi
-    if name in ("authorized", "captured", "paid"):
-        if text not in ("true", "false"):
-            raise FakeOmiseError(400, "invalid_filters", f"{name} is true or false")
-        want = text == "true"
-        return lambda c: (c.status == "successful") == want
-    if name == "currency":
-        return lambda c: c.currency == text.upper()
-    if name == "failure_code":
-        return lambda c: c.failure_code == text
-    return lambda c: c.status == text

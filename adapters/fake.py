@@ -36,44 +36,25 @@ Bodies may be JSON or form data with bracket keys (``source[type]=…``,
 ``metadata[payment_id]=…``), parameters may also come in the query string, and
 JSON bodies on GET are read (omise-python sends them).
 
-Behaviours that rest on facts labelled UNCONFIRMED in omise-facts.md (or on no
-fact at all) — a real test account may differ:
+What the fake models, with each behaviour's label (CONFIRMED, LIKELY,
+UNVERIFIABLE) and public source, its switches and what it does not model, is
+listed in ``docs/fake-omise.md``. In short:
 
-- error codes and statuses: ``invalid_amount`` (amount outside 2,000..15,000,000
-  or not an integer), ``invalid_charge`` (bad currency, missing ``return_uri``
-  or source, amount/currency differing from the source's, a source charged a
-  second time, ``mark_as_*`` on a charge that is not pending), ``invalid_source``
-  (not a code in omise-facts: a source type other than ``mobile_banking_kbank``,
-  a bad currency or ``platform_type`` on a source), ``failed_expire`` (expiring a
-  charge that is not pending), ``bad_request`` (unreadable bodies and list
-  parameters), ``invalid_scope``/``invalid_page``/``invalid_filters`` (search),
-  ``not_found`` → 404 for an unknown referenced source as well as unknown paths;
-  the HTTP status of every code except ``not_found``/404 (401 for
-  ``authentication_failure`` is an assumption);
-- the default lifetime of a K PLUS charge (10 minutes, from the K PLUS guide;
-  recorded charges of other methods lived 24 h or 7 days), and that a custom
-  ``expires_at`` on create is honoured;
-- expiry emits ``charge.complete`` with ``status: expired`` (no
-  ``charge.expire``), ``failure_code: null``; a clock expiry sets ``expired_at``
-  to the sweep time, ``POST …/expire`` also sets ``expires_at`` to it (as in the
-  recorded fixture); ``mark_as_paid``/``mark_as_failed`` emit ``charge.complete``;
-- ``mark_as_failed`` defaults to ``payment_rejected`` and accepts any code;
-- ``source.flow`` is ``app_redirect`` for K PLUS; ``platform_type`` is optional and
-  one of ``IOS``/``ANDROID``/``WEB`` in any case;
-- webhook retry schedule, success criterion (any 2xx), timeout; the signature
-  scheme itself is only CORROBORATED (see :mod:`kplus_fsm.adapters.signatures`);
-  deliveries are signed with the fake's clock as timestamp;
-- ``total_pages``, ``per_page`` default (30) and the filters of the search API;
-  ``limit`` above 100 is clamped to 100;
-- the fault codes (``too_many_requests``, ``internal_error``, ``bad_gateway``,
-  ``service_unavailable``) and that a 429 carries no ``Retry-After`` by default;
-- ``expired``/``expired_at`` follow ``status`` here; recorded real charges are
-  less consistent (omise-facts §1.4), so never derive state from them;
-- the money fields copy the guide's example (``fee`` 1000 + ``fee_vat`` 70);
-  ``transaction`` gets an id on success; nothing is refundable;
-- deliveries leave one at a time, in order, unless a control says otherwise
-  (the real API promises neither order nor uniqueness);
-- ``webhook_endpoints`` on create is ignored; no idempotency header exists.
+- search answers newest first, 30 per page; ``query`` is a word search over
+  the id, currency, description and metadata values; ``filters[amount]`` is in
+  THB; boolean filters take ``yes``/``on``/``true`` (:mod:`._fake_search`);
+- error objects link to ``…/api-errors#not-found`` (hyphens); a fault with
+  ``code="backend_error"`` answers HTTP 400, before or after the charge is made;
+- an abandoned charge fails ``payment_expired`` when the bank times out (10
+  minutes), ``expires_at`` is 7 days after creation; the old 10-minute
+  ``expired`` lifetime is ``expiry_model="lifetime"``; expiries may be silent;
+- ``POST /charges/:id/expire`` is refused ``failed_expire`` (K PLUS is not
+  Alipay barcode); the test control ``POST /_fake/charges/:id/expire`` ends a
+  charge as the expiry model would;
+- webhook bodies are pretty-printed as Omise's recorded deliveries;
+  ``PATCH /charges/:id`` emits ``charge.update``;
+- switches (constructor arguments, ``POST /_fake/options``, ``kplus-fsm
+  fake-omise`` options): see :class:`FakeOptions`.
 """
 
 from __future__ import annotations
@@ -82,6 +63,7 @@ import base64
 import binascii
 import datetime as dt
 import hmac
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -102,6 +84,15 @@ from ._fake_objects import (
     json_response,
     parse_params,
 )
+from ._fake_options import (
+    DEFAULT_API_VERSION,
+    DEFAULT_BANK_TIMEOUT,
+    DEFAULT_CHARGE_LIFETIME,
+    LIFETIME_MODEL_LIFETIME,
+    ExpiryModel,
+    FakeOptions,
+    RateLimiter,
+)
 from ._fake_routes import ROUTES
 from ._fake_server import FakeOmiseServer
 from ._fake_state import Ledger
@@ -109,10 +100,15 @@ from ._fake_webhooks import DeliveryWorker, ReleaseOrder, RetryPolicy, WebhookDe
 from .signatures import decode_secret
 
 __all__ = [
+    "DEFAULT_API_VERSION",
+    "DEFAULT_BANK_TIMEOUT",
     "DEFAULT_CHARGE_LIFETIME",
+    "LIFETIME_MODEL_LIFETIME",
+    "ExpiryModel",
     "FakeOmise",
     "FakeOmiseError",
     "FakeOmiseServer",
+    "FakeOptions",
     "Fault",
     "FaultKind",
     "RetryPolicy",
@@ -121,15 +117,31 @@ __all__ = [
     "start_server",
 ]
 
-#: A K PLUS charge expires 10 minutes after creation by default (K PLUS guide).
-DEFAULT_CHARGE_LIFETIME: Final = dt.timedelta(minutes=10)
-
 _FAULT_CODES: Final[Mapping[int, str]] = {
     429: "too_many_requests",
     500: "internal_error",
     502: "bad_gateway",
     503: "service_unavailable",
 }
+#: The HTTP status a fault answers when it names a ``code`` but no ``status``:
+#: ``backend_error`` is listed under "400 Bad Request" (Opn docs, *API errors*).
+_CODE_STATUS: Final[Mapping[str, int]] = {
+    "authentication_failure": 401,
+    "backend_error": 400,
+    "bad_request": 400,
+    "failed_expire": 400,
+    "invalid_amount": 400,
+    "invalid_charge": 400,
+    "invalid_source": 400,
+    "not_found": 404,
+    "service_not_found": 404,
+    "too_many_requests": 429,
+    "internal_error": 500,
+    "bad_gateway": 502,
+    "service_unavailable": 503,
+}
+#: Paths outside the API: never throttled, never faulted.
+_UNMETERED: Final = ("/_fake/", "/test/authorize/")
 _STATUS_TEXT: Final[Mapping[int, str]] = {
     429: "Too Many Requests",
     500: "Internal Server Error",
@@ -168,17 +180,34 @@ class FakeOmise:
             which :meth:`advance_clock` moves forward. An injected clock with an
             ``advance(timedelta)`` method (``kplus_fsm.testing.FakeClock``) can be
             advanced through the fake too.
-        charge_lifetime: how long a charge stays pending (default 10 minutes).
         retry: the retry policy of failed deliveries (make it short in tests).
         seed: makes the generated ids reproducible.
         base_url: the origin of ``authorize_uri`` (default: the request's own).
         webhook_timeout: seconds a receiver may take to answer.
         sweep_interval: seconds between background expiry checks.
         signature_time: Unix seconds used to sign deliveries (default: the clock's).
+        expiry_model: ``"bank_timeout"`` (default) or ``"lifetime"``.
+        charge_lifetime: ``expires_at - created_at`` (default: 7 days, or 10
+            minutes under ``lifetime``).
+        bank_timeout: when the bank gives up on an unpaid charge (10 minutes).
+        expiry_webhook: whether an expiry is announced (``charge.complete``).
+        expire_endpoint: whether ``POST /charges/:id/expire`` works for K PLUS.
+        search_metadata: whether the search ``query`` finds metadata values.
+        search_lag: seconds a new charge stays invisible to ``/search``.
+        kplus_enabled: whether K PLUS is enabled for the account.
+        api_version: the account's default ``Omise-Version``.
+        rate_limit: requests per second before HTTP 429 (``None``: no limit).
+        rate_burst: how many requests may come at once under ``rate_limit``.
+        retry_after_header: whether a 429 carries ``Retry-After``.
+
+    Every switch is described, with the evidence for its default, by
+    :class:`FakeOptions`; :meth:`set_options` and ``POST /_fake/options``
+    change them later.
 
     Raises:
         ValueError: an empty or shared key, a webhook secret that is not base64
-            (the message never shows it), a lifetime that is not positive.
+            (the message never shows it), a switch out of range (a lifetime or
+            timeout that is not positive, an unknown expiry model, …).
     """
 
     def __init__(
@@ -190,13 +219,24 @@ class FakeOmise:
         webhook_receiver: Callable[[httpx.Request], httpx.Response] | None = None,
         webhook_secrets: Sequence[str] = (),
         clock: Clock | None = None,
-        charge_lifetime: dt.timedelta = DEFAULT_CHARGE_LIFETIME,
         retry: RetryPolicy | None = None,
         seed: int | None = None,
         base_url: str | None = None,
         webhook_timeout: float = 10.0,
         sweep_interval: float = 0.5,
         signature_time: Callable[[], float] | None = None,
+        expiry_model: ExpiryModel = "bank_timeout",
+        charge_lifetime: dt.timedelta | None = None,
+        bank_timeout: dt.timedelta = DEFAULT_BANK_TIMEOUT,
+        expiry_webhook: bool = True,
+        expire_endpoint: bool = False,
+        search_metadata: bool = True,
+        search_lag: float = 0.0,
+        kplus_enabled: bool = True,
+        api_version: str = DEFAULT_API_VERSION,
+        rate_limit: float | None = None,
+        rate_burst: int = 10,
+        retry_after_header: bool = True,
     ) -> None:
         if not secret_key or not public_key or secret_key == public_key:
             raise ValueError("the secret and public keys must be distinct and not empty")
@@ -204,8 +244,22 @@ class FakeOmise:
             raise TypeError("webhook_secrets is a sequence of base64 secrets, not one string")
         for secret in webhook_secrets:
             decode_secret(secret)
-        if charge_lifetime <= dt.timedelta(0):
-            raise ValueError("charge_lifetime must be positive")
+        self._options = FakeOptions(
+            expiry_model=expiry_model,
+            charge_lifetime=charge_lifetime,
+            bank_timeout=bank_timeout,
+            expiry_webhook=expiry_webhook,
+            expire_endpoint=expire_endpoint,
+            search_metadata=search_metadata,
+            search_lag=search_lag,
+            kplus_enabled=kplus_enabled,
+            api_version=api_version,
+            rate_limit=rate_limit,
+            rate_burst=rate_burst,
+            retry_after_header=retry_after_header,
+        )
+        self._options_lock = threading.Lock()
+        self._limiter = RateLimiter()
         self._secret_key = secret_key.encode()
         self._public_key = public_key.encode()
         self._clock: Clock = clock if clock is not None else ShiftedClock()
@@ -230,11 +284,36 @@ class FakeOmise:
         )
         self._ledger = Ledger(
             now=self.now,
-            lifetime=charge_lifetime,
+            options=lambda: self.options,
             ids=ids,
             publish=self._worker.enqueue,
+            delivers=lambda: self._worker.enabled,
             deliveries=self._worker.records,
         )
+
+    # --- switches ------------------------------------------------------------------
+
+    @property
+    def options(self) -> FakeOptions:
+        """The switches in force."""
+        with self._options_lock:
+            return self._options
+
+    def set_options(self, **changes: Any) -> FakeOptions:
+        """
+        Change switches (the names of :class:`FakeOptions`); return the new set.
+        A new ``charge_lifetime`` applies to charges created afterwards; a new
+        expiry model or bank timeout to every charge still pending.
+
+        Raises:
+            ValueError: an unknown switch, or a value out of range (nothing changes).
+        """
+        with self._options_lock:
+            try:
+                self._options = attrs.evolve(self._options, **changes)
+            except TypeError as exc:
+                raise ValueError(str(exc)) from None
+            return self._options
 
     def __repr__(self) -> str:
         charges, events = self._ledger.counts()
@@ -287,7 +366,12 @@ class FakeOmise:
         method = request.method.upper()
         path = "/" + request.url.path.strip("/")
         self.tick()
-        fault = None if path.startswith("/_fake/") else self._take_fault(method, path)
+        metered = path != "/" and not path.startswith(_UNMETERED)
+        if metered:
+            throttled = self._throttle()
+            if throttled is not None:
+                return _Reply(throttled)
+        fault = self._take_fault(method, path) if metered else None
         if fault is not None and fault.kind in ("error", "html"):
             return _Reply(self._fault_response(fault))
         response = self._dispatch(request, method, path)
@@ -309,6 +393,19 @@ class FakeOmise:
         if fault.kind == "commit_then_drop":
             return _Reply(None)
         return _Reply(None, timeout=True, hang=30.0 if fault.delay is None else fault.delay)
+
+    def _throttle(self) -> httpx.Response | None:
+        """A 429 when the request is over the ``rate_limit`` switch, else None."""
+        options = self.options
+        wait = self._limiter.take(options.rate_limit, options.rate_burst)
+        if wait <= 0:
+            return None
+        response = json_response(
+            error_object("too_many_requests", "too many requests, slow down"), 429
+        )
+        if options.retry_after_header:
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return response
 
     def _dispatch(self, request: httpx.Request, method: str, path: str) -> httpx.Response:
         try:
@@ -401,7 +498,12 @@ class FakeOmise:
             return httpx.Response(
                 status, content=page.encode(), headers={"Content-Type": "text/html"}
             )
-        status = fault.status or 500
+        if fault.status is not None:
+            status = fault.status
+        elif fault.code is not None:
+            status = _CODE_STATUS.get(fault.code, 500)
+        else:
+            status = 500
         code = fault.code or _FAULT_CODES.get(status, "internal_error")
         response = json_response(error_object(code, f"fake fault: HTTP {status}"), status)
         if fault.retry_after is not None:
@@ -424,9 +526,11 @@ class FakeOmise:
 
     def advance_clock(self, delta: dt.timedelta | float) -> list[str]:
         """
-        Move the clock forward (a ``timedelta`` or seconds), then expire the
-        charges whose ``expires_at`` has passed, each with a ``charge.complete``
-        event. Returns the ids of the charges that expired.
+        Move the clock forward (a ``timedelta`` or seconds), then end the pending
+        charges whose time is up, as the expiry model says (the bank timeout:
+        ``failed``/``payment_expired``; ``expires_at``: ``expired``), with a
+        ``charge.complete`` webhook unless expiries are silent. Returns the ids of
+        the charges that ended.
 
         Raises:
             TypeError: an injected clock without an ``advance`` method.
@@ -439,13 +543,13 @@ class FakeOmise:
         if advance is None:
             raise TypeError("the injected clock cannot be advanced; advance it and call tick()")
         # Hold the ledger while the clock moves, so the background sweeper cannot
-        # expire the charges between the two steps (and the ids are reported here).
+        # end the charges between the two steps (and the ids are reported here).
         with self._ledger.lock:
             advance(step)
             return self.tick()
 
     def tick(self) -> list[str]:
-        """Expire the pending charges whose ``expires_at`` has passed; return their ids."""
+        """End the pending charges whose time is up (see :meth:`advance_clock`); their ids."""
         return self._ledger.sweep()
 
     # --- state ---------------------------------------------------------------------
@@ -498,13 +602,18 @@ class FakeOmise:
 
     def expire(self, charge_id: str, *, force: bool = False) -> dict[str, Any]:
         """
-        Expire a pending charge now (emits ``charge.complete``) and return it;
-        ``force`` as in :meth:`mark_as_paid`.
+        End a pending charge now, the way the expiry model ends an abandoned
+        one, and return it: the bank times out (``failed``, ``payment_expired``)
+        under ``bank_timeout``; ``expired`` (``expires_at`` moved to now) under
+        ``lifetime``. A webhook follows unless ``expiry_webhook`` is off.
+        ``force`` as in :meth:`mark_as_paid`. (The public ``POST
+        /charges/:id/expire`` is refused for K PLUS unless ``expire_endpoint``
+        is on; this control, also ``POST /_fake/charges/:id/expire``, always works.)
 
         Raises:
             FakeOmiseError: no such charge (404); not pending (400 ``failed_expire``).
         """
-        return self._ledger.finish(charge_id, "expired", None, force=force)
+        return self._ledger.expire_now(charge_id, force=force)
 
     # --- webhook controls ------------------------------------------------------------
 
@@ -581,7 +690,7 @@ def run_server(
     public_key: str,
     webhook_url: str | None = None,
     webhook_secret: str | None = None,
-    charge_lifetime: dt.timedelta = DEFAULT_CHARGE_LIFETIME,
+    options: FakeOptions | None = None,
     seed: int | None = None,
     announce: Callable[[str], None] = _announce,
     stop: threading.Event | None = None,
@@ -592,19 +701,21 @@ def run_server(
 
     When ready, calls ``announce`` with the base URL; by default it prints one
     line, ``fake Omise listening on http://HOST:PORT (Ctrl-C to stop)``. The
-    keys and the webhook secret (base64) are never printed.
+    keys and the webhook secret (base64) are never printed. ``options`` are the
+    switches (default: :class:`FakeOptions`'s defaults).
 
     Raises:
         ValueError: invalid keys or webhook secret (the message never shows them).
         OSError: the address cannot be bound.
     """
+    switches = attrs.asdict(options if options is not None else FakeOptions(), recurse=False)
     fake = FakeOmise(
         secret_key=secret_key,
         public_key=public_key,
         webhook_url=webhook_url,
         webhook_secrets=[webhook_secret] if webhook_secret else [],
-        charge_lifetime=charge_lifetime,
         seed=seed,
+        **switches,
         # A receiver in another process reads the wall clock: sign with it, so that
         # moving the fake's clock forward (/_fake/clock/advance) does not make every
         # later delivery look "from the future".

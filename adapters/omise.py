@@ -12,12 +12,23 @@ and an empty password; ``Omise-Version`` pinned on every request; JSON request
 bodies; GET parameters in the query string; Omise error objects
 ``{"object": "error", "code", "message", "location"}``.
 
-Retries: only safe reads (GET) are retried, on HTTP 429/500/502/503/504,
-connection errors and timeouts, with exponential backoff and full jitter, and
-``Retry-After`` honoured when the server sends one (a hint longer than
-:attr:`RetryPolicy.max_retry_after` ends the retries at once). A POST (a create)
-is **never** retried: a second ``POST /charges`` could charge the payer twice;
-the caller settles an unknown outcome with :meth:`OmiseClient.find_charge`.
+Error codes: :data:`ERROR_CODES` is the one table of every documented Omise
+error code, each with its HTTP status, what it means for the caller and its
+source (the same table is in ``docs/omise-facts.md``). ``refused`` codes are a
+definite "no" (:class:`OmiseAPIError`; ``service_not_found`` is
+:class:`OmiseServiceNotFoundError`); ``retry`` codes (``backend_error``, a 400
+that means "try again") are no answer at all (:class:`OmiseTransientError`): on
+a create the outcome is unknown, on a read it is retried like a 5xx. HTTP 429 and
+5xx are never a definite answer, whatever their code. An undocumented code with a
+4xx status is taken as a refusal (Omise documents 4xx as the caller's error).
+
+Retries: only safe reads (GET) are retried, on HTTP 429/500/502/503/504, on
+``retry`` codes, on connection errors and timeouts, with exponential backoff and
+full jitter, and ``Retry-After`` honoured when the server sends one (a hint
+longer than :attr:`RetryPolicy.max_retry_after` ends the retries at once). A
+POST (a create) is **never** retried: a second ``POST /charges`` could charge the
+payer twice; the caller settles an unknown outcome with
+:meth:`OmiseClient.find_charge` and :meth:`OmiseClient.charges_created`.
 
 Errors (every low-level httpx exception is translated in one place,
 ``_translate_transport_errors``; no ``JSONDecodeError`` or httpx exception ever
@@ -27,12 +38,18 @@ escapes)::
     ├── GatewayError
     │   ├── GatewayRefusedError
     │   │   └── OmiseAPIError            an Omise error object with a 4xx status
-    │   │                                (not 429): a definite "no"
+    │   │       │                        (not 429) and a ``refused`` code: a definite "no"
+    │   │       └── OmiseServiceNotFoundError  service_not_found: K PLUS is not enabled
+    │   │                                for the account, or the API version is
+    │   │                                older than 2017-11-02
     │   └── GatewayUnavailableError
     │       └── OmiseUnavailableError    no definite answer: 429, 5xx (error object
     │           │                        or not), a connection error, a body that is
     │           │                        not JSON, not an object, truncated, or not
-    │           │                        the object asked for (even with a 2xx)
+    │           │                        the object asked for (even with a 2xx), a
+    │           │                        scan too long to finish
+    │           ├── OmiseTransientError  an error object whose code means "try
+    │           │                        again" (backend_error, HTTP 400)
     │           └── OmiseTimeoutError    (also a builtin TimeoutError) connect, read,
     │                                    write or pool timeout
     └── OmiseConfigurationError(ValueError)  misuse before any request: no key for
@@ -71,17 +88,24 @@ from kplus_fsm import __version__, parse_json
 from kplus_fsm.exceptions import GatewayRefusedError, GatewayUnavailableError, KplusFSMError
 
 __all__ = [
+    "CHARGES_CREATED_MAX_PAGES",
     "DEFAULT_API_VERSION",
     "DEFAULT_BASE_URL",
     "DEFAULT_CREATE_TIMEOUT",
     "DEFAULT_TIMEOUT",
+    "ERROR_CODES",
     "RETRYABLE_STATUSES",
+    "ErrorCode",
+    "ErrorMeaning",
     "OmiseAPIError",
     "OmiseClient",
     "OmiseConfigurationError",
+    "OmiseServiceNotFoundError",
     "OmiseTimeoutError",
+    "OmiseTransientError",
     "OmiseUnavailableError",
     "RetryPolicy",
+    "error_meaning",
 ]
 
 log = structlog.get_logger("kplus_fsm.adapters.omise")
@@ -95,11 +119,88 @@ DEFAULT_CREATE_TIMEOUT: Final = httpx.Timeout(10.0, read=60.0)
 #: The HTTP statuses after which a GET is retried.
 RETRYABLE_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 
-#: ``find_charge`` reads at most this many search pages.
-_FIND_MAX_PAGES: Final = 5
+#: ``find_charge`` reads at most this many search pages of ``_FIND_PER_PAGE``.
+_FIND_MAX_PAGES: Final = 10
+#: The documented default page size of the search API (omise.co, *Search query
+#: and filters*: "a default of 30 results per page").
+_FIND_PER_PAGE: Final = 30
 _MAX_LIST_LIMIT: Final = 100
-#: ``charges_created`` reads at most this many pages of 100.
-_LIST_MAX_PAGES: Final = 50
+#: :meth:`OmiseClient.charges_created` reads at most this many pages of 100
+#: charges; a window holding more raises :class:`OmiseUnavailableError`.
+CHARGES_CREATED_MAX_PAGES: Final = 50
+
+
+# ----------------------------------------------------------------- error codes
+
+ErrorMeaning = Literal["refused", "retry"]
+"""``refused``: a definite "no" (a create made nothing). ``retry``: no answer;
+try again (a create's outcome is unknown; a read is retried)."""
+
+_DOC_ERRORS: Final = "Opn docs, API errors (docs.opn.ooo/api-errors), 400 Bad Request"
+_OLD_ERRORS: Final = "omise.co/api-errors (the older errors page)"
+
+
+@attrs.frozen(kw_only=True)
+class ErrorCode:
+    """One documented Omise error code: its HTTP status (``None``: not
+    documented), what it means for the caller, and where it is documented."""
+
+    code: str
+    status: int | None
+    meaning: ErrorMeaning
+    source: str
+
+
+def _codes(*rows: tuple[str, int | None, ErrorMeaning, str]) -> dict[str, ErrorCode]:
+    return {
+        code: ErrorCode(code=code, status=st, meaning=m, source=src) for code, st, m, src in rows
+    }
+
+
+#: Every documented Omise error code (the table of ``docs/omise-facts.md``).
+ERROR_CODES: Final[Mapping[str, ErrorCode]] = _codes(
+    ("authentication_failure", 401, "refused", f"{_OLD_ERRORS}; omise-python errors.py"),
+    ("backend_error", 400, "retry", f'{_DOC_ERRORS}: "Please try again"'),
+    ("bad_request", 400, "refused", _DOC_ERRORS),
+    ("brand_not_supported", 400, "refused", _DOC_ERRORS),
+    ("documents_locked", 400, "refused", _DOC_ERRORS),
+    ("expired_charge", 400, "refused", _DOC_ERRORS),
+    ("failed_capture", 400, "refused", _DOC_ERRORS),
+    ("failed_expire", 400, "refused", _DOC_ERRORS),
+    ("failed_fraud_check", 400, "refused", _DOC_ERRORS),
+    ("failed_multi_currency", 400, "refused", f"{_DOC_ERRORS} (team research note)"),
+    ("failed_refund", 400, "refused", f"{_DOC_ERRORS} (team research note); omise-php"),
+    ("failed_void", None, "refused", f"{_OLD_ERRORS}; omise-swift APIError.swift"),
+    ("invalid_amount", None, "refused", f"{_OLD_ERRORS}; omise-swift APIError.swift"),
+    ("invalid_bank_account", None, "refused", f"{_OLD_ERRORS}; omise-php exceptions"),
+    ("invalid_card", None, "refused", f"{_OLD_ERRORS}; omise-python errors.py"),
+    ("invalid_card_token", None, "refused", f"{_OLD_ERRORS}; omise-python errors.py"),
+    ("invalid_charge", 400, "refused", "omise-go charge_test.go (400/invalid_charge)"),
+    ("invalid_filter", None, "refused", "omise-swift APIError.swift"),
+    ("invalid_filters", None, "refused", f'{_OLD_ERRORS} (heading "Invalid filters")'),
+    ("invalid_link", None, "refused", "omise-php exceptions"),
+    ("invalid_page", None, "refused", f"{_OLD_ERRORS}; omise-swift APIError.swift"),
+    ("invalid_recipient", None, "refused", "omise-python errors.py; omise-php exceptions"),
+    ("invalid_scope", None, "refused", f"{_OLD_ERRORS}; omise-swift APIError.swift"),
+    ("locked_out", None, "refused", "omise-swift APIError.swift"),
+    ("missing_card", None, "refused", f"{_OLD_ERRORS}; omise-python errors.py"),
+    ("not_found", 404, "refused", "omise-go charge_test.go (404/not_found), 404 fixtures"),
+    ("service_not_found", None, "refused", "omise.js issue #70 (Omise staff)"),
+    ("used_token", None, "refused", f"{_OLD_ERRORS}; omise-python errors.py"),
+)
+
+
+def error_meaning(http_status: int, code: str) -> ErrorMeaning:
+    """
+    What an Omise error object means for the caller: HTTP 429 and 5xx are never
+    a definite answer (``retry``); otherwise the code's row of
+    :data:`ERROR_CODES`; an undocumented code with a 4xx status is ``refused``.
+    """
+    if http_status == 429 or http_status >= 500:
+        return "retry"
+    row = ERROR_CODES.get(code)
+    return row.meaning if row is not None else "refused"
+
 
 Method = Literal["GET", "POST"]
 
@@ -132,6 +233,15 @@ class OmiseAPIError(GatewayRefusedError):
         self.path = path
 
 
+class OmiseServiceNotFoundError(OmiseAPIError):
+    """
+    ``service_not_found``: the account cannot create this kind of source or
+    charge. For K PLUS: it is not enabled for the account (ask Opn support), or
+    the API version in use is older than 2017-11-02 (K PLUS guide, "Minimum API
+    version"; omise.js issue #70). A definite refusal: nothing was created.
+    """
+
+
 class OmiseUnavailableError(GatewayUnavailableError):
     """
     No definite answer from Omise: HTTP 429 or 5xx, a connection error, or a
@@ -155,6 +265,20 @@ class OmiseUnavailableError(GatewayUnavailableError):
         self.method = method
         self.path = path
         self.error = error
+
+
+class OmiseTransientError(OmiseUnavailableError):
+    """
+    Omise answered an error object whose code means "try again"
+    (``backend_error``: "An error occurred communicating with the provider …
+    Please try again", listed under HTTP 400). No definite answer: on a create a
+    charge may or may not exist; a read is retried like a 5xx. ``code`` is the
+    error code.
+    """
+
+    def __init__(self, reason: str, *, code: str, **kwargs: Any) -> None:
+        super().__init__(reason, **kwargs)
+        self.code = code
 
 
 class OmiseTimeoutError(OmiseUnavailableError, TimeoutError):
@@ -279,11 +403,24 @@ def _interpret(
     )
     if 400 <= status < 500 and status != 429 and error is not None:
         message = error.get("message")
+        text = message if isinstance(message, str) else "(no message)"
+        code = error["code"]
+        if error_meaning(status, code) == "retry":
+            raise OmiseTransientError(
+                f"{method} {path}: Omise error {code} ({_short(text)}): try again",
+                code=code,
+                http_status=status,
+                retry_after=retry_after,
+                method=method,
+                path=path,
+                error=dict(error),
+            )
         location = error.get("location")
-        raise OmiseAPIError(
-            message if isinstance(message, str) else "(no message)",
+        refusal = OmiseServiceNotFoundError if code == "service_not_found" else OmiseAPIError
+        raise refusal(
+            text,
             http_status=status,
-            code=error["code"],
+            code=code,
             error=dict(error),
             location=location if isinstance(location, str) else None,
             method=method,
@@ -323,6 +460,19 @@ def _segment(value: str, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise OmiseConfigurationError(f"{what} must be a non-empty string")
     return quote(value, safe="")
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    when = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC)
+
+
+def _carries(item: Any, payment_id: str) -> bool:
+    """Whether a search hit is a charge whose ``metadata.payment_id`` is exactly ``payment_id``."""
+    if not isinstance(item, dict) or item.get("object") != "charge":
+        return False
+    metadata = item.get("metadata")
+    return isinstance(metadata, Mapping) and metadata.get("payment_id") == payment_id
 
 
 def _format_time(value: str | dt.datetime) -> str:
@@ -508,32 +658,70 @@ class OmiseClient:
         self, *, since: dt.datetime, until: dt.datetime
     ) -> Iterator[dict[str, Any]]:
         """
-        Every charge created in ``[since, until]``: ``GET /charges?from=…&to=…``,
-        100 per page, every page (a generator). Lets an unknown create be found
-        without trusting the search index (metadata search is not documented).
+        Every charge created in [``since``, ``until``], oldest first, as charge
+        objects: ``GET /charges?from=…&to=…&order=chronological&limit=100``,
+        page after page (``offset``). A generator: pages are read as the caller
+        iterates, and each page is a GET retried like the other reads. Naive
+        datetimes are taken as UTC; ``since`` is rounded down and ``until`` up to
+        the second (Omise's timestamps are whole seconds), so the window never
+        shrinks. Oldest-first pages keep earlier offsets stable while charges are
+        created during the scan (they are appended at the end).
 
         Raises:
-            OmiseAPIError: a definite refusal (an Omise error object).
-            OmiseUnavailableError: no definite answer, or more than
-                ``_LIST_MAX_PAGES`` pages: an incomplete listing is never passed
-                off as complete.
-            OmiseConfigurationError: misuse (no key for the call).
+            OmiseAPIError: while iterating, a definite refusal (an error object).
+            OmiseUnavailableError: while iterating, no definite answer (timeout, 429, 5xx,
+                garbage, an item that is not a charge), or the window holds more
+                than :data:`CHARGES_CREATED_MAX_PAGES` pages: a caller never
+                mistakes an incomplete scan for "not found".
+            OmiseConfigurationError: at the call, before any request: no secret
+                key, ``since`` after ``until``.
         """
+        self._key()
+        start, end = _utc(since), _utc(until)
+        if start > end:
+            raise OmiseConfigurationError("since must not be after until")
+        start = start.replace(microsecond=0)
+        if end.microsecond:
+            end = end.replace(microsecond=0) + dt.timedelta(seconds=1)
+        return self._charges_created(start, end)
+
+    def _charges_created(self, start: dt.datetime, end: dt.datetime) -> Iterator[dict[str, Any]]:
         offset = 0
-        for _ in range(_LIST_MAX_PAGES):
-            page = self.list_charges(offset=offset, limit=_MAX_LIST_LIMIT, from_=since, to=until)
-            data = page.get("data")
-            items = data if isinstance(data, list) else []
-            for item in items:
-                if isinstance(item, dict) and item.get("object") == "charge":
-                    yield item
-            total = page.get("total")
-            offset += len(items)
-            if not items or not isinstance(total, int) or offset >= total:
+        for _page in range(CHARGES_CREATED_MAX_PAGES):
+            listed = self.list_charges(
+                offset=offset, limit=_MAX_LIST_LIMIT, from_=start, to=end, order="chronological"
+            )
+            data, total = listed.get("data"), listed.get("total")
+            if not isinstance(data, list) or not isinstance(total, int):
+                raise OmiseUnavailableError(
+                    "GET /charges: a list without its data or total",
+                    http_status=200,
+                    method="GET",
+                    path="/charges",
+                )
+            if total > CHARGES_CREATED_MAX_PAGES * _MAX_LIST_LIMIT:
+                raise self._too_many(total)
+            for index, item in enumerate(data):
+                if not isinstance(item, dict) or item.get("object") != "charge":
+                    raise OmiseUnavailableError(
+                        f"GET /charges: item {offset + index} is not a charge object",
+                        http_status=200,
+                        method="GET",
+                        path="/charges",
+                    )
+                yield item
+            offset += len(data)
+            if not data or offset >= total:
                 return
-        raise OmiseUnavailableError(
-            f"GET /charges: more than {_LIST_MAX_PAGES * _MAX_LIST_LIMIT} charges created in "
-            "the window; the listing was not read to its end",
+        raise self._too_many(None)
+
+    @staticmethod
+    def _too_many(total: int | None) -> OmiseUnavailableError:
+        held = f"{total} charges" if total is not None else "more charges"
+        return OmiseUnavailableError(
+            f"GET /charges: the window holds {held} than the {CHARGES_CREATED_MAX_PAGES} "
+            f"pages of {_MAX_LIST_LIMIT} this scan may read: it is incomplete",
+            http_status=200,
             method="GET",
             path="/charges",
         )
@@ -603,13 +791,24 @@ class OmiseClient:
     def find_charge(self, payment_id: str) -> dict[str, Any] | None:
         """
         The newest charge whose ``metadata.payment_id`` is exactly
-        ``payment_id``, or ``None``. Searches ``scope=charge`` for the payment id
-        (at most 5 pages) and keeps only exact metadata matches: the search is
-        full-text and may return near matches.
+        ``payment_id``, or ``None`` when a complete search found none.
+
+        Searches ``scope=charge`` for the payment id, newest first
+        (``order=reverse_chronological``, Omise's documented default), 30 per
+        page, and keeps only exact metadata matches: the search matches words
+        and may return near matches. It reads every page up to 10; when more
+        pages remain and no exact match was found, the scan is incomplete and
+        raises rather than answering "none" (with newest-first pages, a match
+        found early is the newest).
+
+        Whether Omise's search indexes metadata is not settled, and a search
+        index can lag: ``None`` means "not found by the search", never "no
+        charge exists"; :meth:`charges_created` lists by creation time.
 
         Raises:
             OmiseAPIError: a definite refusal (an Omise error object).
-            OmiseUnavailableError: no definite answer (timeout, 429, 5xx, garbage).
+            OmiseUnavailableError: no definite answer (timeout, 429, 5xx,
+                garbage, a malformed search page, more pages than it may read).
             OmiseConfigurationError: misuse (no key for the call, a bad argument).
         """
         if not isinstance(payment_id, str) or not payment_id.strip():
@@ -617,29 +816,36 @@ class OmiseClient:
         matches: list[dict[str, Any]] = []
         page = 1
         while True:
-            result = self.search_charges(payment_id, page=page)
-            data = result.get("data")
-            for item in data if isinstance(data, list) else []:
-                metadata = item.get("metadata") if isinstance(item, dict) else None
-                if (
-                    isinstance(item, dict)
-                    and item.get("object") == "charge"
-                    and isinstance(metadata, Mapping)
-                    and metadata.get("payment_id") == payment_id
-                ):
-                    matches.append(item)
-            total_pages = result.get("total_pages")
-            if not isinstance(total_pages, int) or page >= total_pages or page >= _FIND_MAX_PAGES:
+            result = self.search_charges(
+                payment_id, page=page, per_page=_FIND_PER_PAGE, order="reverse_chronological"
+            )
+            data, total_pages = result.get("data"), result.get("total_pages")
+            if not isinstance(data, list) or not isinstance(total_pages, int):
+                raise OmiseUnavailableError(
+                    "GET /search: a search page without its data or total_pages",
+                    http_status=200,
+                    method="GET",
+                    path="/search",
+                )
+            matches.extend(c for c in data if _carries(c, payment_id))
+            if page >= total_pages or (matches and page >= _FIND_MAX_PAGES):
                 break
+            if page >= _FIND_MAX_PAGES:
+                raise OmiseUnavailableError(
+                    f"GET /search: {total_pages} pages match {payment_id!r}; "
+                    f"no exact match in the first {_FIND_MAX_PAGES}: the scan is incomplete",
+                    http_status=200,
+                    method="GET",
+                    path="/search",
+                )
             page += 1
         if not matches:
             return None
-        # Newest first by created_at (ISO-8601 UTC sorts as text); ties: the later hit.
-        ranked = sorted(
+        # Newest first by created_at (ISO-8601 UTC sorts as text); ties: the earlier hit.
+        return max(
             enumerate(matches),
-            key=lambda pair: (str(pair[1].get("created_at") or ""), pair[0]),
-        )
-        return ranked[-1][1]
+            key=lambda pair: (str(pair[1].get("created_at") or ""), -pair[0]),
+        )[1]
 
     # --------------------------------------------------------------- plumbing
 
@@ -780,7 +986,11 @@ class OmiseClient:
                 raise
             except OmiseUnavailableError as exc:
                 self._scrub(exc)
-                retryable = exc.http_status is None or exc.http_status in self.retry.statuses
+                retryable = (
+                    exc.http_status is None
+                    or exc.http_status in self.retry.statuses
+                    or isinstance(exc, OmiseTransientError)
+                )
                 if not retryable or attempt >= attempts:
                     raise
                 if exc.retry_after is not None:

@@ -32,6 +32,7 @@ from ._demo import run_demo, run_offline_demo
 from ._model import Outcome, Status
 from ._tracker import Tracker
 from ._urls import is_postgres, redact, sqlite_path
+from .adapters.fake import FakeOptions
 from .adapters.fake import run_server as run_fake_server
 from .adapters.omise import DEFAULT_BASE_URL as DEFAULT_API_URL
 from .adapters.omise import OmiseClient
@@ -326,11 +327,77 @@ def serve(db: str, host: str, port: int) -> None:
     "--webhook-secret", default=None, help="Base64 secret to sign webhooks with (Omise-Signature)."
 )
 @click.option(
-    "--charge-minutes",
-    default=10,
+    "--expiry-model",
+    type=click.Choice(["bank_timeout", "lifetime"]),
+    default="bank_timeout",
     show_default=True,
-    type=int,
-    help="How long a charge stays pending before it expires.",
+    help="bank_timeout: an unpaid charge fails payment_expired after --bank-timeout-minutes "
+    "(likely); lifetime: it expires at expires_at (the fake's old model).",
+)
+@click.option(
+    "--charge-minutes",
+    default=None,
+    type=click.IntRange(min=1),
+    help="expires_at minus created_at [default: 7 days under bank_timeout, 10 under lifetime].",
+)
+@click.option(
+    "--bank-timeout-minutes",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="How long the bank waits for the buyer (bank_timeout model).",
+)
+@click.option(
+    "--expiry-webhook/--no-expiry-webhook",
+    default=True,
+    show_default=True,
+    help="Whether an expiry sends charge.complete (off: only a read finds out).",
+)
+@click.option(
+    "--expire-endpoint/--no-expire-endpoint",
+    default=False,
+    show_default=True,
+    help="Whether POST /charges/:id/expire works for K PLUS (off: failed_expire).",
+)
+@click.option(
+    "--search-metadata/--no-search-metadata",
+    default=True,
+    show_default=True,
+    help="Whether the search query finds metadata values.",
+)
+@click.option(
+    "--search-lag",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds before a new charge can be found by /search (GET /charges lists it at once).",
+)
+@click.option(
+    "--kplus-enabled/--kplus-disabled",
+    default=True,
+    show_default=True,
+    help="Disabled: creating a K PLUS source or charge answers service_not_found.",
+)
+@click.option(
+    "--api-version",
+    default="2019-05-29",
+    show_default=True,
+    help="The account's default Omise-Version (before 2017-11-02: service_not_found).",
+)
+@click.option(
+    "--rate-limit",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Requests per second before HTTP 429 (default: no limit).",
+)
+@click.option(
+    "--rate-burst", default=10, show_default=True, type=click.IntRange(min=1), help="Burst size."
+)
+@click.option(
+    "--retry-after/--no-retry-after",
+    default=True,
+    show_default=True,
+    help="Whether a 429 carries Retry-After.",
 )
 def fake_omise(
     host: str,
@@ -339,15 +406,42 @@ def fake_omise(
     public_key: str,
     webhook_url: str | None,
     webhook_secret: str | None,
-    charge_minutes: int,
+    expiry_model: str,
+    charge_minutes: int | None,
+    bank_timeout_minutes: float,
+    expiry_webhook: bool,
+    expire_endpoint: bool,
+    search_metadata: bool,
+    search_lag: float,
+    kplus_enabled: bool,
+    api_version: str,
+    rate_limit: float | None,
+    rate_burst: int,
+    retry_after: bool,
 ) -> None:
     """
     Serve a fake Opn (Omise) API for integration tests: sources, charges, events,
-    search, the test-mode mark_as_paid / mark_as_failed / expire, an authorize
-    page, signed webhooks, and test controls under /_fake/. GET / answers when
-    ready. Serves until Ctrl-C.
+    search, the test-mode mark_as_paid / mark_as_failed, an authorize page, signed
+    webhooks, and test controls under /_fake/ (POST /_fake/options changes the
+    switches below while it runs). GET / answers when ready. Serves until Ctrl-C.
     """
     try:
+        options = FakeOptions(
+            expiry_model="lifetime" if expiry_model == "lifetime" else "bank_timeout",
+            charge_lifetime=None
+            if charge_minutes is None
+            else dt.timedelta(minutes=charge_minutes),
+            bank_timeout=dt.timedelta(minutes=bank_timeout_minutes),
+            expiry_webhook=expiry_webhook,
+            expire_endpoint=expire_endpoint,
+            search_metadata=search_metadata,
+            search_lag=search_lag,
+            kplus_enabled=kplus_enabled,
+            api_version=api_version,
+            rate_limit=rate_limit,
+            rate_burst=rate_burst,
+            retry_after_header=retry_after,
+        )
         run_fake_server(
             host,
             port,
@@ -355,7 +449,7 @@ def fake_omise(
             public_key=public_key,
             webhook_url=webhook_url,
             webhook_secret=webhook_secret,
-            charge_lifetime=dt.timedelta(minutes=charge_minutes),
+            options=options,
             announce=lambda url: click.echo(f"fake Omise listening on {url} (Ctrl-C to stop)"),
         )
     except ValueError as exc:

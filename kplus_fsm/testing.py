@@ -129,7 +129,7 @@ def error_json(code: str = "invalid_charge", message: str = "charge is invalid")
     """An Omise error object."""
     return {
         "object": "error",
-        "location": f"https://www.omise.co/api-errors#{code}",
+        "location": "https://www.omise.co/api-errors#" + code.replace("_", "-"),
         "code": code,
         "message": message,
     }

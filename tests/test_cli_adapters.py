@@ -301,19 +301,20 @@ class TestUnknownOutcome:
 
 
 class TestReconcile:
-    """``kplus-fsm reconcile`` after the fake's clock moved past expires_at."""
+    """``kplus-fsm reconcile`` after the fake's clock moved past the charge's end."""
 
-    def test_pending_becomes_expired(
+    def test_pending_ends_by_the_bank_timeout(
         self, fake: Process, api: httpx.Client, tmp_path: Path
     ) -> None:
-        """Advance the fake's clock over HTTP, reconcile: expired."""
+        """The default model: ten minutes on, the bank gave up; reconcile: failed."""
         db = tmp_path / "kplus.db"
         paid = pay(db, "cli-order-late", fake.url)
         assert paid.returncode == 0, paid.stderr
         charge_id = json.loads(paid.stdout)["charge_id"]
         advanced = api.post("/_fake/clock/advance", json={"seconds": 601})
         assert advanced.status_code == 200, advanced.text
-        assert api.get(f"/charges/{charge_id}").json()["status"] == "expired"
+        ended = api.get(f"/charges/{charge_id}").json()
+        assert (ended["status"], ended["failure_code"]) == ("failed", "payment_expired")
         # Our own clock has not moved: the charge is due only as "not updated
         # for --pending-minutes" (0 here), not by its expires_at.
         done = run(
@@ -324,14 +325,96 @@ class TestReconcile:
         assert (report["checked"], report["changed"], report["errors"]) == (1, 1, 0)
         [item] = report["items"]
         assert (item["payment_id"], item["action"]) == ("cli-order-late", "refetched")
-        assert (item["from_status"], item["to_status"]) == ("pending", "expired")
+        assert (item["from_status"], item["to_status"]) == ("pending", "failed")
         with read_only(db) as tracker:
-            assert tracker.get("cli-order-late").status is Status.EXPIRED
+            payment = tracker.get("cli-order-late")
+            assert (payment.status, payment.failure_code) == (Status.FAILED, "payment_expired")
             kinds = [(e.kind, e.origin, e.outcome) for e in tracker.timeline("cli-order-late")]
             assert kinds[-2:] == [
                 ("charge_snapshot", "poll", "applied"),
-                ("charge.expired", None, None),
+                ("charge.failed", None, None),
             ]
+
+
+class TestFakeOmiseSwitches:
+    """``kplus-fsm fake-omise`` options: the fake's switches, as a separate process."""
+
+    def test_the_lifetime_model_chosen_on_the_command_line(self, tmp_path: Path) -> None:
+        """--expiry-model lifetime --charge-minutes 10 --no-expiry-webhook: expired, silently."""
+        fake = start_fake(
+            "--expiry-model", "lifetime", "--charge-minutes", "10", "--no-expiry-webhook"
+        )
+        try:
+            with httpx.Client(base_url=fake.url, auth=(SK, ""), trust_env=False) as api:
+                options = api.get("/_fake/options").json()
+                assert (options["expiry_model"], options["expiry_webhook"]) == ("lifetime", False)
+                assert options["charge_lifetime"] == 600
+                db = tmp_path / "kplus.db"
+                paid = pay(db, "cli-order-expired", fake.url)
+                assert paid.returncode == 0, paid.stderr
+                charge_id = json.loads(paid.stdout)["charge_id"]
+                api.post("/_fake/clock/advance", json={"seconds": 601})
+                ended = api.get(f"/charges/{charge_id}").json()
+                assert (ended["status"], ended["expired_at"]) == ("expired", ended["expires_at"])
+                events = api.get(f"/charges/{charge_id}/events").json()["data"]
+                assert [e["key"] for e in events] == ["charge.create"]  # no expiry event
+                done = run(
+                    "reconcile", "--db", str(db), "--json", "--pending-minutes", "0",
+                    env=api_env(fake.url),
+                )  # fmt: skip
+                assert done.returncode == 0, done.stderr
+            with read_only(db) as tracker:
+                assert tracker.get("cli-order-expired").status is Status.EXPIRED
+        finally:
+            fake.stop()
+        assert_clean(fake.stdout, fake.stderr)
+
+    def test_every_switch_reaches_the_fake(self) -> None:
+        """Each fake-omise option sets its switch (GET /_fake/options shows them all)."""
+        fake = start_fake(
+            "--expiry-model", "bank_timeout", "--charge-minutes", "60",
+            "--bank-timeout-minutes", "2.5", "--no-expiry-webhook", "--expire-endpoint",
+            "--no-search-metadata", "--search-lag", "4", "--kplus-disabled",
+            "--api-version", "2017-11-02", "--rate-limit", "500", "--rate-burst", "50",
+            "--no-retry-after",
+        )  # fmt: skip
+        try:
+            with httpx.Client(base_url=fake.url, auth=(SK, ""), trust_env=False) as api:
+                assert api.get("/_fake/options").json() == {
+                    "object": "fake_options",
+                    "expiry_model": "bank_timeout",
+                    "charge_lifetime": 3600.0,
+                    "bank_timeout": 150.0,
+                    "expiry_webhook": False,
+                    "expire_endpoint": True,
+                    "search_metadata": False,
+                    "search_lag": 4.0,
+                    "kplus_enabled": False,
+                    "api_version": "2017-11-02",
+                    "rate_limit": 500.0,
+                    "rate_burst": 50,
+                    "retry_after_header": False,
+                }
+                refused = api.post(
+                    "/charges",
+                    json={
+                        "amount": 35_000,
+                        "currency": "THB",
+                        "return_uri": RETURN_URI,
+                        "source": {"type": "mobile_banking_kbank"},
+                    },
+                )
+                assert refused.json()["code"] == "service_not_found"
+        finally:
+            fake.stop()
+        assert_clean(fake.stdout, fake.stderr)
+
+    def test_bad_switches_exit_2_without_a_traceback(self) -> None:
+        """An API version that is not a date: exit 2, one line, no secret."""
+        args = ["fake-omise", "--port", "0", "--secret-key", SK, "--public-key", PK]
+        done = run(*args, "--api-version", "last-tuesday", env=base_env())
+        assert done.returncode == 2
+        assert "api_version" in done.stderr
 
 
 class TestServe:

@@ -320,11 +320,21 @@ class TestFailedPayment:
 # --- 3. expiry ----------------------------------------------------------------------------
 
 
+def lifetime_model(world: World) -> None:
+    """The fake's ``lifetime`` expiry model: expired at expires_at, 10 minutes after creation."""
+    world.fake.set_options(expiry_model="lifetime", charge_lifetime=dt.timedelta(minutes=10))
+
+
 class TestExpiry:
-    """The charge outlives expires_at: expired, by webhook or by reconciliation."""
+    """
+    The charge outlives expires_at (the fake's ``lifetime`` model, chosen
+    explicitly): expired, by webhook or by reconciliation. The default
+    bank-timeout model is run in ``test_expiry_models.py``.
+    """
 
     def test_expiry_webhook(self, world: World) -> None:
         """Advancing the fake clock past expires_at sends charge.complete (expired)."""
+        lifetime_model(world)
         charge_id = world.open_payment("order-late")
         before = world.inbox()[-1].id
         world.fake.advance_clock(dt.timedelta(minutes=10, seconds=1))
@@ -347,6 +357,7 @@ class TestExpiry:
 
     def test_dropped_expiry_webhook_settled_by_reconcile(self, world: World) -> None:
         """No webhook ever comes; reconciliation past expires_at re-reads: expired."""
+        lifetime_model(world)
         charge_id = world.open_payment("order-silent")
         world.fake.drop_next(1)
         world.fake.advance_clock(dt.timedelta(minutes=10, seconds=1))
@@ -382,6 +393,7 @@ class TestExpiry:
     ) -> None:
         """Signed on the fake's advanced clock: genuine but outside the tolerance, so a
         hint (verified_stale) whose re-fetch settles the payment at once."""
+        lifetime_model(world)
         charge_id = world.open_payment("order-future")
         world.fake.advance_clock(dt.timedelta(minutes=10, seconds=1))
         world.settle()
@@ -844,10 +856,10 @@ class SweepTurnClock:
 
 
 class TestClockControl:
-    """``POST /_fake/clock/advance`` reports the charges it expired."""
+    """``POST /_fake/clock/advance`` reports the charges it ended."""
 
     def test_advance_reports_the_expired_charge(self) -> None:
-        """The charge the advance expired is listed, even if the sweeper got there first."""
+        """The charge the advance ended is listed, even if the sweeper got there first."""
         fake = FakeOmise(secret_key=SK, public_key=PK, clock=SweepTurnClock(), sweep_interval=0.01)
         try:
             with (
@@ -864,7 +876,9 @@ class TestClockControl:
                     },
                 ).json()
                 advanced = http.post("/_fake/clock/advance", json={"seconds": 601}).json()
-                assert http.get(f"/charges/{charge['id']}").json()["status"] == "expired"
+                ended = http.get(f"/charges/{charge['id']}").json()
+                # The default expiry model: the bank timed out after ten minutes.
+                assert (ended["status"], ended["failure_code"]) == ("failed", "payment_expired")
                 assert advanced["expired"] == [charge["id"]]
         finally:
             fake.close()

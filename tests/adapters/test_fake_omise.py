@@ -51,12 +51,14 @@ SOURCE_FIELDS = {
     "type", "zero_interest_installments", "charge_status", "receipt_amount", "discounts",
 }  # fmt: skip
 CHARGE_FIELDS = {
-    "object", "id", "location", "amount", "acquirer_reference_number", "net", "fee", "fee_vat",
+    "object", "id", "location", "amount", "authorization_type", "authorized_amount",
+    "captured_amount", "acquirer_reference_number", "net", "fee", "fee_vat",
     "interest", "interest_vat", "funding_amount", "refunded_amount", "transaction_fees",
     "platform_fee", "currency", "funding_currency", "ip", "refunds", "link", "description",
-    "metadata", "card", "source", "schedule", "customer", "dispute", "transaction",
-    "failure_code", "failure_message", "status", "authorize_uri", "return_uri", "created_at",
-    "paid_at", "expires_at", "expired_at", "reversed_at", "zero_interest_installments",
+    "metadata", "card", "source", "schedule", "linked_account", "customer", "dispute",
+    "transaction", "failure_code", "failure_message", "merchant_advice", "merchant_advice_code",
+    "status", "authorize_uri", "return_uri", "created_at", "paid_at", "authorized_at",
+    "expires_at", "expired_at", "reversed_at", "multi_capture", "zero_interest_installments",
     "branch", "terminal", "device", "authorized", "capturable", "capture", "disputable",
     "livemode", "refundable", "partially_refundable", "reversed", "reversible", "voided",
     "paid", "expired", "can_perform_void", "approval_code",
@@ -173,7 +175,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
     body = response.json()
     assert body["object"] == "error"
     assert body["code"] == code
-    assert body["location"].endswith(code)
+    assert body["location"].endswith("#" + code.replace("_", "-"))
     assert isinstance(body["message"], str)
     assert body["message"]
 
@@ -285,7 +287,7 @@ class TestGuideRequests:
         assert charge["source"]["charge_status"] == "pending"
         assert charge["source"]["flow"] == "app_redirect"
         lifetime = parse(charge["expires_at"]) - parse(charge["created_at"])
-        assert lifetime == dt.timedelta(minutes=10)
+        assert lifetime == dt.timedelta(days=7)
         assert public_api.get(f"/sources/{source['id']}").json()["charge_status"] == "pending"
         assert api.get(f"/charges/{charge['id']}").json() == charge
 
@@ -357,7 +359,7 @@ class TestRules:
             assert response.status_code == 401
             assert response.json() == {
                 "object": "error",
-                "location": "https://www.omise.co/api-errors#authentication_failure",
+                "location": "https://www.omise.co/api-errors#authentication-failure",
                 "code": "authentication_failure",
                 "message": "authentication failed",
             }
@@ -539,7 +541,6 @@ class TestOutcomes:
                 "failed",
                 "insufficient_fund",
             ),
-            ("expire", {}, "expired", None),
         ],
     )
     def test_test_mode_endpoints_emit_charge_complete(
@@ -575,7 +576,7 @@ class TestOutcomes:
         assert events["total"] == 2
         assert [e["key"] for e in events["data"]] == ["charge.create", "charge.complete"]
         again = api.post(f"/charges/{charge['id']}/{action}")
-        assert_error(again, 400, "failed_expire" if action == "expire" else "invalid_charge")
+        assert_error(again, 400, "invalid_charge")
 
     def test_event_objects(self, api: httpx.Client, fake: FakeOmise) -> None:
         """GET /events/:id answers the event with its data and deliveries."""
@@ -606,11 +607,19 @@ class TestOutcomes:
         assert json.loads(delivery["payload"])["id"] == event_id
         assert api.get("/events").json()["total"] == 1
 
-    def test_expiry_by_the_clock(
-        self, api: httpx.Client, fake: FakeOmise, recorder: Recorder, clock: FakeClock
-    ) -> None:
-        """Past expires_at the charge expires, with a charge.complete webhook."""
+    def test_expiry_by_the_clock(self, clock: FakeClock) -> None:
+        """The lifetime model: past expires_at the charge expires, with charge.complete."""
+        recorder = Recorder()
+        with (
+            make_fake(clock=clock, webhook_receiver=recorder, expiry_model="lifetime") as fake,
+            httpx.Client(transport=fake.transport(), base_url=BASE, auth=(SK, "")) as api,
+        ):
+            self._expires_after_ten_minutes(api, fake, recorder)
+
+    @staticmethod
+    def _expires_after_ten_minutes(api: httpx.Client, fake: FakeOmise, recorder: Recorder) -> None:
         charge = create_charge(api)
+        assert parse(charge["expires_at"]) - parse(charge["created_at"]) == dt.timedelta(minutes=10)
         assert fake.advance_clock(dt.timedelta(minutes=9, seconds=59)) == []
         assert api.get(f"/charges/{charge['id']}").json()["status"] == "pending"
         assert fake.advance_clock(1) == [charge["id"]]
@@ -627,16 +636,21 @@ class TestOutcomes:
     def test_expiry_with_an_external_clock(
         self, api: httpx.Client, fake: FakeOmise, clock: FakeClock
     ) -> None:
-        """An injected clock moved directly: the next request (or tick) expires."""
+        """An injected clock moved directly: the next request (or tick) ends the charge."""
         charge = create_charge(api)
         clock.advance(minutes=11)
-        assert api.get(f"/charges/{charge['id']}").json()["status"] == "expired"
+        ended = api.get(f"/charges/{charge['id']}").json()
+        assert (ended["status"], ended["failure_code"]) == ("failed", "payment_expired")
 
     def test_background_expiry_on_the_real_clock(self) -> None:
         """With the default clock the worker expires charges on its own."""
         recorder = Recorder()
         with (
-            make_fake(webhook_receiver=recorder, charge_lifetime=dt.timedelta(seconds=0.2)) as fake,
+            make_fake(
+                webhook_receiver=recorder,
+                expiry_model="lifetime",
+                charge_lifetime=dt.timedelta(seconds=0.2),
+            ) as fake,
             httpx.Client(transport=fake.transport(), base_url=BASE, auth=(SK, "")) as api,
         ):
             charge = create_charge(api)
@@ -650,12 +664,13 @@ class TestOutcomes:
     def test_python_api_and_force(self, api: httpx.Client, fake: FakeOmise) -> None:
         """The Python controls; ``force`` changes a finished charge (late outcomes)."""
         charge = create_charge(api)
-        assert fake.expire(charge["id"])["status"] == "expired"
+        ended = fake.expire(charge["id"])  # as the default model ends an abandoned charge
+        assert (ended["status"], ended["failure_code"]) == ("failed", "payment_expired")
         with pytest.raises(FakeOmiseError) as caught:
             fake.mark_as_paid(charge["id"])
         assert (caught.value.status, caught.value.code) == (400, "invalid_charge")
         late = fake.mark_as_paid(charge["id"], force=True)
-        assert (late["status"], late["expired"], late["paid"]) == ("successful", False, True)
+        assert (late["status"], late["failure_code"], late["paid"]) == ("successful", None, True)
         with pytest.raises(FakeOmiseError):
             fake.charge("chrg_test_nope")
         assert [e["key"] for e in fake.events(charge["id"])] == [
@@ -1049,25 +1064,34 @@ class TestPages:
         assert [c["id"] for c in as_json.json()["data"]] == ids[1:2]
 
     def test_search(self, api: httpx.Client, fake: FakeOmise) -> None:
-        """query matches a charge id, the description, or a metadata value exactly."""
+        """query finds words of the id, description or metadata; filters; newest first."""
         first = create_charge(api, "pay_search_1", description="order 1")
+        fake.advance_clock(1)
         second = create_charge(api, "pay_search_2")
         fake.mark_as_paid(second["id"])
         found = api.get("/search", params={"scope": "charge", "query": "pay_search_1"}).json()
-        assert set(found) >= {
-            "object", "scope", "query", "page", "per_page", "total", "total_pages", "data",
+        assert set(found) == {
+            "object", "export", "data", "page", "per_page", "total", "total_pages", "filters",
+            "location", "order", "query", "scope", "aggregate_level",
         }  # fmt: skip
         assert (found["object"], found["scope"], found["query"]) == (
             "search",
             "charge",
             "pay_search_1",
         )
-        assert (found["page"], found["total"], found["total_pages"]) == (1, 1, 1)
+        assert (found["page"], found["per_page"], found["total"], found["total_pages"]) == (
+            1,
+            30,
+            1,
+            1,
+        )
+        assert found["order"] == "reverse_chronological"
         assert [c["id"] for c in found["data"]] == [first["id"]]
         by_id = api.get("/search", params={"scope": "charge", "query": second["id"]}).json()
         assert [c["id"] for c in by_id["data"]] == [second["id"]]
         by_description = api.get("/search", params={"scope": "charge", "query": "order 1"}).json()
         assert by_description["total"] == 1
+        # "pay_search" is not a word of "pay_search_1": words are whole.
         assert (
             api.get("/search", params={"scope": "charge", "query": "pay_search"}).json()["total"]
             == 0
@@ -1077,17 +1101,19 @@ class TestPages:
         ).json()
         assert [c["id"] for c in paid["data"]] == [second["id"]]
         ranged = api.get(
-            "/search", params={"scope": "charge", "filters[amount]": "100000..200000"}
+            "/search", params={"scope": "charge", "filters[amount]": "1000..2000"}
         ).json()
         assert ranged["total"] == 2
         everything = api.get("/search", params={"scope": "charge", "per_page": 1, "page": 2}).json()
         assert (everything["total"], everything["total_pages"]) == (2, 2)
-        assert [c["id"] for c in everything["data"]] == [second["id"]]
+        assert [c["id"] for c in everything["data"]] == [first["id"]]  # newest first
+        beyond = api.get("/search", params={"scope": "charge", "page": 9}).json()
+        assert (beyond["page"], beyond["data"], beyond["total"]) == (9, [], 2)
         assert_error(api.get("/search", params={"scope": "customer"}), 400, "invalid_scope")
         assert_error(
             api.get("/search", params={"scope": "charge", "filters[colour]": "red"}),
             400,
-            "invalid_filters",
+            "invalid_filter",
         )
         assert_error(api.get("/search", params={"scope": "charge", "page": 0}), 400, "invalid_page")
 

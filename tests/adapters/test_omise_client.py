@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,14 +20,19 @@ from structlog.testing import capture_logs
 
 from kplus_fsm import ChargeAPI
 from kplus_fsm.adapters.omise import (
+    CHARGES_CREATED_MAX_PAGES,
+    ERROR_CODES,
     OmiseAPIError,
     OmiseClient,
     OmiseConfigurationError,
+    OmiseServiceNotFoundError,
     OmiseTimeoutError,
+    OmiseTransientError,
     OmiseUnavailableError,
     RetryPolicy,
+    error_meaning,
 )
-from kplus_fsm.exceptions import GatewayRefusedError, GatewayUnavailableError
+from kplus_fsm.exceptions import GatewayError, GatewayRefusedError, GatewayUnavailableError
 from kplus_fsm.testing import charge_json, error_json
 
 SKEY = "skey_test_5xsecretsecretsecret01"
@@ -262,7 +268,7 @@ class TestErrors:
             "invalid_charge",
             "amount must be at least 2000",
         )
-        assert exc.location == "https://www.omise.co/api-errors#invalid_charge"
+        assert exc.location == "https://www.omise.co/api-errors#invalid-charge"
         assert exc.error["code"] == "invalid_charge"
         assert str(exc) == "HTTP 400 invalid_charge: amount must be at least 2000"
         assert (exc.method, exc.path) == ("POST", "/charges")
@@ -599,10 +605,12 @@ class TestFindCharge:
         assert [r.url.params["page"] for r in wire.requests] == ["1", "2"]
 
     def test_pages_are_bounded(self) -> None:
+        """Ten pages at most; an incomplete scan without a match is no answer, not None."""
         wire = Wire(ok(search_json(page=1, total_pages=1000)))
-        with wire.client() as client:
-            assert client.find_charge("order-1") is None
-        assert len(wire.requests) == 5
+        with wire.client() as client, pytest.raises(OmiseUnavailableError) as info:
+            client.find_charge("order-1")
+        assert len(wire.requests) == 10
+        assert "incomplete" in str(info.value)
 
     def test_search_errors_propagate(self) -> None:
         wire = Wire(raw(b"", 502))
@@ -746,3 +754,282 @@ class TestLoopback:
         with client, pytest.raises(OmiseUnavailableError) as info:
             client.retrieve_charge("chrg_x")
         assert SKEY not in str(info.value)
+
+
+# ------------------------------------------------------------ the error table
+
+#: Every documented Omise error code, what it means for a caller, and its HTTP
+#: status where documented: written out from the Opn docs' *API errors* page
+#: (400 Bad Request: backend_error "Please try again", bad_request, …), the older
+#: omise.co errors page, the official SDKs' exception maps and recorded tests.
+#: An independent oracle: not derived from ERROR_CODES.
+ERROR_ORACLE: dict[str, tuple[int | None, str]] = {
+    "authentication_failure": (401, "refused"),
+    "backend_error": (400, "retry"),
+    "bad_request": (400, "refused"),
+    "brand_not_supported": (400, "refused"),
+    "documents_locked": (400, "refused"),
+    "expired_charge": (400, "refused"),
+    "failed_capture": (400, "refused"),
+    "failed_expire": (400, "refused"),
+    "failed_fraud_check": (400, "refused"),
+    "failed_multi_currency": (400, "refused"),
+    "failed_refund": (400, "refused"),
+    "failed_void": (None, "refused"),
+    "invalid_amount": (None, "refused"),
+    "invalid_bank_account": (None, "refused"),
+    "invalid_card": (None, "refused"),
+    "invalid_card_token": (None, "refused"),
+    "invalid_charge": (400, "refused"),
+    "invalid_filter": (None, "refused"),
+    "invalid_filters": (None, "refused"),
+    "invalid_link": (None, "refused"),
+    "invalid_page": (None, "refused"),
+    "invalid_recipient": (None, "refused"),
+    "invalid_scope": (None, "refused"),
+    "locked_out": (None, "refused"),
+    "missing_card": (None, "refused"),
+    "not_found": (404, "refused"),
+    "service_not_found": (None, "refused"),
+    "used_token": (None, "refused"),
+}
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "omise"
+
+
+class TestErrorTable:
+    """ERROR_CODES against the oracle; each meaning as the client raises it."""
+
+    def test_the_table_matches_the_oracle(self) -> None:
+        assert {c: (r.status, r.meaning) for c, r in ERROR_CODES.items()} == ERROR_ORACLE
+        assert all(row.code == code and row.source for code, row in ERROR_CODES.items())
+
+    def test_the_docs_table_is_the_same_table(self) -> None:
+        """docs/omise-facts.md's error table lists the same codes, statuses and meanings."""
+        text = (Path(__file__).parents[2] / "docs" / "omise-facts.md").read_text(encoding="utf-8")
+        section = text.split("## Error codes", 1)[1].split("\n## ", 1)[0]
+        rows = {}
+        for line in section.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 4 and cells[0].startswith("`"):
+                status = None if cells[1] == "—" else int(cells[1])
+                rows[cells[0].strip("`")] = (status, cells[2])
+        assert rows == ERROR_ORACLE
+
+    @pytest.mark.parametrize("code", sorted(ERROR_ORACLE))
+    def test_each_code_on_a_create(self, code: str) -> None:
+        status, meaning = ERROR_ORACLE[code]
+        wire = Wire(ok(error_json(code, f"{code} happened"), status=status or 400))
+        with wire.client() as client, pytest.raises(GatewayError) as info:
+            client.create_charge({"amount": 10_000})
+        assert len(wire.requests) == 1  # a create is never retried
+        if meaning == "retry":
+            assert isinstance(info.value, OmiseTransientError)
+            assert isinstance(info.value, GatewayUnavailableError)
+        else:
+            assert isinstance(info.value, OmiseAPIError)
+            assert isinstance(info.value, GatewayRefusedError)
+            assert isinstance(info.value, OmiseServiceNotFoundError) is (
+                code == "service_not_found"
+            )
+
+    @pytest.mark.parametrize(
+        ("status", "code", "meaning"),
+        [
+            (400, "backend_error", "retry"),
+            (400, "invalid_charge", "refused"),
+            (404, "not_found", "refused"),
+            (422, "an_undocumented_code", "refused"),
+            (429, "too_many_requests", "retry"),
+            (429, "bad_request", "retry"),
+            (500, "internal_error", "retry"),
+            (503, "invalid_charge", "retry"),
+        ],
+    )
+    def test_error_meaning(self, status: int, code: str, meaning: str) -> None:
+        assert error_meaning(status, code) == meaning
+
+    def test_backend_error_on_a_create_is_an_unknown_outcome(self) -> None:
+        body = error_json("backend_error", "backend error")
+        wire = Wire(ok(body, status=400))
+        with wire.client() as client, pytest.raises(OmiseTransientError) as info:
+            client.create_charge({"amount": 10_000})
+        exc = info.value
+        assert (exc.http_status, exc.code, exc.error) == (400, "backend_error", body)
+        assert "try again" in str(exc)
+        assert (exc.method, exc.path) == ("POST", "/charges")
+
+    def test_backend_error_on_a_read_is_retried_like_a_5xx(self) -> None:
+        charge = charge_json(payment_id="order-1", charge_id="chrg_x")
+        wire = Wire(ok(error_json("backend_error", "backend error"), status=400), ok(charge))
+        with wire.client(retry=RetryPolicy(attempts=3, base_delay=0.01)) as client:
+            assert client.retrieve_charge("chrg_x")["id"] == "chrg_x"
+        assert len(wire.requests) == 2
+        assert len(wire.sleeps) == 1
+        always = Wire(ok(error_json("backend_error", "backend error"), status=400))
+        with (
+            always.client(retry=RetryPolicy(attempts=3, base_delay=0.0)) as client,
+            pytest.raises(OmiseTransientError),
+        ):
+            client.retrieve_charge("chrg_x")
+        assert len(always.requests) == 3
+
+    def test_service_not_found_is_a_typed_refusal(self) -> None:
+        body = error_json("service_not_found", "service not found")
+        wire = Wire(ok(body, status=404))
+        with (
+            wire.client(public_key=PKEY) as client,
+            pytest.raises(OmiseServiceNotFoundError) as info,
+        ):
+            client.create_source(amount=2_000)
+        assert isinstance(info.value, OmiseAPIError)
+        assert (info.value.code, info.value.http_status) == ("service_not_found", 404)
+        assert "2017-11-02" in (OmiseServiceNotFoundError.__doc__ or "")
+
+    def test_a_recorded_error_body_from_omise_go(self) -> None:
+        """omise-go's recorded 404 body becomes an OmiseAPIError field for field."""
+        recorded = json.loads((FIXTURES / "omise-go" / "charges-404-get.json").read_text())
+        wire = Wire(ok(recorded, status=404))
+        with wire.client() as client, pytest.raises(OmiseAPIError) as info:
+            client.retrieve_charge("missing")
+        exc = info.value
+        assert (exc.code, exc.message, exc.location) == (
+            recorded["code"],
+            recorded["message"],
+            recorded["location"],
+        )
+        assert exc.error == recorded
+        assert len(wire.requests) == 1
+
+
+# ---------------------------------------------------------- charges_created
+
+
+def list_json(
+    charges: list[dict[str, Any]], *, offset: int, total: int, limit: int = 100
+) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": charges,
+        "limit": limit,
+        "offset": offset,
+        "total": total,
+        "order": "chronological",
+        "location": "/charges",
+        "from": "2026-01-01T00:00:00Z",
+        "to": "2026-01-02T00:00:00Z",
+    }
+
+
+def numbered(start: int, count: int) -> list[dict[str, Any]]:
+    return [
+        charge_json(payment_id=f"p-{n}", charge_id=f"chrg_{n}") for n in range(start, start + count)
+    ]
+
+
+SINCE = dt.datetime(2026, 1, 1, 12, 0, 0, 700_000, tzinfo=dt.UTC)
+UNTIL = dt.datetime(2026, 1, 1, 12, 5, 0, 200_000, tzinfo=dt.UTC)
+
+
+class TestChargesCreated:
+    """Every charge created in a window, page after page; never an incomplete scan."""
+
+    def test_pages_offsets_and_parameters(self) -> None:
+        wire = Wire(
+            ok(list_json(numbered(0, 100), offset=0, total=237)),
+            ok(list_json(numbered(100, 100), offset=100, total=237)),
+            ok(list_json(numbered(200, 37), offset=200, total=237)),
+        )
+        with wire.client() as client:
+            got = [c["id"] for c in client.charges_created(since=SINCE, until=UNTIL)]
+        assert got == [f"chrg_{n}" for n in range(237)]
+        params = [dict(r.url.params) for r in wire.requests]
+        assert [p["offset"] for p in params] == ["0", "100", "200"]
+        for p in params:
+            assert (p["limit"], p["order"]) == ("100", "chronological")
+            # Rounded outwards to whole seconds: the window never shrinks.
+            assert (p["from"], p["to"]) == ("2026-01-01T12:00:00Z", "2026-01-01T12:05:01Z")
+        assert all(r.method == "GET" and r.url.path == "/charges" for r in wire.requests)
+
+    def test_lazy_and_empty(self) -> None:
+        wire = Wire(ok(list_json([], offset=0, total=0)))
+        with wire.client() as client:
+            scan = client.charges_created(since=SINCE, until=UNTIL)
+            assert wire.requests == []  # nothing is read before iterating
+            assert list(scan) == []
+        assert len(wire.requests) == 1
+
+    def test_naive_datetimes_are_utc(self) -> None:
+        wire = Wire(ok(list_json([], offset=0, total=0)))
+        with wire.client() as client:
+            list(
+                client.charges_created(since=dt.datetime(2026, 1, 1), until=dt.datetime(2026, 1, 2))
+            )
+        params = dict(wire.requests[0].url.params)
+        assert (params["from"], params["to"]) == ("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z")
+
+    def test_misuse_is_refused_at_the_call(self) -> None:
+        wire = Wire(ok(list_json([], offset=0, total=0)))
+        with wire.client() as client, pytest.raises(OmiseConfigurationError):
+            client.charges_created(since=UNTIL, until=SINCE)
+        with OmiseClient(public_key=PKEY) as keyless, pytest.raises(OmiseConfigurationError):
+            keyless.charges_created(since=SINCE, until=UNTIL)
+        assert wire.requests == []
+
+    def test_a_window_too_large_is_no_answer(self) -> None:
+        wire = Wire(
+            ok(list_json(numbered(0, 100), offset=0, total=CHARGES_CREATED_MAX_PAGES * 100 + 1))
+        )
+        with wire.client() as client:
+            scan = client.charges_created(since=SINCE, until=UNTIL)
+            with pytest.raises(OmiseUnavailableError, match="incomplete"):
+                next(scan)
+        assert len(wire.requests) == 1
+
+    def test_a_window_that_keeps_growing_stops_at_the_bound(self) -> None:
+        def growing(request: httpx.Request) -> httpx.Response:
+            offset = int(request.url.params["offset"])
+            return ok(list_json(numbered(offset, 100), offset=offset, total=offset + 150))
+
+        wire = Wire(growing)
+        seen: list[dict[str, Any]] = []
+        with wire.client() as client, pytest.raises(OmiseUnavailableError, match="incomplete"):
+            seen.extend(client.charges_created(since=SINCE, until=UNTIL))
+        # Page 50 reports 5,050 charges: more than 50 pages can hold.
+        assert len(wire.requests) == CHARGES_CREATED_MAX_PAGES
+        assert len(seen) == (CHARGES_CREATED_MAX_PAGES - 1) * 100
+
+    def test_short_pages_stop_at_the_bound(self) -> None:
+        """A server that answers 60 per page: 50 pages hold 3,000 of 4,000: incomplete."""
+
+        def capped(request: httpx.Request) -> httpx.Response:
+            offset = int(request.url.params["offset"])
+            return ok(list_json(numbered(offset, 60), offset=offset, total=4_000, limit=60))
+
+        wire = Wire(capped)
+        seen: list[dict[str, Any]] = []
+        with wire.client() as client, pytest.raises(OmiseUnavailableError, match="incomplete"):
+            seen.extend(client.charges_created(since=SINCE, until=UNTIL))
+        assert len(wire.requests) == CHARGES_CREATED_MAX_PAGES
+        assert len(seen) == CHARGES_CREATED_MAX_PAGES * 60
+
+    @pytest.mark.parametrize(
+        "page",
+        [
+            {"object": "list", "data": "nope", "total": 1},
+            {"object": "list", "data": [], "total": None},
+            {"object": "list", "data": [{"object": "refund", "id": "rfnd_1"}], "total": 1},
+            {"object": "list", "data": [[1]], "total": 1},
+        ],
+    )
+    def test_malformed_pages_are_no_answer(self, page: dict[str, Any]) -> None:
+        with Wire(ok(page)).client() as client, pytest.raises(OmiseUnavailableError):
+            list(client.charges_created(since=SINCE, until=UNTIL))
+
+    def test_a_throttled_page_is_retried(self) -> None:
+        wire = Wire(
+            ok(error_json("too_many_requests", "slow"), status=429, **{"Retry-After": "2"}),
+            ok(list_json(numbered(0, 3), offset=0, total=3)),
+        )
+        with wire.client() as client:
+            assert len(list(client.charges_created(since=SINCE, until=UNTIL))) == 3
+        assert wire.sleeps == [2.0]

@@ -134,6 +134,9 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
             webhook_url=receiver.url + "/webhooks/omise",
             webhook_secrets=[SECRET],
             retry=DeliveryRetry(max_attempts=3, backoff=0.05, max_backoff=0.2),
+            # No expiry within a scenario (which moves the clock 16 minutes on):
+            # no bank timeout, a day-long lifetime.
+            expiry_model="lifetime",
             charge_lifetime=dt.timedelta(days=1),
             sweep_interval=0.05,
         )

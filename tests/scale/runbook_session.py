@@ -148,6 +148,8 @@ def session(workdir: Path) -> Iterator[Session]:
         webhook_secrets=[NEW_SECRET],
         retry=RetryPolicy(max_attempts=2, backoff=0.1, max_backoff=0.2),
         sweep_interval=0.1,
+        # Recipe 3 shows a charge that expired (status expired), then was paid.
+        expiry_model="lifetime",
     )
     with fake, start_server(fake, host="127.0.0.1", port=OMISE_PORT) as server:
         s = Session(workdir, fake, server.url)
