@@ -40,6 +40,7 @@ from kplus_fsm.adapters.fake import RetryPolicy as DeliveryRetry
 from kplus_fsm.adapters.omise import OmiseClient, RetryPolicy
 from kplus_fsm.adapters.webhooks import WebhookIntake, serve
 from kplus_fsm.exceptions import GatewayError
+from kplus_fsm.testing import FakeClock
 
 pytestmark = pytest.mark.slow
 
@@ -103,6 +104,19 @@ class World:
             assert truth is not None, payment
             assert payment.status.value == truth["status"], (payment, truth)
         return payment
+
+    def settle_dead_create(self, pid: str) -> Payment:
+        """Past the grace period, two looks a minute apart settle a create never made."""
+        real = self.tracker.clock
+        later = FakeClock(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=16))
+        self.tracker.clock = later
+        try:
+            self.tracker.refresh(self.client, pid)
+            later.advance(seconds=61)
+            self.tracker.refresh(self.client, pid)
+        finally:
+            self.tracker.clock = real
+        return self.truthful(pid)
 
     def reconcile_until_settled(self, pid: str) -> Payment:
         """Reconcile (faults cleared) until the tracker agrees with the fake."""
@@ -249,13 +263,8 @@ def test_faults_on_create(
         assert world.charges_for(pid) == []
         # No charge exists, the grace period is over and two looks agree: settled as
         # never created; the order is paid by a new attempt, never a second charge here.
-        later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=16)
-        for step in (0, 61):
-            world.tracker.clock = lambda step=step: later + dt.timedelta(seconds=step)
-            world.tracker.refresh(world.client, pid)
-        dead = world.truthful(pid)
+        dead = world.settle_dead_create(pid)
         assert (dead.status, dead.failure_code) == (Status.FAILED, "not_created")
-        world.tracker.clock = lambda: dt.datetime.now(dt.UTC)
         pid = f"{pid}.2"
         retried = world.create(pid)
         assert retried.status is Status.PENDING, retried.reason
@@ -298,13 +307,8 @@ def test_connection_refused_on_create(world: World) -> None:
     world.tracker.reconcile(world.client, pending_threshold=dt.timedelta(0))
     # No charge was ever made: past the grace period, two looks a minute apart settle
     # the create as never made, and the order is paid by a new attempt.
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=16)
-    for step in (0, 61):
-        world.tracker.clock = lambda step=step: later + dt.timedelta(seconds=step)
-        world.tracker.refresh(world.client, "net-refused")
-    world.tracker.clock = lambda: dt.datetime.now(dt.UTC)
-    dead = world.truthful("net-refused")
-    assert (dead.status, dead.failure_code) == (Status.FAILED, "not_created")
+    settled = world.settle_dead_create("net-refused")
+    assert (settled.status, settled.failure_code) == (Status.FAILED, "not_created")
     assert world.create("net-refused.2").status is Status.PENDING
     assert world.charges_for("net-refused") == []
     assert len(world.charges_for("net-refused.2")) == 1
