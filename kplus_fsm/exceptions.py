@@ -12,12 +12,14 @@ understood at all, for misuse, and for storage problems::
     │   ├── InvalidPaymentRequestError    a payment request field is out of its limits
     │   ├── MalformedInputError           not JSON, wrong types, missing fields
     │   └── RefundNotSupportedError       Opn cannot refund mobile-banking charges
+    ├── InvalidTimeError(ValueError)      a time outside 1000-01-01 .. 9999-12-31 (UTC), or naive
     ├── OutcomeError                      ``Result.raise_for_outcome()`` on a refused input
     ├── PaymentNotFoundError(LookupError) no payment with that payment id or charge id
     ├── StoreError                        storage problems, chained from the sqlite3 error
     │   ├── ConcurrencyError              (stream, version) already taken; retried inside
     │   ├── IntegrityError                a row breaks the hash chain or cannot be decoded
     │   ├── SchemaVersionError            the database was written by a newer kplus_fsm
+    │   ├── DamagedLogError               SQLite reports the file damaged (corrupt, truncated)
     │   └── PostgresUnavailableError      a postgresql:// log without psycopg installed
     └── GatewayError                      the payment API did not do what was asked
         ├── GatewayRefusedError           a definite answer: an Omise error object (4xx)
@@ -31,12 +33,14 @@ from __future__ import annotations
 
 __all__ = [
     "ConcurrencyError",
+    "DamagedLogError",
     "GatewayError",
     "GatewayRefusedError",
     "GatewayUnavailableError",
     "IntegrityError",
     "InvalidInputError",
     "InvalidPaymentRequestError",
+    "InvalidTimeError",
     "KplusFSMError",
     "MalformedInputError",
     "OutcomeError",
@@ -108,6 +112,15 @@ class RefundNotSupportedError(InvalidInputError):
     """
 
 
+class InvalidTimeError(KplusFSMError, ValueError):
+    """
+    A time kplus_fsm cannot store: naive (no UTC offset), or outside the years
+    1000 to 9999 in UTC. Stored times are ISO-8601 text that must sort as the
+    times do; a four-digit year is what keeps that true. Raised before anything
+    is written (a clock returning such a time records nothing).
+    """
+
+
 class OutcomeError(KplusFSMError):
     """
     Raised by :meth:`kplus_fsm.Result.raise_for_outcome` for an input the
@@ -158,6 +171,15 @@ class SchemaVersionError(StoreError):
     """
     The database was written by a newer kplus_fsm (it has migrations this
     version does not know), or is not a kplus_fsm log. Nothing was written.
+    """
+
+
+class DamagedLogError(StoreError):
+    """
+    SQLite reports the log's file damaged: pages overwritten, the file cut short,
+    or bytes that are not a database (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``, a
+    short read). What was read before the damage is still valid;
+    ``kplus-fsm verify`` reports how far the file can be read.
     """
 
 
