@@ -36,6 +36,7 @@ from __future__ import annotations
 import enum
 import os
 import sqlite3
+import stat
 import urllib.parse
 from pathlib import Path
 from typing import Final
@@ -346,13 +347,18 @@ def classify(location: str | os.PathLike[str]) -> Classified:
     writable, why = _storage(path)
     base = attrs.evolve(base, writable=writable, read_only_reason=why)
     try:
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            return attrs.evolve(base, kind=LogKind.UNREADABLE, detail="a directory, not a file")
+        if not stat.S_ISREG(mode):  # a FIFO would block, a device is nobody's log
+            return attrs.evolve(
+                base, kind=LogKind.UNREADABLE, detail="not a regular file (a device or a FIFO)"
+            )
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             header = fh.read(HEADER_BYTES)
     except FileNotFoundError:
         return base
-    except IsADirectoryError:
-        return attrs.evolve(base, kind=LogKind.UNREADABLE, detail="a directory, not a file")
     except OSError as exc:
         return attrs.evolve(
             base, kind=LogKind.UNREADABLE, detail=f"cannot be read ({exc.strerror or exc})"

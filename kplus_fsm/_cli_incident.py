@@ -686,6 +686,9 @@ def verify(db: str, checkpoint_arg: _queries.Checkpoint | str | None, as_json: b
         if problem is None and integrity is not None and not integrity["ok"]:
             problem = f"SQLite's integrity_check found damage: {integrity['messages'][0]}"
             damaged = True
+        if found.kind is LogKind.DAMAGED:  # cut short, tables missing: seen before reading
+            damaged = True
+            problem = problem or f"the file is damaged: {found.detail}"
         cp_problem = None
         if problem is None and cp is not None:
             cp_problem = _queries.check_checkpoint(store, cp)

@@ -216,6 +216,8 @@ class OutputParam(_Param):
         try:
             if path.is_dir():
                 self.fail(f"{quoted(text)} is a directory", param, ctx)
+            if path.exists() and not path.is_file():  # /dev/null would be replaced
+                self.fail(f"{quoted(text)} is not a regular file", param, ctx)
             if not path.parent.is_dir():
                 self.fail(f"the directory of {quoted(text)} does not exist", param, ctx)
         except OSError as exc:

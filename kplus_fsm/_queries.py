@@ -21,7 +21,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import re
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -585,6 +587,8 @@ def load_checkpoint(file_or_json: str) -> Checkpoint:
         if not file_or_json or "\x00" in file_or_json:
             raise ValueError(f"--checkpoint: neither inline JSON nor a file name: {shown}")
         try:
+            if not stat.S_ISREG(os.stat(file_or_json).st_mode):  # a FIFO would block
+                raise ValueError(f"--checkpoint: {shown} is not a regular file")
             with open(file_or_json, "rb") as fh:
                 data = fh.read(MAX_CHECKPOINT_BYTES + 1)
         except OSError as exc:

@@ -490,7 +490,8 @@ class TestExport:
         res = run("export", "--db", str(world))
         rows = [json.loads(line) for line in res.stdout.splitlines()]
         trailer = rows.pop()  # the export ends with its trailer
-        assert trailer["table"] == "trailer" and trailer["complete"] is True
+        assert trailer["table"] == "trailer"
+        assert trailer["complete"] is True
         assert (trailer["inbox_rows"], trailer["events"]) == (
             sum(r["table"] == "inbox" for r in rows),
             sum(r["table"] == "events" for r in rows),
