@@ -235,7 +235,7 @@ def is_damage(exc: sqlite3.Error) -> bool:
     if name.startswith(_DAMAGE_CODES):
         return True
     text = str(exc).lower()
-    return "malformed" in text or "not a database" in text
+    return "malformed" in text or "not a database" in text or "decode to utf-8" in text
 
 
 def _storage(path: Path) -> tuple[bool, str | None]:

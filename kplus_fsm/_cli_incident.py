@@ -30,8 +30,8 @@ import click
 
 from . import _export, _params, _queries
 from ._atomic import atomic_write
-from ._classify import Access, LogKind
-from ._cli_open import open_reader, reading, target
+from ._classify import Access, Classified, LogKind
+from ._cli_open import damage_exit, open_reader, reading, target
 from ._exits import EXIT_NOT_FOUND, EXIT_PROBLEM, EXIT_STORE, EXIT_USAGE
 from ._model import Payment, Status
 from ._open import open_store
@@ -57,13 +57,14 @@ since_option = click.option(
 )
 
 
-def _open(db: str, *, read_only: bool = True) -> SQLStore:
+def _open(db: str, *, read_only: bool = True, found: Classified | None = None) -> SQLStore:
     """
     The log at ``db``, classified first (kplus_fsm._cli_open): read-only by
     default; for writing (``replay`` without ``--check``) an existing log only.
     Refusals exit 4, a damaged log 1.
     """
-    found = target(db, Access.READ if read_only else Access.WRITE)
+    if found is None:
+        found = target(db, Access.READ if read_only else Access.WRITE)
     if read_only:
         return open_reader(db, found)
     try:
@@ -795,7 +796,8 @@ def checkpoint(db: str, output: Path | None, as_json: bool) -> None:
 @json_option
 def replay(db: str, check: bool, as_json: bool) -> None:
     """Rebuild the payments projection from the events and compare it."""
-    store = _open(db, read_only=check)
+    found = target(db, Access.READ if check else Access.WRITE)
+    store = _open(db, read_only=check, found=found)
     folded = [0]
     try:
         events = _head(store)[1]
@@ -844,6 +846,7 @@ def replay(db: str, check: bool, as_json: bool) -> None:
             click.echo("no differences")
     if check and not report.ok:
         sys.exit(EXIT_PROBLEM)
+    damage_exit(found)
 
 
 __all__ = ["TIME", "TimeParam"]

@@ -22,6 +22,7 @@ written by a newer version, read-only where a write is needed).
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import logging
 import os
@@ -99,6 +100,11 @@ def _echo_json(value: Any) -> None:
 )
 def cli(verbose: int) -> None:
     """Track K PLUS (Opn/Omise) payments in an append-only, replayable event log."""
+    # A file name from argv may hold bytes that are not UTF-8 (surrogate escapes):
+    # print them escaped rather than die on them in a UTF-8 locale.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     level = {0: logging.ERROR, 1: logging.WARNING}.get(verbose, logging.INFO)
     structlog.configure(
         processors=[
