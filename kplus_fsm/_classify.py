@@ -49,6 +49,8 @@ from ._urls import is_postgres, redact, sqlite_path
 #: The first 16 bytes of every SQLite database file.
 SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 HEADER_BYTES: Final = 100
+#: The first 8 bytes of a rollback journal with a transaction in it.
+JOURNAL_MAGIC: Final = bytes.fromhex("d9d505f920a163d7")
 #: The tables a kplus_fsm log cannot be without.
 LOG_TABLES: Final = frozenset({"inbox", "events", "payments", "consumers"})
 
@@ -273,6 +275,21 @@ def _hot_journal(path: Path) -> bool:
     return _size(_sibling(path, "-journal")) > 0
 
 
+def _journal_start(path: Path) -> int | None:
+    """
+    The database's size in pages when the transaction of a hot ``-journal``
+    began (what a rollback restores), or ``None`` without a valid one.
+    """
+    try:
+        with open(_sibling(path, "-journal"), "rb") as fh:
+            header = fh.read(28)
+    except OSError:
+        return None
+    if len(header) < 28 or header[:8] != JOURNAL_MAGIC:
+        return None
+    return int.from_bytes(header[16:20], "big")
+
+
 def uri(path: Path, *, immutable: bool) -> str:
     """A read-only SQLite URI for ``path`` (any character in the name escaped)."""
     quoted = urllib.parse.quote(os.fsencode(os.path.abspath(path)))
@@ -366,6 +383,15 @@ def classify(location: str | os.PathLike[str]) -> Classified:
     wal = pending_wal(path)
     if size == 0 and not wal:
         return attrs.evolve(base, kind=LogKind.EMPTY, detail="an empty file")
+    if _journal_start(path) == 0:
+        # A writer died in the first transaction of a new file (creating it, or
+        # switching it to WAL): rolling its -journal back leaves the file empty.
+        return attrs.evolve(
+            base,
+            kind=LogKind.EMPTY,
+            detail="an empty file whose creation was cut short (the next writer rolls "
+            "back its -journal)",
+        )
     if size and not header.startswith(SQLITE_MAGIC):
         return attrs.evolve(base, kind=LogKind.NOT_SQLITE, detail="not a SQLite database")
     base = attrs.evolve(base, pending_wal=wal, journal=_journal(header))

@@ -244,6 +244,33 @@ class TestClassify:
             assert found.pending_wal
             assert digest(path) == main
 
+    def test_creation_cut_short_leaves_an_empty_file(self, tmp_path: Path) -> None:
+        """
+        A writer killed in the first transaction of a new file leaves pages and a hot
+        -journal that began at 0 pages: empty (the next writer rolls it back).
+        """
+        origin, path = tmp_path / "origin.db", tmp_path / "kplus.db"
+        origin.write_bytes(b"")
+        conn = sqlite3.connect(origin, isolation_level=None)
+        conn.execute("PRAGMA cache_size = 1")  # spill pages into the file before COMMIT
+        conn.execute("BEGIN")
+        conn.execute("CREATE TABLE t (x)")
+        conn.executemany("INSERT INTO t VALUES (?)", [("x" * 200,)] * 2000)
+        shutil.copyfile(origin, path)  # the files as a SIGKILL would leave them
+        shutil.copyfile(f"{origin}-journal", f"{path}-journal")
+        conn.execute("ROLLBACK")
+        conn.close()
+        assert path.stat().st_size > 0
+        before = snapshot(tmp_path)
+        found = classify(str(path))
+        assert found.kind is LogKind.EMPTY
+        assert "cut short" in found.detail
+        assert snapshot(tmp_path) == before
+        assert invoke(["verify", "--db", str(path)]).exit_code == 4
+        res = invoke(["demo", "--offline", "--db", str(path)])
+        assert res.exit_code == 0, res.output
+        assert classify(str(path)).kind is LogKind.CURRENT
+
     def test_newer_rollback_log_is_not_switched_to_wal_by_the_library(self, log: Path) -> None:
         """SQLiteStore checks the version before it touches the journal mode."""
         make_newer(log)
