@@ -45,6 +45,14 @@ VERIFY_EVENTS_TEMPLATE: Final = (
 )
 VERIFY_INBOX_SQL: Final = VERIFY_INBOX_TEMPLATE.format(p="?")
 VERIFY_EVENTS_SQL: Final = VERIFY_EVENTS_TEMPLATE.format(p="?")
+#: One row after a key (SQLite): how :data:`Probe` finds where a damaged file stops.
+VERIFY_INBOX_PROBE_SQL: Final = (
+    f"SELECT {', '.join(_codec.INBOX_HASHED)}, hash FROM inbox WHERE id > ? ORDER BY id LIMIT 1"
+)
+VERIFY_EVENTS_PROBE_SQL: Final = (
+    f"SELECT {', '.join(_codec.EVENT_HASHED)}, hash FROM events WHERE position > ? "
+    "ORDER BY position LIMIT 1"
+)
 
 
 #: ``probe(table, after)``: the one row of ``table`` after ``after`` (as ``fetch``

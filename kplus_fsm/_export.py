@@ -53,6 +53,9 @@ TRAILER_KEYS: Final = (
     "events_head",
 )
 _PROGRESS_EVERY: Final = 1000
+#: The hash of the row before a given one (where a partial export's chain starts).
+_INBOX_BEFORE: Final = "SELECT hash FROM inbox WHERE id < ? ORDER BY id DESC LIMIT 1"
+_EVENTS_BEFORE: Final = "SELECT hash FROM events WHERE position < ? ORDER BY position DESC LIMIT 1"
 
 
 @attrs.define
@@ -92,11 +95,8 @@ class ExportTally:
     ) -> dict[str, Any]:
         """The trailer object for the rows added (reads the two hashes the chains start from)."""
         starts = {
-            name: _chain_start(store, name, key, chain.first)
-            for name, key, chain in (
-                ("inbox", "id", self.inbox),
-                ("events", "position", self.events),
-            )
+            "inbox": _chain_start(store, "inbox", self.inbox.first),
+            "events": _chain_start(store, "events", self.events.first),
         }
         return {
             "table": TRAILER,
@@ -117,7 +117,7 @@ class ExportTally:
         }
 
 
-def _chain_start(store: SQLStore, table: str, key: str, first: int | None) -> str | None:
+def _chain_start(store: SQLStore, table: str, first: int | None) -> str | None:
     """
     The hash of the row before ``first`` (genesis before row 1); ``None`` when no
     row of the chain was exported, or that row cannot be read.
@@ -126,10 +126,9 @@ def _chain_start(store: SQLStore, table: str, key: str, first: int | None) -> st
         return None
     if first <= 1:
         return _codec.GENESIS
+    sql = _INBOX_BEFORE if table == "inbox" else _EVENTS_BEFORE
     try:
-        rows = store.query(
-            f"SELECT hash FROM {table} WHERE {key} < ? ORDER BY {key} DESC LIMIT 1", [first]
-        )
+        rows = store.query(sql, [first])
     except StoreError:
         return None
     return str(rows[0][0]) if rows else _codec.GENESIS

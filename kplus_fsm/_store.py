@@ -862,9 +862,12 @@ class SQLiteStore:
             return self._read(partial(self._rows, sql, (after,)))
 
         def probe(table: str, after: int) -> tuple[Any, ...] | None:
-            sql = _audit.VERIFY_INBOX_SQL if table == "inbox" else _audit.VERIFY_EVENTS_SQL
-            one = sql.replace(f"LIMIT {_audit.VERIFY_BATCH}", "LIMIT 1")
-            rows = self._read(partial(self._rows, one, (after,)))
+            sql = (
+                _audit.VERIFY_INBOX_PROBE_SQL
+                if table == "inbox"
+                else _audit.VERIFY_EVENTS_PROBE_SQL
+            )
+            rows = self._read(partial(self._rows, sql, (after,)))
             return rows[0] if rows else None
 
         return _audit.verify_chains(
