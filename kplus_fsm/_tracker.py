@@ -710,11 +710,21 @@ class Tracker:
         payment whose create outcome is unknown (by a search on its payment id).
         At most ``limit`` payments per run, oldest first; stops at the first HTTP
         429 (``rate_limited`` in the report). Run it from cron.
+
+        Raises:
+            InvalidTimeError: ``now`` (or the clock), or ``now - pending_threshold``,
+                falls outside the years 1000 to 9999; nothing is read or written.
         """
         when = now if now is not None else self.clock()
+        try:
+            cutoff = format_time(when - pending_threshold)
+        except OverflowError:
+            raise InvalidTimeError(
+                f"pending_threshold {pending_threshold} reaches before the year 1000"
+            ) from None
         candidates = self.store.reconcile_candidates(
-            now=when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            cutoff=format_time(when - pending_threshold),
+            now=format_time(when)[:19] + "Z",
+            cutoff=cutoff,
             limit=limit * 4,
         )
         return _flow.reconcile(

@@ -29,6 +29,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import attrs
 import pytest
@@ -559,6 +560,30 @@ class TestReadOnlyStorage:
         assert "not writable" in res["output"]
         assert snapshot(read_only_dir) == before
 
+    def test_migrate_log_from_read_only_storage(self, read_only_dir: Path) -> None:
+        """migrate-log reads its source like the read commands: a snapshot can be moved."""
+        before = snapshot(read_only_dir)
+        base = shared_tmpdir()
+        try:
+            out = base / "out"
+            out.mkdir()
+            out.chmod(0o777)
+            res = invoke_as_nobody(
+                [
+                    "migrate-log",
+                    "--from",
+                    str(read_only_dir / "kplus.db"),
+                    "--to",
+                    str(out / "moved.db"),
+                    "--json",
+                ]
+            )
+            assert res["exit_code"] == 0, res["output"]
+            assert json.loads(res["output"])["heads_equal"] is True
+        finally:
+            shutil.rmtree(base)
+        assert snapshot(read_only_dir) == before
+
     def test_pending_wal_is_read_with_its_shm_and_refused_without(self, tmp_path: Path) -> None:
         """A copy of a log that was not closed: its -wal is read, or refused, never skipped."""
         base = shared_tmpdir()
@@ -935,6 +960,10 @@ class TestTimes:
                 )
             assert tracker.store.get("order-999") is None
         assert count() == before
+
+    def test_reconcile_threshold_too_far_back(self, log: Path) -> None:
+        with Tracker(log) as tracker, pytest.raises(InvalidTimeError):
+            tracker.reconcile(mock.Mock(), pending_threshold=dt.timedelta(days=999_999))
 
     def test_the_issue_cases(self, log: Path) -> None:
         for args in (
