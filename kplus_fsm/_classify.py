@@ -240,8 +240,8 @@ def is_damage(exc: sqlite3.Error) -> bool:
     return "malformed" in text or "not a database" in text or "decode to utf-8" in text
 
 
-def _storage(path: Path) -> tuple[bool, str | None]:
-    """Whether a writer could write the log at ``path`` (and if not, why)."""
+def _directory(path: Path) -> tuple[bool, str | None]:
+    """Whether this process may create files beside ``path`` (and if not, why)."""
     directory = path.parent
     try:
         if os.statvfs(directory).f_flag & os.ST_RDONLY:
@@ -250,9 +250,15 @@ def _storage(path: Path) -> tuple[bool, str | None]:
         pass
     if not os.access(directory, os.W_OK | os.X_OK):
         return False, f"the directory {directory} is not writable"
-    if path.exists() and not os.access(path, os.W_OK):
-        return False, f"the file {path} is not writable"
     return True, None
+
+
+def _storage(path: Path) -> tuple[bool, str | None]:
+    """Whether this process could write the log at ``path`` (and if not, why)."""
+    writable, why = _directory(path)
+    if writable and path.exists() and not os.access(path, os.W_OK):
+        return False, f"the file {path} is not writable"
+    return writable, why
 
 
 def _sibling(path: Path, suffix: str) -> Path:
@@ -298,12 +304,15 @@ def uri(path: Path, *, immutable: bool) -> str:
 
 def read_only_uri(path: Path) -> str:
     """
-    The URI a reader opens ``path`` with: ``mode=ro``, plus ``immutable=1`` on
-    read-only storage when no ``-wal`` holds pending writes (SQLite would
-    otherwise need to create the ``-shm``, which read-only storage refuses).
+    The URI a reader opens ``path`` with: ``mode=ro``, plus ``immutable=1`` when
+    this process cannot create files beside it (a directory it cannot write, a
+    read-only mount) and no ``-wal`` holds pending writes: SQLite would
+    otherwise need to create the ``-shm`` there. A file that is only
+    write-protected itself, in a directory this process can write, is read
+    with ``mode=ro`` (its owner may still be writing it).
     """
-    writable, _ = _storage(path)
-    return uri(path, immutable=not writable and not pending_wal(path))
+    can_create, _ = _directory(path)
+    return uri(path, immutable=not can_create and not pending_wal(path))
 
 
 def _header_problem(header: bytes, size: int, *, check_length: bool) -> str | None:

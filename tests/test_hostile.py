@@ -621,6 +621,18 @@ class TestReadOnlyStorage:
         assert "immutable=1" not in _classify.read_only_uri(log)
         uri = as_nobody(lambda: _classify.read_only_uri(read_only_dir / "kplus.db"))
         assert uri.endswith("mode=ro&immutable=1")
+        # Only the file is protected; its directory is open: its owner may be writing it.
+        base = shared_tmpdir()
+        try:
+            base.chmod(0o777)
+            shutil.copyfile(log, base / "kplus.db")
+            (base / "kplus.db").chmod(0o444)
+            uri = as_nobody(lambda: _classify.read_only_uri(base / "kplus.db"))
+            assert uri.endswith("mode=ro")
+            res = invoke_as_nobody(["verify", "--db", str(base / "kplus.db")])
+            assert res["exit_code"] == 0, res["output"]
+        finally:
+            shutil.rmtree(base)
 
 
 def test_read_only_mount(master: Path, tmp_path: Path) -> None:
