@@ -52,7 +52,7 @@ from kplus_fsm.adapters.fake import FakeOmise, start_server
 
 SK, PK = "skey_test_hostile000000000000000", "pkey_test_hostile000000000000000"
 PROPERTY = settings(
-    max_examples=int(os.environ.get("KPLUS_HOSTILE_EXAMPLES", "250")),
+    max_examples=int(os.environ.get("KPLUS_HOSTILE_EXAMPLES", "200")),
     deadline=None,
     derandomize=True,
     database=None,
@@ -62,7 +62,7 @@ PROPERTY = settings(
 
 #: Examples for each (command, option) pair.
 PER_OPTION = settings(
-    PROPERTY, max_examples=int(os.environ.get("KPLUS_HOSTILE_EXAMPLES_PER_OPTION", "20"))
+    PROPERTY, max_examples=int(os.environ.get("KPLUS_HOSTILE_EXAMPLES_PER_OPTION", "12"))
 )
 
 

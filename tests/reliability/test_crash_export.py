@@ -146,7 +146,7 @@ def test_checkpoint_killed_at_random(log: Path, tmp_path: Path) -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.3 * elapsed, 1.1 * elapsed))
+        time.sleep(rng.uniform(0.3 * elapsed, 1.5 * elapsed))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if out.read_bytes() == previous:
