@@ -23,7 +23,7 @@ from ._model import (
     Status,
 )
 from ._store import ReplayDifference, TimelineEntry, VerifyReport
-from .exceptions import IntegrityError
+from .exceptions import DamagedLogError, IntegrityError
 
 # ----------------------------------------------------------- replay's fast fold
 
@@ -145,6 +145,8 @@ def _fold_one(
 Fetch = Callable[[str, int], Sequence[Sequence[Any]]]
 
 VERIFY_BATCH: Final = 2000
+#: How a :class:`DamagedLogError` message starts (SQLite's words follow).
+DAMAGED_PREFIX: Final = "the log is damaged: "
 PROGRESS_EVERY: Final = 5000
 
 CHAINS: Final = (
@@ -164,6 +166,19 @@ VERIFY_EVENTS_TEMPLATE: Final = (
 )
 VERIFY_INBOX_SQL: Final = VERIFY_INBOX_TEMPLATE.format(p="?")
 VERIFY_EVENTS_SQL: Final = VERIFY_EVENTS_TEMPLATE.format(p="?")
+#: One row after a key (SQLite): how :data:`Probe` finds where a damaged file stops.
+VERIFY_INBOX_PROBE_SQL: Final = (
+    f"SELECT {', '.join(_codec.INBOX_HASHED)}, hash FROM inbox WHERE id > ? ORDER BY id LIMIT 1"
+)
+VERIFY_EVENTS_PROBE_SQL: Final = (
+    f"SELECT {', '.join(_codec.EVENT_HASHED)}, hash FROM events WHERE position > ? "
+    "ORDER BY position LIMIT 1"
+)
+
+
+#: ``probe(table, after)``: the one row of ``table`` after ``after`` (as ``fetch``
+#: returns them), or ``None``; used to find, row by row, where a damaged file stops.
+Probe = Callable[[str, int], Sequence[Any] | None]
 
 
 def verify_chains(
@@ -172,18 +187,36 @@ def verify_chains(
     schema_version: str | None,
     problem: str | None = None,
     progress: Callable[[int], None] | None = None,
+    probe: Probe | None = None,
 ) -> VerifyReport:
     """
     Recompute both hash chains from the rows ``fetch`` returns, streaming, and
     name the first row that is missing or does not match. ``problem`` (a
     missing trigger, a newer schema) is reported without reading any row.
+
+    A damaged file (``fetch`` raises :class:`DamagedLogError`) does not end the
+    walk: ``probe`` reads on row by row to find the last readable row, the
+    other chain is still walked, and the report (``damaged``) says for each
+    chain how far it could be read and where reading stops.
     """
     counts = {"inbox": 0, "events": 0}
     heads = {"inbox": _codec.GENESIS, "events": _codec.GENESIS}
+    damage: list[tuple[str, int, str]] = []  # (table, first unreadable key, SQLite's words)
 
     def report(
         problem: str | None, table: str | None = None, row_id: int | None = None
     ) -> VerifyReport:
+        if problem is None and damage:
+            table, row_id, _ = damage[0]
+            problem = "the file is damaged: " + "; ".join(
+                (
+                    f"{t} rows 1 to {k - 1} read and match the hash chain, reading stops at "
+                    f"row {k} ({why})"
+                    if k > 1
+                    else f"no {t} row can be read ({why})"
+                )
+                for t, k, why in damage
+            )
         return VerifyReport(
             ok=problem is None,
             inbox_rows=counts["inbox"],
@@ -194,6 +227,7 @@ def verify_chains(
             problem=problem,
             table=table,
             row_id=row_id,
+            damaged=bool(damage),
         )
 
     if problem is not None:
@@ -202,7 +236,12 @@ def verify_chains(
         columns = (*hashed, "hash")
         after, expected_key = 0, 1
         while True:
-            rows = fetch(table, after)
+            try:
+                rows: Sequence[Sequence[Any]] = fetch(table, after)
+            except DamagedLogError as exc:
+                rows, stop = _readable_rows(probe, table, after)
+                why = str(stop or exc).removeprefix(DAMAGED_PREFIX)
+                damage.append((table, -1, why))
             for row in rows:
                 values = dict(zip(columns, row, strict=True))
                 if values[key] != expected_key:
@@ -223,10 +262,32 @@ def verify_chains(
                 expected_key += 1
             if progress is not None:
                 progress(len(rows))
+            if damage and damage[-1][0] == table and damage[-1][1] == -1:
+                damage[-1] = (table, expected_key, damage[-1][2])
+                break
             if len(rows) < VERIFY_BATCH:
                 break
             after = rows[-1][0]
     return report(None)
+
+
+def _readable_rows(
+    probe: Probe | None, table: str, after: int
+) -> tuple[list[Sequence[Any]], DamagedLogError | None]:
+    """The rows after ``after`` that ``probe`` can still read, one by one, and what stopped it."""
+    rows: list[Sequence[Any]] = []
+    if probe is None:
+        return rows, None
+    for _ in range(VERIFY_BATCH):
+        try:
+            row = probe(table, after)
+        except DamagedLogError as exc:
+            return rows, exc
+        if row is None:
+            break
+        rows.append(row)
+        after = row[0]
+    return rows, None
 
 
 def diff(replayed: Payment, stored: Payment | None) -> list[ReplayDifference]:

@@ -18,58 +18,37 @@ progress bar on stderr when run in a terminal, never with ``--json``.
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as dt
 import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import click
 
-from . import _queries
+from . import _export, _params, _queries
+from ._atomic import atomic_write
+from ._classify import Access, Classified, LogKind
+from ._cli_open import damage_exit, open_reader, reading, target
+from ._exits import EXIT_NOT_FOUND, EXIT_PROBLEM, EXIT_STORE, EXIT_USAGE
 from ._model import Payment, Status
 from ._open import open_store
+from ._params import TIME, TimeParam
 from ._ports import SQLStore
-from ._store import TimelineEntry, VerifyReport
-from ._tracker import Tracker, format_time, utc_now
+from ._store import SQLiteStore, TimelineEntry, VerifyReport
+from ._time import format_time, utc_now
+from ._tracker import Tracker
 from .cli import (
-    EXIT_NOT_FOUND,
-    EXIT_PROBLEM,
-    EXIT_STORE,
     _echo_json,
     _fail,
     cli,
-    db_exists,
     db_option,
     json_option,
     shown,
 )
-from .exceptions import KplusFSMError, PaymentNotFoundError, StoreError
-
-EXIT_USAGE = 2
-
-if TYPE_CHECKING:
-    _TextParam = click.ParamType[str, str]
-else:  # click < 8.2 has no type parameters
-    _TextParam = click.ParamType
-
-
-class TimeParam(_TextParam):
-    """ISO-8601, ``now``, or a time ago (``-30m``, ``-2h``, ``-7d``), as the stored string."""
-
-    name = "TIME"
-
-    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        try:
-            return _queries.parse_when(value, now=utc_now())
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-TIME = TimeParam()
+from .exceptions import DamagedLogError, KplusFSMError, PaymentNotFoundError
 
 since_option = click.option(
     "--since",
@@ -79,28 +58,27 @@ since_option = click.option(
 )
 
 
-def _open(db: str, *, read_only: bool = True) -> SQLStore:
-    """The log at ``db`` (read-only by default); exit 4 when it cannot be read."""
-    if not db_exists(db):
-        _fail(f"no database at {shown(db)}", EXIT_STORE)
+def _open(db: str, *, read_only: bool = True, found: Classified | None = None) -> SQLStore:
+    """
+    The log at ``db``, classified first (kplus_fsm._cli_open): read-only by
+    default; for writing (``replay`` without ``--check``) an existing log only.
+    Refusals exit 4, a damaged log 1.
+    """
+    if found is None:
+        found = target(db, Access.READ if read_only else Access.WRITE)
+    if read_only:
+        return open_reader(db, found)
     try:
-        return cast(SQLStore, open_store(db, read_only=read_only))
+        return cast(SQLStore, open_store(db))
     except ValueError as exc:  # a malformed sqlite:// URL
         _fail(str(exc), EXIT_USAGE)
     except KplusFSMError as exc:
         _fail(str(exc), EXIT_STORE)
+    except OSError as exc:
+        _fail(f"cannot open {shown(db)}: {exc.strerror or exc}", EXIT_STORE)
 
 
-@contextlib.contextmanager
-def _reading(db: str) -> Iterator[SQLStore]:
-    """Open ``db`` read-only; a read that fails half-way exits 4, never a traceback."""
-    store = _open(db)
-    try:
-        yield store
-    except StoreError as exc:
-        _fail(str(exc), EXIT_STORE)
-    finally:
-        store.close()
+_reading = reading
 
 
 def _interactive(as_json: bool = False) -> bool:
@@ -273,7 +251,7 @@ def _print_payment(
 
 
 @cli.command()
-@click.argument("payment_or_charge_id")
+@click.argument("payment_or_charge_id", type=_params.ID)
 @db_option
 @click.option(
     "--as-of",
@@ -350,7 +328,7 @@ def show(payment_or_charge_id: str, db: str, as_of: str | None, as_json: bool) -
 @click.option("--until", type=TIME, default=None, help="Only created up to this time.")
 @click.option(
     "--limit",
-    type=click.IntRange(min=1),
+    type=_params.LIMIT,
     default=50,
     show_default=True,
     help="At most this many payments (newest first).",
@@ -433,7 +411,7 @@ def list_payments(
 @since_option
 @click.option(
     "--limit",
-    type=click.IntRange(min=1),
+    type=_params.LIMIT,
     default=100,
     show_default=True,
     help="At most this many rows (newest first); the counts cover them all.",
@@ -562,27 +540,34 @@ def stats_cmd(db: str, since: str | None, as_json: bool) -> None:
 # ------------------------------------------------------------------------ export
 
 
-def _write_export(
-    rows: Iterator[dict[str, Any]], out: IO[str], fmt: str, update: Callable[[int], None]
-) -> int:
-    n = 0
-    if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=_queries.EXPORT_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-            n += 1
-            if n % 1000 == 0:
-                update(1000)
-    else:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
-            out.write("\n")
-            n += 1
-            if n % 1000 == 0:
-                update(1000)
-    update(n % 1000)
-    return n
+def _export_file(
+    store: SQLStore,
+    rows: Iterator[dict[str, Any]],
+    output: Path,
+    fmt: str,
+    *,
+    since: str | None,
+    total: int,
+) -> tuple[_export.ExportTally, str | None, Path]:
+    """
+    Write the export to ``output`` crash-safely (kplus_fsm._atomic): the name
+    holds the previous file or the complete new one. An export cut short by
+    damage goes to ``OUTPUT.incomplete`` instead, never over ``output``.
+    """
+    tally = _export.ExportTally()
+    try:
+        with (
+            atomic_write(output) as target_file,
+            _progress("export", total, _interactive()) as update,
+        ):
+            problem = _export.write_rows(rows, target_file.file, fmt, tally, update)
+            trailer = tally.trailer(store, since=since, problem=problem)
+            _export.write_trailer(target_file.file, fmt, trailer)
+            if problem is not None:
+                target_file.path = output.with_name(output.name + ".incomplete")
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror or exc}; nothing was replaced", EXIT_STORE)
+    return tally, problem, target_file.path
 
 
 @cli.command("export")
@@ -599,45 +584,100 @@ def _write_export(
 @click.option(
     "--output",
     "-o",
-    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-    default=Path("-"),
+    type=_params.OUTPUT,
+    default="-",
     show_default="stdout",
-    help="Write to this file instead of stdout.",
+    help="Write to this file (crash-safe: the previous file or the complete new one).",
 )
 def export(db: str, since: str | None, fmt: str, output: Path) -> None:
     """
     Stream the audit trail: every input and every event as stored (with its
-    hash), in commit order, each input followed by the events it caused.
-    Constant memory whatever the size of the log.
+    hash), in commit order, each input followed by the events it caused, then
+    a trailer (row counts and chain heads). Constant memory whatever the size
+    of the log.
     """
     with _reading(db) as store:
-        bounds = _queries.export_bounds(store)
+        bounds = _head(store)
         rows = _queries.iter_audit(store, since=since, bounds=bounds)
         if str(output) == "-":
+            tally = _export.ExportTally()
             try:
-                _write_export(rows, sys.stdout, fmt, lambda _n: None)
+                problem = _export.write_rows(rows, sys.stdout, fmt, tally)
+                trailer = tally.trailer(store, since=since, problem=problem)
+                _export.write_trailer(sys.stdout, fmt, trailer)
                 sys.stdout.flush()
             except BrokenPipeError:  # `kplus-fsm export | head`: the reader left
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())
                 os.close(devnull)
+                return
+            if problem is not None:
+                _fail(f"the export is incomplete (see its trailer): {problem}", EXIT_PROBLEM)
             return
-        with (
-            output.open("w", encoding="utf-8", newline="") as out,
-            _progress("export", bounds[0] + bounds[1], _interactive()) as update,
-        ):
-            n = _write_export(rows, out, fmt, update)
-    click.echo(f"exported {n} rows to {output}", err=True)
+        tally, problem, written = _export_file(
+            store,
+            rows,
+            output,
+            fmt,
+            since=since,
+            total=sum(bounds) if bounds[0] < _queries.MAX_ROW_ID else 0,
+        )
+    if problem is not None:
+        _fail(
+            f"the export is incomplete: {problem}; the {tally.rows} rows that could be read "
+            f"are in {written} (its trailer says where reading stopped); {output} was "
+            "left as it was",
+            EXIT_PROBLEM,
+        )
+    click.echo(f"exported {tally.rows} rows to {output}", err=True)
 
 
 # -------------------------------------------------------------- verify, checkpoint
 
 
+def _head(store: SQLStore) -> tuple[int, int]:
+    """
+    The last inbox id and event position; on a damaged log whose last pages
+    cannot be read, no bound (the readers stop where the damage starts).
+    """
+    try:
+        return _queries.export_bounds(store)
+    except DamagedLogError:
+        return _queries.MAX_ROW_ID, _queries.MAX_ROW_ID
+
+
 def _verify(store: SQLStore, *, bar: bool) -> VerifyReport:
-    head = store.head()
-    total = int(head["inbox_id"]) + int(head["event_position"])
+    inbox, events = _head(store)
+    total = inbox + events if inbox < _queries.MAX_ROW_ID else 0
     with _progress("verify", total, bar) as update:
         return store.verify(progress=update)
+
+
+def _integrity(store: SQLStore) -> dict[str, Any] | None:
+    """SQLite's ``PRAGMA integrity_check`` (``None`` on PostgreSQL, which has none)."""
+    if not isinstance(store, SQLiteStore):
+        return None
+    messages = list(store.integrity_check())
+    return {"pragma": "integrity_check", "ok": messages == ["ok"], "messages": messages}
+
+
+def _unreadable_report(found: Any) -> dict[str, Any]:
+    """The verify report of a file so damaged its schema cannot be read."""
+    return {
+        "ok": False,
+        "inbox_rows": 0,
+        "events": 0,
+        "inbox_head": None,
+        "events_head": None,
+        "schema_version": None,
+        "problem": f"the file is damaged: {found.detail}; nothing could be read",
+        "table": None,
+        "row_id": None,
+        "checkpoint": None,
+        "checkpoint_ok": None,
+        "damaged": True,
+        "integrity_check": None,
+    }
 
 
 @cli.command()
@@ -645,71 +685,100 @@ def _verify(store: SQLStore, *, bar: bool) -> VerifyReport:
 @click.option(
     "--checkpoint",
     "checkpoint_arg",
-    metavar="FILE_OR_JSON",
+    type=_params.CHECKPOINT,
     default=None,
     help="Also prove the log still holds the prefix of this checkpoint "
     "(a file written by `kplus-fsm checkpoint --json`, or the JSON itself).",
 )
 @json_option
-def verify(db: str, checkpoint_arg: str | None, as_json: bool) -> None:
+def verify(db: str, checkpoint_arg: _queries.Checkpoint | str | None, as_json: bool) -> None:
     """
-    Check the hash chains, the append-only triggers and the schema version; exit
-    1 naming the first bad row. With --checkpoint, also check that the log still
-    holds the exact prefix the checkpoint anchors.
+    Check the hash chains, the append-only triggers, the schema version and
+    the file itself (SQLite's integrity_check); exit 1 naming the first bad
+    row, or how far a damaged file can be read. With --checkpoint, also check
+    that the log still holds the exact prefix the checkpoint anchors.
     """
     cp = None
     if checkpoint_arg is not None:
-        try:
-            cp = _queries.load_checkpoint(checkpoint_arg)
-        except ValueError as exc:
-            _fail(str(exc), EXIT_USAGE)
-    with _reading(db) as store:
+        ctx = click.get_current_context()
+        option = next(p for p in ctx.command.params if p.name == "checkpoint_arg")
+        cp = _params.CHECKPOINT.load(checkpoint_arg, option, ctx)
+    found = target(db, Access.READ, report_unreadable=False)
+    if found.kind is LogKind.DAMAGED and not found.schema_readable:
+        out = _unreadable_report(found)
+        if as_json:
+            _echo_json(out)
+        else:
+            click.echo(f"FAILED: {out['problem']}")
+        sys.exit(EXIT_PROBLEM)
+    with _reading(db, found) as store:
         report = _verify(store, bar=_interactive(as_json))
+        integrity = _integrity(store)
         problem, table, row_id = report.problem, report.table, report.row_id
+        damaged = report.damaged
+        if problem is None and integrity is not None and not integrity["ok"]:
+            problem = f"SQLite's integrity_check found damage: {integrity['messages'][0]}"
+            damaged = True
+        if found.kind is LogKind.DAMAGED:  # cut short, tables missing: seen before reading
+            damaged = True
+            problem = problem or f"the file is damaged: {found.detail}"
         cp_problem = None
-        if report.ok and cp is not None:
+        if problem is None and cp is not None:
             cp_problem = _queries.check_checkpoint(store, cp)
             if cp_problem is not None:
                 problem, table, row_id = cp_problem.problem, cp_problem.table, cp_problem.row_id
-    ok = problem is None
-    if as_json:
-        _echo_json(
-            {
-                "ok": ok,
-                "inbox_rows": report.inbox_rows,
-                "events": report.events,
-                "inbox_head": report.inbox_head,
-                "events_head": report.events_head,
-                "schema_version": report.schema_version,
-                "problem": problem,
-                "table": table,
-                "row_id": row_id,
-                "checkpoint": cp.to_json() if cp is not None else None,
-                "checkpoint_ok": None if cp is None or not report.ok else cp_problem is None,
-            }
-        )
-    elif ok:
-        click.echo(
-            f"ok: {report.inbox_rows} inputs and {report.events} events match the hash chain; "
-            f"schema {report.schema_version}; events head {report.events_head}"
-        )
-        if cp is not None:
-            click.echo(
-                f"ok: the log still holds the checkpoint of {cp.created_at or 'unknown time'} "
-                f"(inbox row {cp.inbox_id}, events row {cp.event_position}); "
-                f"{report.inbox_rows - cp.inbox_id} inputs and "
-                f"{report.events - cp.event_position} events appended since"
+        ok = problem is None
+        if as_json:
+            _echo_json(
+                {
+                    "ok": ok,
+                    "inbox_rows": report.inbox_rows,
+                    "events": report.events,
+                    "inbox_head": report.inbox_head,
+                    "events_head": report.events_head,
+                    "schema_version": report.schema_version,
+                    "problem": problem,
+                    "table": table,
+                    "row_id": row_id,
+                    "checkpoint": cp.to_json() if cp is not None else None,
+                    "checkpoint_ok": None if cp is None or not report.ok else cp_problem is None,
+                    "damaged": damaged,
+                    "integrity_check": integrity,
+                }
             )
-    else:
-        click.echo(f"FAILED: {problem}")
-    if not ok:
-        sys.exit(EXIT_PROBLEM)
+        elif ok:
+            click.echo(
+                f"ok: {report.inbox_rows} inputs and {report.events} events match the hash "
+                f"chain; schema {report.schema_version}; events head {report.events_head}"
+            )
+            if cp is not None:
+                click.echo(
+                    f"ok: the log still holds the checkpoint of "
+                    f"{cp.created_at or 'unknown time'} (inbox row {cp.inbox_id}, events row "
+                    f"{cp.event_position}); {report.inbox_rows - cp.inbox_id} inputs and "
+                    f"{report.events - cp.event_position} events appended since"
+                )
+        else:
+            click.echo(f"FAILED: {problem}")
+            if integrity is not None and not integrity["ok"]:
+                for message in integrity["messages"]:
+                    click.echo(f"  integrity_check: {message}")
+        if not ok:
+            sys.exit(EXIT_PROBLEM)
 
 
 @cli.command()
 @db_option
+@click.option(
+    "--output",
+    "-o",
+    type=_params.OUTPUT,
+    default=None,
+    help="Also write the checkpoint (its JSON) to this file, crash-safe: the "
+    "previous file or the complete new one.",
+)
 @json_option
-def checkpoint(db: str, as_json: bool) -> None:
+def checkpoint(db: str, output: Path | None, as_json: bool) -> None:
     """
     Verify the log, then print its position and head hashes: keep them outside
     the database (a ticket, a log line, an email to the auditor). Later,
@@ -727,6 +796,12 @@ def checkpoint(db: str, as_json: bool) -> None:
         schema_version=report.schema_version,
         created_at=format_time(utc_now()),
     )
+    if output is not None and str(output) != "-":
+        try:
+            with atomic_write(output) as target_file:
+                target_file.file.write(json.dumps(cp.to_json(), indent=2) + "\n")
+        except OSError as exc:
+            _fail(f"cannot write {output}: {exc.strerror or exc}; nothing was replaced", EXIT_STORE)
     if as_json:
         _echo_json(cp.to_json())
         return
@@ -735,6 +810,8 @@ def checkpoint(db: str, as_json: bool) -> None:
         click.echo(f"  {key:<15} {value}")
     click.echo("Keep this line outside the database (a ticket, a log line, an email):")
     click.echo(json.dumps(cp.to_json(), separators=(",", ":")))
+    if output is not None and str(output) != "-":
+        click.echo(f"Written to {output}.")
     click.echo(f"Later: kplus-fsm verify --db {shown(db)} --checkpoint '<that line>'")
 
 
@@ -751,14 +828,27 @@ def checkpoint(db: str, as_json: bool) -> None:
 @json_option
 def replay(db: str, check: bool, as_json: bool) -> None:
     """Rebuild the payments projection from the events and compare it."""
-    store = _open(db, read_only=check)
+    found = target(db, Access.READ if check else Access.WRITE)
+    store = _open(db, read_only=check, found=found)
+    folded = [0]
     try:
-        total = int(store.head()["event_position"])
-        try:
-            with _progress("replay", total, _interactive(as_json)) as update:
-                report = store.replay(repair=not check, progress=update)
-        except KplusFSMError as exc:
-            _fail(str(exc), EXIT_PROBLEM)
+        events = _head(store)[1]
+        total = events if events < _queries.MAX_ROW_ID else 0
+        with _progress("replay", total, _interactive(as_json)) as update:
+
+            def progress(n: int) -> None:
+                folded[0] += n
+                update(n)
+
+            report = store.replay(repair=not check, progress=progress)
+    except DamagedLogError as exc:
+        _fail(
+            f"replay stopped: {exc}; {folded[0]} events were folded before; "
+            "nothing was repaired; see kplus-fsm verify",
+            EXIT_PROBLEM,
+        )
+    except KplusFSMError as exc:
+        _fail(str(exc), EXIT_PROBLEM)
     finally:
         store.close()
     diffs = [
@@ -788,6 +878,7 @@ def replay(db: str, check: bool, as_json: bool) -> None:
             click.echo("no differences")
     if check and not report.ok:
         sys.exit(EXIT_PROBLEM)
+    damage_exit(found)
 
 
 __all__ = ["TIME", "TimeParam"]

@@ -16,13 +16,14 @@ from collections.abc import Callable, Iterator
 
 import click
 
-from . import _migrate
+from . import _migrate, _params
+from ._classify import Access
+from ._cli_open import target as classified
+from ._exits import EXIT_PROBLEM, EXIT_STORE, EXIT_USAGE
 from ._open import open_store
 from ._urls import is_postgres, sqlite_path
-from .cli import EXIT_PROBLEM, EXIT_STORE, _echo_json, _fail, cli, db_exists, json_option, shown
+from .cli import _echo_json, _fail, cli, json_option
 from .exceptions import KplusFSMError
-
-EXIT_USAGE = 2
 
 
 def _total(source: str) -> int:
@@ -54,6 +55,7 @@ def _bar(total: int, enabled: bool) -> Iterator[Callable[[str, int], None]]:
     "source",
     required=True,
     metavar="PATH|URL",
+    type=_params.DB,
     help="The log to move: a SQLite file (path or sqlite:///path) or a postgresql:// URL.",
 )
 @click.option(
@@ -61,11 +63,12 @@ def _bar(total: int, enabled: bool) -> Iterator[Callable[[str, int], None]]:
     "target",
     required=True,
     metavar="URL|PATH",
+    type=_params.DB,
     help="Where to move it: an empty log (postgresql://..., or a SQLite file).",
 )
 @click.option(
     "--batch",
-    type=click.IntRange(min=1),
+    type=_params.BATCH,
     default=_migrate.BATCH,
     show_default=True,
     help="Rows read from the source per query.",
@@ -89,8 +92,8 @@ def migrate_log(source: str, target: str, batch: int, as_json: bool) -> None:
         and str(sqlite_path(source)) == str(sqlite_path(target))
     ):
         _fail("--from and --to name the same log", EXIT_USAGE)
-    if not db_exists(source):
-        _fail(f"no database at {shown(source)}", EXIT_STORE)
+    classified(source, Access.READ)
+    classified(target, Access.CREATE)
     interactive = not as_json and sys.stdout.isatty() and sys.stderr.isatty()
     try:
         with _bar(_total(source) if interactive else 0, interactive) as tick:

@@ -27,7 +27,8 @@ import attrs
 import httpx
 
 from ._model import Origin, Payment
-from ._tracker import Tracker, parse_time
+from ._time import parse_time
+from ._tracker import Tracker
 from .adapters.fake import FakeOmise, start_server
 from .adapters.fake import RetryPolicy as DeliveryRetry
 from .adapters.omise import OmiseClient

@@ -21,9 +21,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import re
+import stat
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -48,11 +49,19 @@ from ._schema import (
 )
 from ._schema_pg import LAG_SECONDS_SQL
 from ._time import format_time, parse_time, utc_now
+from .exceptions import DamagedLogError, InvalidTimeError
 
 # ------------------------------------------------------------------------ times
 
-_RELATIVE: Final = re.compile(r"-?\s*(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
+_RELATIVE: Final = re.compile(r"-?\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])", re.IGNORECASE)
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_ACCEPTED: Final = "use ISO-8601 such as 2026-03-01T10:00:00Z, or a time ago such as -30m, -2h, -7d"
+
+
+def _quoted(text: str, limit: int = 40) -> str:
+    """``text`` as a message may show it: repr, cut to ``limit`` characters."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
 
 
 def parse_when(text: str, *, now: dt.datetime) -> str:
@@ -61,8 +70,9 @@ def parse_when(text: str, *, now: dt.datetime) -> str:
 
     Accepts ISO-8601 (``2026-03-01T10:00:00Z``, ``2026-03-01 17:00+07:00``,
     ``2026-03-01``; no offset means UTC), ``now``, or a time relative to ``now``:
-    a number and a unit ``s``, ``m``, ``h``, ``d`` or ``w``, with or without a
-    leading ``-`` (``-2h``, ``30m`` and ``-7d`` all mean "ago").
+    a number (ASCII digits) and a unit ``s``, ``m``, ``h``, ``d`` or ``w``, with
+    or without a leading ``-`` (``-2h``, ``30m`` and ``-7d`` all mean "ago").
+    The time must fall in the years 1000 to 9999 (UTC), the times kplus_fsm stores.
 
     Raises:
         ValueError: anything else; the message says what is accepted.
@@ -73,14 +83,22 @@ def parse_when(text: str, *, now: dt.datetime) -> str:
     match = _RELATIVE.fullmatch(raw)
     if match is not None:
         seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
-        return format_time(now - dt.timedelta(seconds=seconds))
+        try:
+            return format_time(now - dt.timedelta(seconds=seconds))
+        except (OverflowError, InvalidTimeError):
+            raise ValueError(
+                f"{_quoted(text)} reaches before the year 1000: times are accepted "
+                "from 1000-01-01 to 9999-12-31 (UTC)"
+            ) from None
     try:
         return format_time(parse_time(raw))
-    except (ValueError, OverflowError):
+    except InvalidTimeError:
         raise ValueError(
-            f"not a time: {text!r} (use ISO-8601 such as 2026-03-01T10:00:00Z, "
-            "or a time ago such as -30m, -2h, -7d)"
+            f"{_quoted(text)} is outside the times kplus_fsm stores: "
+            "from 1000-01-01 to 9999-12-31 (UTC)"
         ) from None
+    except (ValueError, OverflowError):
+        raise ValueError(f"not a time: {_quoted(text)} ({_ACCEPTED})") from None
 
 
 def omise_time(when: dt.datetime) -> str:
@@ -459,12 +477,23 @@ _BATCH: Final = 2000
 def _keyset(
     store: SQLStore, sql: str, params: Sequence[Any], *, batch: int = _BATCH
 ) -> Iterator[tuple[Any, ...]]:
-    """Rows of ``sql`` (``WHERE key > ? ... ORDER BY key LIMIT ?``), one batch at a time."""
-    after = 0
+    """
+    Rows of ``sql`` (``WHERE key > ? ... ORDER BY key LIMIT ?``), one batch at a
+    time. A batch that meets damage (:class:`DamagedLogError`) is read again in
+    halves, down to one row, so every row before the damage is still yielded;
+    then the error is raised.
+    """
+    after, size = 0, batch
     while True:
-        rows = store.query(sql, [after, *params, batch])
+        try:
+            rows = store.query(sql, [after, *params, size])
+        except DamagedLogError:
+            if size == 1:
+                raise
+            size = max(1, size // 2)
+            continue
         yield from rows
-        if len(rows) < batch:
+        if len(rows) < size:
             return
         after = rows[-1][0]
 
@@ -526,6 +555,8 @@ CHECKPOINT_KEYS: Final = (
     "created_at",
 )
 _HASH: Final = re.compile(r"[0-9a-f]{64}")
+#: The largest row id or position a log can hold (SQLite's and PostgreSQL's BIGINT).
+MAX_ROW_ID: Final = 2**63 - 1
 
 
 @attrs.frozen(kw_only=True)
@@ -560,6 +591,11 @@ class Checkpoint:
             value = obj.get(key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"checkpoint: {key!r} must be a non-negative integer")
+            if value > MAX_ROW_ID:
+                raise ValueError(
+                    f"checkpoint: {key!r} is larger than any row a log can hold "
+                    f"(at most {MAX_ROW_ID}, SQLite's largest integer)"
+                )
         for key in ("inbox_hash", "event_hash"):
             value = obj.get(key)
             if not isinstance(value, str) or not _HASH.fullmatch(value):
@@ -578,6 +614,10 @@ class Checkpoint:
         )
 
 
+#: A checkpoint file is a few hundred bytes; anything past this is not one.
+MAX_CHECKPOINT_BYTES: Final = 64 * 1024
+
+
 def load_checkpoint(file_or_json: str) -> Checkpoint:
     """
     A checkpoint from a file path or an inline JSON string.
@@ -587,17 +627,32 @@ def load_checkpoint(file_or_json: str) -> Checkpoint:
     """
     text = file_or_json.strip()
     if not text.startswith("{"):
-        path = Path(file_or_json)
+        shown = _quoted(file_or_json, 80)
+        if not file_or_json or "\x00" in file_or_json:
+            raise ValueError(f"--checkpoint: neither inline JSON nor a file name: {shown}")
         try:
-            text = path.read_text(encoding="utf-8")
+            if not stat.S_ISREG(os.stat(file_or_json).st_mode):  # a FIFO would block
+                raise ValueError(f"--checkpoint: {shown} is not a regular file")
+            with open(file_or_json, "rb") as fh:
+                data = fh.read(MAX_CHECKPOINT_BYTES + 1)
         except OSError as exc:
             raise ValueError(
-                f"--checkpoint: not inline JSON, and {file_or_json!r} cannot be read "
-                f"({exc.strerror or exc})"
+                f"--checkpoint: not inline JSON, and {shown} cannot be read ({exc.strerror or exc})"
             ) from None
+        if len(data) > MAX_CHECKPOINT_BYTES:
+            raise ValueError(
+                f"--checkpoint: {shown} is larger than a checkpoint "
+                f"(over {MAX_CHECKPOINT_BYTES} bytes)"
+            )
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"--checkpoint: {shown} is not UTF-8 text") from None
+    if len(text) > MAX_CHECKPOINT_BYTES:
+        raise ValueError("--checkpoint: longer than a checkpoint")
     try:
         obj = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ValueError("--checkpoint: not valid JSON") from None
     return Checkpoint.from_json(obj)
 

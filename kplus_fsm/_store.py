@@ -27,12 +27,12 @@ from typing import Any, Final, Literal, TypeVar
 import attrs
 import sqlite_utils
 
-from . import _codec, _schema
+from . import _classify, _codec, _schema
 from ._machine import Decision
 from ._model import Payment, StoredEvent
 from ._ops import Cursor, Operations
 from ._rows import INBOX_COLUMNS, Heads, InboxDraft, InboxRow, Plan, Recorded, inbox_row, plan
-from .exceptions import ConcurrencyError, SchemaVersionError, StoreError
+from .exceptions import ConcurrencyError, DamagedLogError, SchemaVersionError, StoreError
 
 __all__ = [
     "INBOX_COLUMNS",
@@ -101,6 +101,8 @@ class VerifyReport:
     problem: str | None = None
     table: str | None = None
     row_id: int | None = None
+    damaged: bool = False
+    """The file is damaged: ``problem`` says how far each chain could be read."""
 
 
 @attrs.frozen(kw_only=True)
@@ -170,7 +172,16 @@ def _retryable(exc: sqlite3.Error) -> Exception | None:
 def _translate(exc: sqlite3.Error) -> StoreError:
     if isinstance(exc, sqlite3.IntegrityError):
         return StoreError(f"event log write refused: {exc}")
+    if _classify.is_damage(exc):
+        return DamagedLogError(f"the log is damaged, nothing was written: {exc}")
     return StoreError(f"event log write failed: {exc}")
+
+
+def _read_error(exc: sqlite3.Error, what: str = "event log read failed") -> StoreError:
+    """A failed read as a :class:`StoreError` (:class:`DamagedLogError` for a damaged file)."""
+    if _classify.is_damage(exc):
+        return DamagedLogError(f"the log is damaged: {exc}")
+    return StoreError(f"{what}: {exc}")
 
 
 #: What :meth:`SQLiteStore.record_many` takes per input.
@@ -302,8 +313,10 @@ class SQLiteStore(Operations):
                 if read_only:
                     if not self.path.exists():
                         raise StoreError(f"no database at {self.path}")
+                    # immutable=1 on read-only storage (nothing can write there):
+                    # SQLite then needs no -shm; see kplus_fsm._classify.
                     conn = opened = sqlite3.connect(
-                        f"file:{self.path}?mode=ro",
+                        _classify.read_only_uri(self.path),
                         uri=True,
                         isolation_level=None,
                         check_same_thread=False,
@@ -325,6 +338,9 @@ class SQLiteStore(Operations):
                 _shim_old_schema(conn)  # in memory only; before query_only forbids it
                 conn.execute("PRAGMA query_only = ON")
             else:
+                # The version first: a newer log is refused before anything changes
+                # (not even its journal mode).
+                _schema.check_version(self.db)
                 if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {int(SYNCHRONOUS_LEVELS[level])}")
@@ -333,7 +349,7 @@ class SQLiteStore(Operations):
             if opened is not None:
                 opened.close()
             if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"cannot open the event log: {exc}") from exc
+                raise _read_error(exc, "cannot open the event log") from exc
             raise
         self._lookup_sql = (
             f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments WHERE payment_id = ?"
@@ -701,7 +717,7 @@ class SQLiteStore(Operations):
             with self._lock:
                 return work()
         except sqlite3.Error as exc:
-            raise StoreError(f"event log read failed: {exc}") from exc
+            raise _read_error(exc) from exc
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """
@@ -830,16 +846,18 @@ class SQLiteStore(Operations):
             return self._verify(progress)
 
     def _verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
-        version = _schema.schema_version(self.db)
+        version = self._read(partial(_schema.schema_version, self.db))
         problem: str | None = None
         try:
-            _schema.check_version(self.db)
+            self._read(partial(_schema.check_version, self.db))
         except SchemaVersionError as exc:
             problem = str(exc)
         if problem is None:
             present = {
                 r[0]
-                for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+                for r in self._read(
+                    partial(self._rows, "SELECT name FROM sqlite_master WHERE type = 'trigger'")
+                )
             }
             missing = sorted(_schema.TRIGGERS - present)
             if missing:
@@ -849,9 +867,34 @@ class SQLiteStore(Operations):
             sql = _audit.VERIFY_INBOX_SQL if table == "inbox" else _audit.VERIFY_EVENTS_SQL
             return self._read(partial(self._rows, sql, (after,)))
 
+        def probe(table: str, after: int) -> tuple[Any, ...] | None:
+            sql = (
+                _audit.VERIFY_INBOX_PROBE_SQL
+                if table == "inbox"
+                else _audit.VERIFY_EVENTS_PROBE_SQL
+            )
+            rows = self._read(partial(self._rows, sql, (after,)))
+            return rows[0] if rows else None
+
         return _audit.verify_chains(
-            fetch, schema_version=version, problem=problem, progress=progress
+            fetch, schema_version=version, problem=problem, progress=progress, probe=probe
         )
+
+    def integrity_check(self, *, max_errors: int = 20) -> tuple[str, ...]:
+        """
+        SQLite's own ``PRAGMA integrity_check``: every page, every b-tree, every
+        index against its table. ``("ok",)`` for a sound file, else up to
+        ``max_errors`` of SQLite's messages. Reads only.
+        """
+        sql = f"PRAGMA integrity_check({int(max_errors)})"
+        found: list[str] = []
+        try:
+            with self._lock:
+                for row in self.conn.execute(sql):
+                    found.append(str(row[0]))
+        except sqlite3.Error as exc:  # damage bad enough to stop the check itself
+            found.append(f"the check stopped: {exc}")
+        return tuple(found)
 
     def replay(
         self, *, repair: bool = False, progress: Callable[[int], None] | None = None
@@ -890,7 +933,7 @@ class SQLiteStore(Operations):
                 )
             ]
         except sqlite3.Error as exc:
-            raise StoreError(f"replay failed: {exc}") from exc
+            raise _read_error(exc, "replay failed") from exc
         differences.extend(_audit.orphan_differences(orphans))
         if repair and (rebuilt or orphans):
 
@@ -910,8 +953,7 @@ class SQLiteStore(Operations):
 
     def head(self) -> dict[str, Any]:
         """The position and hash of the last inbox row and the last event."""
-        with self._lock:
-            return self._head()
+        return self._read(self._head)
 
     def _head(self) -> dict[str, Any]:
         inbox = self.conn.execute("SELECT id, hash FROM inbox ORDER BY id DESC LIMIT 1").fetchone()

@@ -1,11 +1,15 @@
 """
 Times, in one place: the stored form (UTC, microseconds, ``Z``: it sorts as
-text), reading ISO-8601, and the default clock.
+text, because the year always has four digits), reading ISO-8601, and the
+default clock.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Final
+
+from .exceptions import InvalidTimeError
 
 
 def utc_now() -> dt.datetime:
@@ -13,25 +17,53 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+#: The earliest and latest times kplus_fsm stores (UTC): four-digit years, so
+#: that the stored text sorts as the times do.
+MIN_YEAR: Final = 1000
+MAX_YEAR: Final = 9999
+_RANGE_TEXT: Final = "from 1000-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z (UTC)"
+
+
+def _in_range(when: dt.datetime) -> dt.datetime:
+    """``when`` in UTC; :class:`InvalidTimeError` if naive or outside the stored years."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise InvalidTimeError("times must be timezone-aware (the clock returned a naive datetime)")
+    try:
+        utc = when.astimezone(dt.UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or utc.year < MIN_YEAR:
+        raise InvalidTimeError(
+            f"{when.isoformat()} is outside the times kplus_fsm stores: {_RANGE_TEXT}"
+        )
+    return utc
+
+
 def format_time(when: dt.datetime) -> str:
     """
-    The stored time format: UTC, microseconds, ``Z`` (sorts as text).
+    The stored time format: UTC, microseconds, ``Z`` (sorts as text: the year
+    always has four digits).
 
     Raises:
-        ValueError: ``when`` is naive.
+        InvalidTimeError: ``when`` is naive, or before the year 1000 (or past
+            9999) in UTC. A ``ValueError``.
     """
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError("times must be timezone-aware (the clock returned a naive datetime)")
-    utc = when.astimezone(dt.UTC)
-    if utc.year < 1000:  # isoformat pads the year; keep strftime's form for these
-        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = _in_range(when)
     return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"  # ~10x strftime
 
 
 def parse_time(text: str | dt.datetime) -> dt.datetime:
-    """Parse an ISO-8601 time (``Z`` allowed); naive times are taken as UTC."""
+    """
+    Parse an ISO-8601 time (``Z`` allowed); naive times are taken as UTC.
+
+    Raises:
+        ValueError: not ISO-8601; :class:`InvalidTimeError` (a ``ValueError``)
+            for a time before the year 1000 or past 9999 in UTC.
+    """
     when = text if isinstance(text, dt.datetime) else dt.datetime.fromisoformat(text)
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+    when = when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+    _in_range(when)
+    return when
 
 
-__all__ = ["format_time", "parse_time", "utc_now"]
+__all__ = ["MAX_YEAR", "MIN_YEAR", "format_time", "parse_time", "utc_now"]

@@ -50,6 +50,7 @@ from ._time import format_time, parse_time, utc_now
 from .exceptions import (
     InvalidInputError,
     InvalidPaymentRequestError,
+    InvalidTimeError,
     KplusFSMError,
     MalformedInputError,
     OutcomeError,
@@ -809,13 +810,21 @@ class Tracker:
 
         Raises:
             ValueError: ``limit`` is less than 1.
+            InvalidTimeError: ``now`` (or the clock), or ``now - pending_threshold``,
+                falls outside the years 1000 to 9999; nothing is read or written.
         """
         if limit < 1:
             raise ValueError("limit must be at least 1")
         when = now if now is not None else self.clock()
+        try:
+            cutoff = format_time(when - pending_threshold)
+        except OverflowError:
+            raise InvalidTimeError(
+                f"pending_threshold {pending_threshold} reaches before the year 1000"
+            ) from None
         candidates = self.store.reconcile_candidates(
-            now=when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            cutoff=format_time(when - pending_threshold),
+            now=format_time(when)[:19] + "Z",
+            cutoff=cutoff,
             limit=limit * 4,
             stored_now=format_time(when),
         )

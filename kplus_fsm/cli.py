@@ -9,14 +9,20 @@ shows the location through :func:`kplus_fsm.redact`.
 ``verify`` and ``replay --check`` (in :mod:`kplus_fsm._cli_incident`) open the
 database read-only.
 
-Exit codes: 0 success; 1 a check found a problem (``verify``, ``replay
---check``); 2 usage error; 3 no such payment; 4 the database cannot be read
-(missing, not a kplus_fsm log, written by a newer version).
+Every command opens its log through :mod:`kplus_fsm._cli_open`, which
+classifies the target before writing a byte (:mod:`kplus_fsm._classify`), and
+validates its options with the parameter types of :mod:`kplus_fsm._params`.
+
+Exit codes (:mod:`kplus_fsm._exits`): 0 success; 1 a check found a problem
+(``verify``, ``replay --check``, a damaged log); 2 usage error; 3 no such
+payment; 4 the database or a file cannot be used (missing, not a kplus_fsm log,
+written by a newer version, read-only where a write is needed).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import logging
 import os
@@ -27,8 +33,11 @@ from typing import Any, NoReturn, cast
 import click
 import structlog
 
-from . import __version__, validate_payment_request
+from . import __version__, _params, validate_payment_request
+from ._classify import Access
+from ._cli_open import open_tracker, target
 from ._demo import run_demo, run_offline_demo
+from ._exits import EXIT_NOT_FOUND, EXIT_PROBLEM, EXIT_STORE, EXIT_USAGE, fail
 from ._model import Outcome, Status
 from ._tracker import Tracker
 from ._urls import is_postgres, redact, sqlite_path
@@ -39,10 +48,6 @@ from .adapters.omise import OmiseClient
 from .adapters.webhooks import intake_from_env
 from .adapters.webhooks import serve as serve_webhooks
 from .exceptions import InvalidInputError, KplusFSMError, StoreError
-
-EXIT_PROBLEM = 1
-EXIT_NOT_FOUND = 3
-EXIT_STORE = 4
 
 DEFAULT_DB = "kplus.db"
 
@@ -72,15 +77,14 @@ db_option = click.option(
     default=_default_db,
     show_default="$KPLUS_FSM_DB or ./kplus.db",
     metavar="PATH|URL",
-    type=str,
+    type=_params.DB,
     help="The event log: a SQLite file (path or sqlite:///path) or a postgresql:// URL.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"kplus-fsm: {message}", err=True)
-    sys.exit(code)
+    fail(message, code)
 
 
 def _echo_json(value: Any) -> None:
@@ -97,6 +101,11 @@ def _echo_json(value: Any) -> None:
 )
 def cli(verbose: int) -> None:
     """Track K PLUS (Opn/Omise) payments in an append-only, replayable event log."""
+    # A file name from argv may hold bytes that are not UTF-8 (surrogate escapes):
+    # print them escaped rather than die on them in a UTF-8 locale.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     level = {0: logging.ERROR, 1: logging.WARNING}.get(verbose, logging.INFO)
     structlog.configure(
         processors=[
@@ -117,7 +126,7 @@ def cli(verbose: int) -> None:
     default="kplus-demo.db",
     show_default=True,
     metavar="PATH|URL",
-    type=str,
+    type=_params.DB,
     help="Where to write the demo's event log (appended to if it exists): "
     "a SQLite file or a postgresql:// URL.",
 )
@@ -135,13 +144,18 @@ def demo(db: str, offline: bool) -> None:
     and settled by reconciliation, a lost webhook, a forged webhook, an expiry,
     and a refused create. Needs no configuration.
     """
+    target(db, Access.CREATE)
     # The demo hands the location to Tracker, which takes a path or a URL alike.
-    target = db if is_postgres(db) else Path(sqlite_path(db))
+    location = db if is_postgres(db) else Path(sqlite_path(db))
     try:
-        scenarios = (run_offline_demo if offline else run_demo)(cast(Path, target), say=click.echo)
+        scenarios = (run_offline_demo if offline else run_demo)(
+            cast(Path, location), say=click.echo
+        )
     except KplusFSMError as exc:
         _fail(str(exc), EXIT_STORE)
-    where = shown(db) if isinstance(target, str) else str(target.resolve())
+    except OSError as exc:
+        _fail(f"the demo cannot use {shown(db)}: {exc.strerror or exc}", EXIT_STORE)
+    where = shown(db) if isinstance(location, str) else str(location.resolve())
     click.echo("")
     click.echo(f"Database: {where}")
     click.echo(f"Inspect a payment:  kplus-fsm show {scenarios[0].payment_id} --db {shown(db)}")
@@ -151,7 +165,10 @@ def demo(db: str, offline: bool) -> None:
 def _client_from_env() -> OmiseClient:
     secret_key = os.environ.get("OMISE_SECRET_KEY")
     if not secret_key:
-        _fail("OMISE_SECRET_KEY is not set: the Opn secret key is needed to create charges", 2)
+        _fail(
+            "OMISE_SECRET_KEY is not set: the Opn secret key is needed to create charges",
+            EXIT_USAGE,
+        )
     return OmiseClient(
         secret_key=secret_key,
         public_key=os.environ.get("OMISE_PUBLIC_KEY") or None,
@@ -159,18 +176,19 @@ def _client_from_env() -> OmiseClient:
     )
 
 
-def _open_rw(db: str) -> Tracker:
-    try:
-        return Tracker(db)
-    except ValueError as exc:  # a malformed sqlite:// URL
-        _fail(str(exc), 2)
-    except KplusFSMError as exc:
-        _fail(str(exc), EXIT_STORE)
+def _open_rw(db: str, access: Access = Access.CREATE) -> Tracker:
+    """The tracker of ``db``, classified first (kplus_fsm._cli_open); refusals exit 4."""
+    return open_tracker(db, access)
 
 
 @cli.command()
 @db_option
-@click.option("--payment-id", required=True, help="Your id for this payment (1-64 safe chars).")
+@click.option(
+    "--payment-id",
+    required=True,
+    type=_params.ID,
+    help="Your id for this payment (1-64 safe chars).",
+)
 @click.option("--amount", required=True, type=int, help="In satang: 35000 is THB 350.00.")
 @click.option("--currency", default="THB", show_default=True)
 @click.option("--platform-type", default=None, help="IOS or ANDROID (the buyer's device).")
@@ -204,12 +222,12 @@ def pay(
     try:
         validate_payment_request(**fields)
     except InvalidInputError as exc:
-        _fail(f"invalid payment: {exc.reason}", 2)
+        _fail(f"invalid payment: {exc.reason}", EXIT_USAGE)
     with _client_from_env() as client, _open_rw(db) as tracker:
         try:
             result = tracker.create_charge(client, **fields)
         except InvalidInputError as exc:  # pragma: no cover - validated above
-            _fail(f"invalid payment: {exc.reason}", 2)
+            _fail(f"invalid payment: {exc.reason}", EXIT_USAGE)
         except StoreError as exc:
             _fail(str(exc), EXIT_STORE)
     payment = result.payment
@@ -242,12 +260,19 @@ def pay(
 
 @cli.command()
 @db_option
-@click.option("--limit", default=100, show_default=True, help="At most this many payments.")
+@click.option(
+    "--limit",
+    type=_params.LIMIT,
+    default=100,
+    show_default=True,
+    help="At most this many payments.",
+)
 @click.option(
     "--pending-minutes",
+    type=_params.PENDING_MINUTES,
     default=30,
     show_default=True,
-    help="Also re-read pending charges not updated for this long.",
+    help="Also re-read pending charges not updated for this long (0 to 525600).",
 )
 @json_option
 def reconcile(db: str, limit: int, pending_minutes: int, as_json: bool) -> None:
@@ -257,12 +282,14 @@ def reconcile(db: str, limit: int, pending_minutes: int, as_json: bool) -> None:
     a read failed or Omise rate-limited the run. API from OMISE_SECRET_KEY,
     OMISE_API_URL.
     """
-    if not db_exists(db):
-        _fail(f"no database at {shown(db)}", EXIT_STORE)
-    with _client_from_env() as client, _open_rw(db) as tracker:
-        report = tracker.reconcile(
-            client, limit=limit, pending_threshold=dt.timedelta(minutes=pending_minutes)
-        )
+    target(db, Access.WRITE)
+    with _client_from_env() as client, _open_rw(db, Access.WRITE) as tracker:
+        try:
+            report = tracker.reconcile(
+                client, limit=limit, pending_threshold=dt.timedelta(minutes=pending_minutes)
+            )
+        except StoreError as exc:
+            _fail(str(exc), EXIT_STORE)
     if as_json:
         _echo_json(report.to_json())
     else:
@@ -285,8 +312,8 @@ def reconcile(db: str, limit: int, pending_minutes: int, as_json: bool) -> None:
 
 @cli.command()
 @db_option
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, type=_params.HOST)
+@click.option("--port", default=8000, show_default=True, type=_params.PORT)
 def serve(db: str, host: str, port: int) -> None:
     """
     Run the webhook receiver: POST /webhooks/omise (GET / answers when ready).
@@ -294,12 +321,15 @@ def serve(db: str, host: str, port: int) -> None:
     comma-separated, while rolling), OMISE_SECRET_KEY and OMISE_API_URL (to
     re-fetch each charge), KPLUS_FSM_DB (--db wins).
     """
+    target(db, Access.CREATE)
     try:
         intake = intake_from_env(os.environ, db=db)
     except ValueError as exc:
-        _fail(str(exc), 2)
+        _fail(str(exc), EXIT_USAGE)
     except KplusFSMError as exc:
         _fail(str(exc), EXIT_STORE)
+    except OSError as exc:
+        _fail(f"cannot open {shown(db)}: {exc.strerror or exc}", EXIT_STORE)
     try:
         server = serve_webhooks(intake, host, port)
     except OSError as exc:
@@ -316,8 +346,8 @@ def serve(db: str, host: str, port: int) -> None:
 
 
 @cli.command("fake-omise")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, type=_params.HOST)
+@click.option("--port", default=8765, show_default=True, type=_params.PORT)
 @click.option(
     "--secret-key", required=True, help="The secret key clients must use (skey_test_...)."
 )
@@ -337,7 +367,7 @@ def serve(db: str, host: str, port: int) -> None:
 @click.option(
     "--charge-minutes",
     default=None,
-    type=click.IntRange(min=1),
+    type=_params.CHARGE_MINUTES,
     help="expires_at minus created_at [default: 7 days under bank_timeout, 10 under lifetime].",
 )
 @click.option(
@@ -453,7 +483,7 @@ def fake_omise(
             announce=lambda url: click.echo(f"fake Omise listening on {url} (Ctrl-C to stop)"),
         )
     except ValueError as exc:
-        _fail(str(exc), 2)
+        _fail(str(exc), EXIT_USAGE)
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_STORE)
 
@@ -468,4 +498,4 @@ def main() -> None:
     cli(prog_name="kplus-fsm")
 
 
-__all__ = ["cli", "main"]
+__all__ = ["EXIT_NOT_FOUND", "EXIT_PROBLEM", "EXIT_STORE", "EXIT_USAGE", "cli", "main"]

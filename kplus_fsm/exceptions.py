@@ -12,6 +12,7 @@ understood at all, for misuse, and for storage problems::
     │   ├── InvalidPaymentRequestError    a payment request field is out of its limits
     │   ├── MalformedInputError           not JSON, wrong types, missing fields
     │   └── RefundNotSupportedError       Opn cannot refund mobile-banking charges
+    ├── InvalidTimeError(ValueError)      a time outside 1000-01-01 .. 9999-12-31 (UTC), or naive
     ├── OutcomeError                      ``Result.raise_for_outcome()`` on a refused input
     ├── PaymentNotFoundError(LookupError) no payment with that payment id or charge id
     ├── ConsumerError                     a consumer cannot run as asked
@@ -21,6 +22,7 @@ understood at all, for misuse, and for storage problems::
     │   ├── ConcurrencyError              (stream, version) already taken; retried inside
     │   ├── IntegrityError                a row breaks the hash chain or cannot be decoded
     │   ├── SchemaVersionError            the database was written by a newer kplus_fsm
+    │   ├── DamagedLogError               SQLite reports the file damaged (corrupt, truncated)
     │   └── PostgresUnavailableError      a postgresql:// log without psycopg installed
     └── GatewayError                      the payment API did not do what was asked
         ├── GatewayRefusedError           a definite answer: an Omise error object (4xx)
@@ -36,12 +38,14 @@ __all__ = [
     "ConcurrencyError",
     "ConsumerError",
     "ConsumerStartError",
+    "DamagedLogError",
     "GatewayError",
     "GatewayRefusedError",
     "GatewayUnavailableError",
     "IntegrityError",
     "InvalidInputError",
     "InvalidPaymentRequestError",
+    "InvalidTimeError",
     "KplusFSMError",
     "LeaseLostError",
     "MalformedInputError",
@@ -111,6 +115,15 @@ class RefundNotSupportedError(InvalidInputError):
     """
     A refund was asked for. Opn Payments cannot refund mobile-banking
     (K PLUS) charges; refunds must be made outside Opn.
+    """
+
+
+class InvalidTimeError(KplusFSMError, ValueError):
+    """
+    A time kplus_fsm cannot store: naive (no UTC offset), or outside the years
+    1000 to 9999 in UTC. Stored times are ISO-8601 text that must sort as the
+    times do; a four-digit year is what keeps that true. Raised before anything
+    is written (a clock returning such a time records nothing).
     """
 
 
@@ -187,6 +200,15 @@ class SchemaVersionError(StoreError):
     """
     The database was written by a newer kplus_fsm (it has migrations this
     version does not know), or is not a kplus_fsm log. Nothing was written.
+    """
+
+
+class DamagedLogError(StoreError):
+    """
+    SQLite reports the log's file damaged: pages overwritten, the file cut short,
+    or bytes that are not a database (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``, a
+    short read). What was read before the damage is still valid;
+    ``kplus-fsm verify`` reports how far the file can be read.
     """
 
 

@@ -502,7 +502,18 @@ class TestExport:
         """Every row once, in commit order; the chains recompute to verify's heads."""
         res = run("export", "--db", str(world))
         rows = [json.loads(line) for line in res.stdout.splitlines()]
+        trailer = rows.pop()  # the export ends with its trailer
+        assert trailer["table"] == "trailer"
+        assert trailer["complete"] is True
+        assert (trailer["inbox_rows"], trailer["events"]) == (
+            sum(r["table"] == "inbox" for r in rows),
+            sum(r["table"] == "events" for r in rows),
+        )
         report = run_json("verify", "--db", str(world))
+        assert (trailer["inbox_head"], trailer["events_head"]) == (
+            report["inbox_head"],
+            report["events_head"],
+        )
         assert sum(r["table"] == "inbox" for r in rows) == report["inbox_rows"]
         assert sum(r["table"] == "events" for r in rows) == report["events"]
         heads = {"inbox": _codec.GENESIS, "events": _codec.GENESIS}
@@ -538,6 +549,9 @@ class TestExport:
         assert "exported" in res.stderr
         with target.open(encoding="utf-8", newline="") as fh:
             rows = list(csv.DictReader(fh))
+        trailer = rows.pop()  # the last row is the trailer, its object in `data`
+        assert trailer["table"] == "trailer"
+        assert json.loads(trailer["data"])["inbox_rows"] == sum(r["table"] == "inbox" for r in rows)
         assert tuple(rows[0].keys()) == _queries.EXPORT_COLUMNS
         assert {r["payment_id"] or r["stream"] for r in rows} >= {"order-timeout", "order-refused"}
         assert all(

@@ -239,7 +239,10 @@ def rehearse(s: Session) -> None:
     s.pay("order-1007")
     s.approve("order-1007")
     s.sh("kplus-fsm verify --checkpoint checkpoint-2026-q1.json")
-    s.sh("kplus-fsm export --output audit.jsonl && sha256sum audit.jsonl && wc -l audit.jsonl")
+    s.sh(
+        "kplus-fsm export --output audit.jsonl && wc -l audit.jsonl && "
+        "tail -1 audit.jsonl | cut -c1-120"
+    )
     s.sh("kplus-fsm export --format csv --since -1h | head -c 300; echo")
     s.sh(
         "sqlite3 shop.db '.backup tampered.db' && sqlite3 tampered.db "

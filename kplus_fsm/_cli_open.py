@@ -1,0 +1,119 @@
+"""
+The one place where every ``kplus-fsm`` command opens its log.
+
+Each command says what it needs (:class:`~kplus_fsm._classify.Access`: read,
+create, or write an existing log); :func:`target` classifies the location
+before anything is written and applies the policy table
+(:data:`kplus_fsm._classify.POLICY`, printed in docs/cli.md): a refusal exits
+4 with the reason and leaves the file as it was; a damaged log is opened for
+reading and reported (exit 1); everything else is opened.
+
+Invariants: no command opens a SQLite file for writing unless it was
+classified missing, empty, or a kplus_fsm log of this or an older version on
+writable storage; a read that meets damage exits 1 naming it, a read that
+fails otherwise exits 4; no storage error reaches the user as a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import cast
+
+from ._classify import Access, Action, Classified, LogKind, classify, decide
+from ._exits import EXIT_PROBLEM, EXIT_STORE, EXIT_USAGE, fail
+from ._open import open_store
+from ._ports import SQLStore
+from ._tracker import Tracker
+from ._urls import redact
+from .exceptions import DamagedLogError, IntegrityError, KplusFSMError, StoreError
+
+#: What a row that SQLite reads but kplus_fsm cannot decode raises (a damaged or
+#: edited row): reported as damage, never as a traceback.
+_UNDECODABLE = (IntegrityError, ValueError, KeyError, TypeError, IndexError)
+
+
+def target(db: str, access: Access, *, report_unreadable: bool = True) -> Classified:
+    """
+    Classify ``db`` and apply the policy for ``access``: return what was found
+    when the command may go on; otherwise print why and exit (4 refused; 1 a
+    damaged log whose schema cannot even be read, unless ``report_unreadable``
+    is false: ``verify`` reports that itself).
+    """
+    try:
+        found = classify(db)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    decision = decide(found, access)
+    if decision.action is Action.REFUSE:
+        fail(decision.message, decision.exit_code or EXIT_STORE)
+    if decision.action is Action.REPORT and not found.schema_readable and report_unreadable:
+        fail(f"{decision.message}; nothing could be read", EXIT_PROBLEM)
+    return found
+
+
+def damage_exit(found: Classified) -> None:
+    """After a command ran on a damaged log: say so, exit 1."""
+    if found.kind is LogKind.DAMAGED:
+        fail(f"{found.location} is damaged: {found.detail}; see kplus-fsm verify", EXIT_PROBLEM)
+
+
+def open_reader(db: str, found: Classified) -> SQLStore:
+    """The log at ``db`` opened read-only (already classified readable)."""
+    try:
+        return cast(SQLStore, open_store(db, read_only=True))
+    except ValueError as exc:  # a malformed sqlite:// URL
+        fail(str(exc), EXIT_USAGE)
+    except DamagedLogError as exc:
+        fail(f"{found.location}: {exc}", EXIT_PROBLEM)
+    except KplusFSMError as exc:
+        fail(str(exc), EXIT_STORE)
+    except OSError as exc:
+        fail(f"cannot open {found.location}: {exc.strerror or exc}", EXIT_STORE)
+
+
+@contextlib.contextmanager
+def reading(db: str, found: Classified | None = None) -> Iterator[SQLStore]:
+    """
+    Open ``db`` read-only for the block. Damage met while reading exits 1
+    (what was printed before stands), any other failed read exits 4; a log
+    classified damaged exits 1 after the block even if nothing failed.
+    """
+    found = found if found is not None else target(db, Access.READ)
+    store = open_reader(db, found)
+    try:
+        yield store
+    except DamagedLogError as exc:
+        fail(f"{found.location}: {exc}; see kplus-fsm verify", EXIT_PROBLEM)
+    except StoreError as exc:
+        fail(str(exc), EXIT_STORE)
+    except _UNDECODABLE as exc:
+        fail(
+            f"{found.location}: a stored row cannot be decoded, the log is damaged or was "
+            f"edited ({type(exc).__name__}: {exc}); see kplus-fsm verify",
+            EXIT_PROBLEM,
+        )
+    finally:
+        store.close()
+    damage_exit(found)
+
+
+def open_tracker(db: str, access: Access) -> Tracker:
+    """A :class:`Tracker` writing to ``db`` (classified first; refusals exit 4)."""
+    found = target(db, access)
+    try:
+        return Tracker(db)
+    except ValueError as exc:  # a malformed sqlite:// URL
+        fail(str(exc), EXIT_USAGE)
+    except KplusFSMError as exc:
+        fail(str(exc), EXIT_STORE)
+    except OSError as exc:
+        fail(f"cannot open {found.location}: {exc.strerror or exc}", EXIT_STORE)
+
+
+def shown(db: str) -> str:
+    """``db`` as it may be printed: a URL without its password."""
+    return redact(db)
+
+
+__all__ = ["damage_exit", "open_reader", "open_tracker", "reading", "shown", "target"]
