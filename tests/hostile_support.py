@@ -131,14 +131,21 @@ def make_newer(path: Path, name: str = "0099_future", *, journal: str = "delete"
 
 
 def make_older(path: Path) -> None:
-    """A log from before migration 0002_views (what an older kplus_fsm left)."""
+    """A log from before migrations 0002_views and 0003_followup (an older kplus_fsm's)."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        for view in ("timeline", "stuck_payments", "anomalies", "webhook_lag", "payment_stats"):
+        views = ("unresolved_hints", "orders_paid_twice", "timeline", "stuck_payments")
+        for view in (*views, "anomalies", "webhook_lag", "payment_stats"):
             conn.execute(f"DROP VIEW {view}")
-        for index in ("payments_created", "inbox_kind", "events_kind"):
+        indexes = ("payments_order", "inbox_hints", "inbox_reads", "payments_created")
+        for index in (*indexes, "inbox_kind", "events_kind"):
             conn.execute(f"DROP INDEX {index}")
-        conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0002_views'")
+        conn.execute("ALTER TABLE payments DROP COLUMN order_ref")
+        conn.execute("DROP TABLE leases")
+        conn.execute("DROP TABLE reconcile_checks")
+        conn.execute(
+            "DELETE FROM _sqlite_migrations WHERE name IN ('0002_views', '0003_followup')"
+        )
     finally:
         conn.close()
 

@@ -229,7 +229,7 @@ class TestClassify:
         assert "secret" not in found.location
 
     def test_versions(self, log: Path) -> None:
-        assert classify(str(log)).schema_version == "0002_views"
+        assert classify(str(log)).schema_version == "0003_followup"
         make_older(log)
         assert classify(str(log)).schema_version == "0001_initial"
 
