@@ -143,9 +143,7 @@ def make_older(path: Path) -> None:
         conn.execute("ALTER TABLE payments DROP COLUMN order_ref")
         conn.execute("DROP TABLE leases")
         conn.execute("DROP TABLE reconcile_checks")
-        conn.execute(
-            "DELETE FROM _sqlite_migrations WHERE name IN ('0002_views', '0003_followup')"
-        )
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name IN ('0002_views', '0003_followup')")
     finally:
         conn.close()
 
