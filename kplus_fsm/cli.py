@@ -365,8 +365,9 @@ def fake_omise(
 
 
 # The on-call and audit commands (show, list, anomalies, stats, export, checkpoint,
-# verify, replay) and migrate-log live in their own modules, which register them on `cli`.
-from . import _cli_incident, _cli_migrate  # noqa: E402, F401
+# verify, replay), migrate-log and consume live in their own modules, which register
+# them on `cli`.
+from . import _cli_consume, _cli_incident, _cli_migrate  # noqa: E402, F401
 
 
 def main() -> None:
