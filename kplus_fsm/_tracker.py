@@ -391,8 +391,15 @@ class Tracker:
         return self._apply(request, draft, payment_id=request.payment_id)
 
     def _order_busy(self, request: PaymentRequest) -> str | None:
-        """Why another attempt of the request's order forbids this one (``None``: it may go)."""
+        """
+        Why another attempt of the request's order forbids this one (``None``: it
+        may go). A request for an attempt that exists already is never refused for
+        its siblings: it is that attempt again (a duplicate, or a conflict of
+        parameters), and creates nothing.
+        """
         assert request.order_ref is not None
+        if self.store.find(request.payment_id) is not None:
+            return None
         for other in self.store.payments_for_order(request.order_ref):
             if other.payment_id == request.payment_id:
                 continue
