@@ -568,7 +568,7 @@ def stats_cmd(db: str, since: str | None, as_json: bool) -> None:
             if hints["oldest_at"]
             else ""
         )
-        + f"; {out['orders_paid_twice']:,} orders paid twice"
+        + f"; {_plural(out['orders_paid_twice'], 'order')} paid twice"
     )
 
 
