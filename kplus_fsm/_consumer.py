@@ -63,8 +63,9 @@ log = structlog.get_logger("kplus_fsm")
 #: a consumer that must see the whole history, e.g. a reporting table built
 #: from scratch), ``"now"`` (only events recorded after the consumer is
 #: created, by its first run or :meth:`Consumer.create`: what a new side effect
-#: such as e-mailing receipts wants, so past buyers are not contacted), an event position (the consumer handles the events after it:
-#: resume where another system stopped), or a time (events recorded at or
+#: such as e-mailing receipts wants, so past buyers are not contacted), an
+#: event position (the consumer handles the events after it: resume where
+#: another system stopped), or a time (events recorded at or
 #: after it; an aware ``datetime`` or ISO-8601 text). There is no default.
 Start = Literal["beginning", "now"] | int | dt.datetime | str
 
