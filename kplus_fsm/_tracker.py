@@ -949,8 +949,12 @@ class Tracker:
         """
         A named, durable, leased consumer of the event log (see :class:`Consumer`).
         ``start`` says where a consumer that does not exist yet begins:
-        ``"beginning"``, ``"now"``, an event position or a time; it is required
-        then (no silent replay of history) and ignored once the consumer exists.
+        ``"beginning"`` (every event ever recorded), ``"now"`` (only events
+        recorded after it is created, on its first run), an event position or a
+        time (see :data:`kplus_fsm.Start`); it is required then (no silent replay
+        of history) and ignored once the consumer exists. React to
+        ``event.to_status`` (e.g. ``is Status.SUCCESSFUL``), which covers every
+        route to a status, corrections included.
 
         Raises:
             ConsumerStartError: ``start`` is not one of those forms.
