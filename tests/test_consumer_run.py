@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -78,3 +79,60 @@ class TestRun:
         assert trace["log_level"] == "info"
         assert isinstance(trace["exc_info"], RuntimeError)
         assert consumer.failed_event is None
+
+
+class TestFailpoints:
+    """A runner that dies at each step in between (here: a failpoint that raises)."""
+
+    @pytest.fixture
+    def armed(self, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+        from kplus_fsm import failpoints
+
+        def arm(name: str) -> None:
+            assert name in failpoints.FAILPOINTS
+            monkeypatch.setitem(failpoints._ARMED, name, ("raise", None))
+
+        return arm
+
+    def test_after_handling_before_advancing(
+        self, tracker: Tracker, armed: Callable[[str], None], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from kplus_fsm import failpoints
+
+        armed("consumer.after_handle")
+        seen: list[int] = []
+        consumer = tracker.consumer("shipping", start="beginning")
+        with pytest.raises(failpoints.FailpointError):
+            consumer.process(lambda e: seen.append(e.position))
+        assert (seen, consumer.position) == ([1], 0)  # handled, not advanced
+        monkeypatch.delitem(failpoints._ARMED, "consumer.after_handle")
+        assert consumer.process(lambda e: seen.append(e.position)) == 6
+        assert seen == [1, 1, 2, 3, 4, 5, 6]  # the one in hand, again, once
+
+    def test_transactional_work_before_commit(
+        self, tracker: Tracker, armed: Callable[[str], None], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from kplus_fsm import failpoints
+
+        tracker.store.write_transaction(
+            lambda db: db.execute("CREATE TABLE shipped (position INTEGER NOT NULL)")
+        )
+
+        def ship(event: StoredEvent, db: Any) -> None:
+            db.execute("INSERT INTO shipped VALUES (?)", [event.position])
+
+        def shipped() -> list[int]:
+            rows = tracker.store.write_transaction(
+                lambda db: db.execute("SELECT position FROM shipped").fetchall()
+            )
+            return [int(r[0]) for r in rows]
+
+        consumer = tracker.consumer("books", start="beginning")
+        for name in ("consumer.before_transaction", "consumer.before_commit"):
+            armed(name)
+            with pytest.raises(failpoints.FailpointError):
+                consumer.process_in_transaction(ship)
+            assert (shipped(), consumer.position) == ([], 0)  # nothing committed
+            monkeypatch.delitem(failpoints._ARMED, name)
+        assert consumer.process_in_transaction(ship) == 6
+        assert shipped() == [1, 2, 3, 4, 5, 6]
