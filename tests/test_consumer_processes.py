@@ -68,6 +68,7 @@ def assert_takeover_within_the_lease(report: KillReport) -> None:
     taken = parse_time(report.takeover.acquired_at)
     assert taken >= expired
     assert taken - expired < dt.timedelta(seconds=LEASE_TTL)
+    print(f"takeover {(taken - expired).total_seconds():.3f} s after the killed lease expired")
 
 
 def assert_handled_once_but_the_one_in_hand(fleet: Fleet, report: KillReport) -> None:
