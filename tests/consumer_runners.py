@@ -10,6 +10,7 @@ tests/test_consumer_processes_postgres.py.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -76,14 +77,20 @@ def record_in_transaction(event, handle):
 '''
 
 
-def quiet() -> None:
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """No kplus_fsm log lines inside (a bulk set-up); the configuration is restored after."""
+    saved = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
 
 
 def build_log(db: str, *, side_table: bool = False) -> int:
     """A log of :data:`EVENTS` events; the last position."""
-    quiet()
-    with Tracker(open_store(db, synchronous="OFF")) as tracker:
+    with quiet(), Tracker(open_store(db, synchronous="OFF")) as tracker:
         conn: Any = getattr(tracker.store, "conn", None)
         if type(conn).__module__.startswith("psycopg"):
             conn.execute("SET synchronous_commit = off")  # the build only: fast, not durable

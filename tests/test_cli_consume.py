@@ -65,9 +65,8 @@ def work(tmp_path: Path) -> Path:
 @pytest.fixture
 def db(work: Path) -> Path:
     """A log with two payments: six events."""
-    quiet()
     path = work / "kplus.db"
-    with Tracker(path) as tracker:
+    with quiet(), Tracker(path) as tracker:
         for i in (1, 2):
             request(tracker, f"pay-{i}")
             snapshot(tracker, f"pay-{i}", f"chrg_{i}", "pending", origin="create_response")

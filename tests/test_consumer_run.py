@@ -57,8 +57,13 @@ class TestRun:
                 stop.set()
 
         consumer = tracker.consumer("shipping", start="beginning")
-        with structlog.testing.capture_logs() as logs:
-            handled = consumer.run(handler, stop=stop, poll_interval=0.01, max_backoff=0.01)
+        saved = structlog.get_config()
+        structlog.reset_defaults()  # whatever level an earlier test left configured
+        try:
+            with structlog.testing.capture_logs() as logs:
+                handled = consumer.run(handler, stop=stop, poll_interval=0.01, max_backoff=0.01)
+        finally:
+            structlog.configure(**saved)
         assert handled == 6
         assert calls == [1, 1, 2, 3, 4, 5, 6]
         failed = [e for e in logs if e["event"] == "consumer_handler_failed"]

@@ -194,10 +194,9 @@ def _pending_inputs(pid: str, cid: str, now: str) -> list[tuple[Any, ...]]:
 
 def bulk_pending(db: Path, count: int, *, first: int = 0, batch: int = 2000) -> None:
     """``count`` pending payments, recorded through the machine in batches (fast)."""
-    quiet()
     now = format_time(utc_now())
     items: list[Any] = []
-    with SQLiteStore(db, synchronous="OFF") as store:
+    with quiet(), SQLiteStore(db, synchronous="OFF") as store:
         for i in range(first, first + count):
             items += _pending_inputs(f"bulk-{i:05d}", f"chrg_test_bulk{i:05d}", now)
             if len(items) >= batch or i == first + count - 1:
@@ -539,7 +538,6 @@ class TestAttemptAgain:
     """Asking for an existing attempt again is that attempt, whatever its siblings did."""
 
     def test_not_refused_for_a_paid_sibling(self, tmp_path: Path) -> None:
-        quiet()
         with Tracker(tmp_path / "kplus.db") as tracker:
             for pid, cid, status in (("o.1", "chrg_1", "expired"), ("o.2", "chrg_2", "successful")):
                 tracker.request_payment(
@@ -567,7 +565,6 @@ class TestAttemptAgain:
 class TestListExitCode:
     def test_alerts_only_when_something_is_stuck(self, tmp_path: Path) -> None:
         db = tmp_path / "kplus.db"
-        quiet()
         with Tracker(db) as tracker:
             tracker.request_payment(payment_id="calm-1", amount=35_000, return_uri=RETURN_URI)
         calm = kplus("list", "--stuck", "--exit-code", "--db", str(db))
