@@ -770,7 +770,7 @@ def intake_from_env(
 
     - ``KPLUS_FSM_DB``: the event log (``db`` wins; default ``kplus.db``): a
       SQLite file, ``sqlite:///path``, or a ``postgresql://`` URL (several
-      receivers on several hosts then share one log; see ``docs/scaling.md``);
+      receivers on several hosts then share one log; see ``docs/postgresql.md``);
     - ``OMISE_SECRET_KEY``: enables the re-fetch (an :class:`OmiseClient`);
       without it the payload is applied as an unverified snapshot;
     - ``OMISE_PUBLIC_KEY``: passed to the client (source creation only);

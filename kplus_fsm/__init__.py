@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import exceptions
 from ._codec import parse_json
-from ._consumer import Consumer
+from ._consumer import Consumer, Start
 from ._flow import ReconcileItem, ReconcileReport, charge_params
 from ._followup import ConsumerSpec, FollowUp, PeriodicReconciler, Worker
 from ._machine import TRANSITIONS, Decision, Rule, Signal, decide, evolve, fold, signal_of
@@ -132,6 +132,7 @@ __all__ = [
     "Rule",
     "SQLiteStore",
     "Signal",
+    "Start",
     "Status",
     "Store",
     "StoredEvent",

@@ -8,7 +8,8 @@ database read-only (SQLite: ``mode=ro``, ``query_only``, the file is left byte
 for byte as it was; PostgreSQL: every transaction read-only). Every command
 prints an aligned table for people and, with ``--json``, an object for
 machines. Exit codes: 0 ok; 1 a check found a problem (``verify``, ``replay
---check``, ``checkpoint`` of a log that does not verify); 2 usage (a bad option,
+--check``, ``checkpoint`` of a log that does not verify, ``list --exit-code``
+that lists a payment); 2 usage (a bad option,
 time or checkpoint); 3 no such payment; 4 the database cannot be read.
 
 Long work (``verify``, ``replay``, ``checkpoint``, ``export --output``) shows a
@@ -333,6 +334,13 @@ def show(payment_or_charge_id: str, db: str, as_of: str | None, as_json: bool) -
     show_default=True,
     help="At most this many payments (newest first).",
 )
+@click.option(
+    "--exit-code",
+    "exit_code",
+    is_flag=True,
+    help="Exit 1 when any payment matches (with --stuck: when anything is stuck), "
+    "for alerting; 0 when none does.",
+)
 @json_option
 def list_payments(
     db: str,
@@ -341,17 +349,21 @@ def list_payments(
     since: str | None,
     until: str | None,
     limit: int,
+    exit_code: bool,
     as_json: bool,
 ) -> None:
     """
     List payments, newest first: their state, amount, charge, times, flags, and
     why they are stuck. --since and --until filter on when the payment was created.
+    With --exit-code, exit 1 when any payment matches (alert on `list --stuck
+    --exit-code`).
     """
     now = utc_now()
     with _reading(db) as store:
         listed, more = _queries.list_payments(
             store, now=now, status=status, stuck=stuck, since=since, until=until, limit=limit
         )
+    found = EXIT_PROBLEM if exit_code and listed else 0
     if as_json:
         _echo_json(
             {
@@ -361,7 +373,7 @@ def list_payments(
                 "payments": [item.to_json() for item in listed],
             }
         )
-        return
+        sys.exit(found)
     if not listed:
         click.echo("no payments match")
         return
@@ -401,6 +413,7 @@ def list_payments(
     if more:
         tail += f" (the newest {limit}; more with --limit)"
     click.echo(tail)
+    sys.exit(found)
 
 
 # --------------------------------------------------------------------- anomalies
@@ -533,7 +546,7 @@ def stats_cmd(db: str, since: str | None, as_json: bool) -> None:
             if hints["oldest_at"]
             else ""
         )
-        + f"; {out['orders_paid_twice']:,} orders paid twice"
+        + f"; {_plural(out['orders_paid_twice'], 'order')} paid twice"
     )
 
 

@@ -20,9 +20,17 @@ Invariants (each one is a test):
    :meth:`Consumer.process_in_transaction`.
 4. A consumer that does not exist yet starts where its creator says: the
    beginning, now, an event position or a time. There is no default: a new
-   consumer never replays all of history by accident.
+   consumer never replays all of history by accident. Once it exists, its
+   stored position is the only truth; ``start`` is ignored.
 5. A runner killed while holding the lease is replaced within the lease time
    (``lease_ttl``, 30 s by default).
+6. A graceful stop (:meth:`Consumer.run`'s ``stop`` event) finishes the event
+   in hand (the batch in hand, for the transactional loop), advances past it,
+   and releases the lease, so another runner takes over at once.
+
+A handler call must finish well within ``lease_ttl / 2`` (the lease is renewed
+between events): a runner whose call outlives its lease cannot advance past
+that event, and the next holder handles it again.
 
 Lease expiry is judged by the tracker's clock; hosts sharing a PostgreSQL log
 must keep their clocks synchronised (NTP) to well within ``lease_ttl``.
@@ -43,6 +51,7 @@ from ._model import StoredEvent
 from ._ops import Lease, holder_id
 from ._time import format_time, parse_time
 from .exceptions import ConsumerStartError, LeaseLostError
+from .failpoints import failpoint
 
 if TYPE_CHECKING:
     from ._ports import TransactionHandle
@@ -50,10 +59,14 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("kplus_fsm")
 
-#: Where a new consumer starts: ``"beginning"`` (every event ever recorded),
-#: ``"now"`` (only events recorded from now on), an event position (the
-#: consumer handles the events after it), or a time (events recorded at or
-#: after it; an aware ``datetime`` or ISO-8601 text).
+#: Where a new consumer starts: ``"beginning"`` (every event ever recorded:
+#: a consumer that must see the whole history, e.g. a reporting table built
+#: from scratch), ``"now"`` (only events recorded after the consumer is
+#: created, by its first run or :meth:`Consumer.create`: what a new side effect
+#: such as e-mailing receipts wants, so past buyers are not contacted), an
+#: event position (the consumer handles the events after it: resume where
+#: another system stopped), or a time (events recorded at or
+#: after it; an aware ``datetime`` or ISO-8601 text). There is no default.
 Start = Literal["beginning", "now"] | int | dt.datetime | str
 
 #: How long a runner's lease lasts without renewal.
@@ -112,6 +125,8 @@ class Consumer:
         self.lease_ttl = lease_ttl
         self.holder = holder or holder_id()
         self.lease: Lease | None = None
+        #: The event the handler last raised on (``None`` once one is handled).
+        self.failed_event: StoredEvent | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -265,17 +280,31 @@ class Consumer:
             finally:
                 self.release()
 
-    def _drain(self, handler: Callable[[StoredEvent], object], limit: int | None) -> int:
+    def _drain(
+        self,
+        handler: Callable[[StoredEvent], object],
+        limit: int | None,
+        stop: threading.Event | None = None,
+    ) -> int:
         done = 0
         store = self.tracker.store
         for event in self._unprocessed():
-            if limit is not None and done >= limit:
+            if (limit is not None and done >= limit) or (stop is not None and stop.is_set()):
                 break
             lease = self._keep_lease()
-            handler(event)
+            self._handle(handler, event)
+            failpoint("consumer.after_handle")
             store.advance_consumer(self.name, event.position, now=self._now(), lease=lease)
             done += 1
         return done
+
+    def _handle(self, handler: Callable[[StoredEvent], object], event: StoredEvent) -> None:
+        try:
+            handler(event)
+        except Exception:
+            self.failed_event = event
+            raise
+        self.failed_event = None
 
     def _unprocessed(self, batch: int = 1000) -> Iterator[StoredEvent]:
         return self.tracker.store.iter_events(self.position, batch=batch)
@@ -314,6 +343,7 @@ class Consumer:
             raise ValueError("batch must be at least 1")
         store = self.tracker.store
         lease = self._keep_lease()
+        failpoint("consumer.before_transaction")
 
         def work(handle: Any) -> int:
             start = store.consumer_position(self.name)
@@ -322,9 +352,15 @@ class Consumer:
             for event in store.iter_events(start, batch=batch):
                 if n >= batch:
                     break
-                handler(event, handle)
+                try:
+                    handler(event, handle)
+                except Exception:
+                    self.failed_event = event
+                    raise
+                self.failed_event = None
                 last = event.position
                 n += 1
+            failpoint("consumer.before_commit")
             # Checked last, inside the transaction that commits: under the write
             # lock, so no other runner can take the lease between this and COMMIT.
             if not store.lease_valid(lease, now=self._now()):
@@ -363,7 +399,7 @@ class Consumer:
         finished and advanced first); the lease is released on the way out.
         """
         return self._loop(
-            lambda: self._drain(handler, batch),
+            lambda stop: self._drain(handler, batch, stop),
             poll_interval=poll_interval,
             stop=stop,
             max_backoff=max_backoff,
@@ -381,7 +417,7 @@ class Consumer:
     ) -> int:
         """:meth:`run` for exactly-once handlers (see :meth:`process_in_transaction`)."""
         return self._loop(
-            lambda: self._batch_in_transaction(handler, batch),
+            lambda _stop: self._batch_in_transaction(handler, batch),
             poll_interval=poll_interval,
             stop=stop,
             max_backoff=max_backoff,
@@ -390,7 +426,7 @@ class Consumer:
 
     def _loop(
         self,
-        step: Callable[[], int],
+        step: Callable[[threading.Event], int],
         *,
         poll_interval: float,
         stop: threading.Event | None,
@@ -410,20 +446,14 @@ class Consumer:
                         stop.wait(idle_wait)
                         continue
                     try:
-                        n = step()
+                        n = step(stop)
                     except LeaseLostError:
                         self.lease = None
                         continue
                     except Exception as exc:  # the host's handler: log, back off, retry
                         failures += 1
                         pause = min(max_backoff, 0.5 * 2 ** min(failures - 1, 16))
-                        log.exception(
-                            "consumer_handler_failed",
-                            consumer=self.name,
-                            error=type(exc).__name__,
-                            failures=failures,
-                            retry_in=round(pause, 3),
-                        )
+                        self._log_failure(exc, failures, pause)
                         stop.wait(pause * (0.5 + random.random() / 2))  # noqa: S311
                         continue
                     failures = 0
@@ -437,6 +467,24 @@ class Consumer:
             finally:
                 self.release()
         return total
+
+    def _log_failure(self, exc: Exception, failures: int, pause: float) -> None:
+        """One error line per failure (no traceback); the traceback at info level."""
+        event = self.failed_event
+        where: dict[str, Any] = (
+            {}
+            if event is None
+            else {"position": event.position, "kind": event.kind, "payment_id": event.stream}
+        )
+        log.error(
+            "consumer_handler_failed",
+            consumer=self.name,
+            **where,
+            error=f"{type(exc).__name__}: {exc}"[:300],
+            failures=failures,
+            retry_in=round(pause, 3),
+        )
+        log.info("consumer_handler_traceback", consumer=self.name, exc_info=exc)
 
 
 def _check_start(start: object) -> None:

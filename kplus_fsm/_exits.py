@@ -29,6 +29,10 @@ EXIT_NOT_FOUND: Final = 3
 #: log, written by a newer version, read-only where a write is needed, or a
 #: location that cannot be created. Nothing was written.
 EXIT_STORE: Final = 4
+#: ``pay``: the create's outcome is unknown (deferred): no authorize_uri yet.
+EXIT_DEFERRED: Final = 5
+#: ``pay``: the payment (or its order) is already paid.
+EXIT_PAID: Final = 6
 
 #: Every exit code, with its one-line meaning (the table in docs/cli.md).
 EXIT_CODES: Final = {
@@ -37,6 +41,8 @@ EXIT_CODES: Final = {
     EXIT_USAGE: "usage error",
     EXIT_NOT_FOUND: "no such payment",
     EXIT_STORE: "the database or a file cannot be used",
+    EXIT_DEFERRED: "pay: the create's outcome is unknown (deferred), no authorize_uri yet",
+    EXIT_PAID: "pay: the payment or its order is already paid",
 }
 
 
@@ -48,8 +54,10 @@ def fail(message: str, code: int) -> NoReturn:
 
 __all__ = [
     "EXIT_CODES",
+    "EXIT_DEFERRED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
+    "EXIT_PAID",
     "EXIT_PROBLEM",
     "EXIT_STORE",
     "EXIT_USAGE",

@@ -15,7 +15,7 @@ a time, and every decision (webhook dedupe included) is taken on the state left
 by the previous commit. ``UNIQUE (stream, version)`` and the primary keys stay
 as a second line: a writer that somehow raced would be refused, rolled back and
 retried. The cost: writes to one log are serial (one commit at a time); reads
-never wait for the lock. See ``docs/scaling.md``.
+never wait for the lock. See ``docs/postgresql.md``.
 
 One connection per store, shared by the threads of a host under a lock (as the
 SQLite store does); open one store per process. The connection is reopened if

@@ -392,8 +392,15 @@ class Tracker:
         return self._apply(request, draft, payment_id=request.payment_id)
 
     def _order_busy(self, request: PaymentRequest) -> str | None:
-        """Why another attempt of the request's order forbids this one (``None``: it may go)."""
+        """
+        Why another attempt of the request's order forbids this one (``None``: it
+        may go). A request for an attempt that exists already is never refused for
+        its siblings: it is that attempt again (a duplicate, or a conflict of
+        parameters), and creates nothing.
+        """
         assert request.order_ref is not None
+        if self.store.find(request.payment_id) is not None:
+            return None
         for other in self.store.payments_for_order(request.order_ref):
             if other.payment_id == request.payment_id:
                 continue
@@ -952,8 +959,12 @@ class Tracker:
         """
         A named, durable, leased consumer of the event log (see :class:`Consumer`).
         ``start`` says where a consumer that does not exist yet begins:
-        ``"beginning"``, ``"now"``, an event position or a time; it is required
-        then (no silent replay of history) and ignored once the consumer exists.
+        ``"beginning"`` (every event ever recorded), ``"now"`` (only events
+        recorded after it is created, on its first run), an event position or a
+        time (see :data:`kplus_fsm.Start`); it is required then (no silent replay
+        of history) and ignored once the consumer exists. React to
+        ``event.to_status`` (e.g. ``is Status.SUCCESSFUL``), which covers every
+        route to a status, corrections included.
 
         Raises:
             ConsumerStartError: ``start`` is not one of those forms.

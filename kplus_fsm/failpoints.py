@@ -37,6 +37,9 @@ FAILPOINTS: Final = {
     "followup.before_record": "the follow-up read a charge; not yet recorded",
     "create.after_request": "the write-ahead request is recorded; POST /charges not sent",
     "create.after_post": "POST /charges answered; the answer is not recorded",
+    "consumer.after_handle": "a consumer's handler returned; its position is not advanced",
+    "consumer.before_transaction": "a transactional consumer holds its lease; no transaction yet",
+    "consumer.before_commit": "a transactional consumer handled its batch; not yet committed",
 }
 
 

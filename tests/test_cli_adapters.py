@@ -269,7 +269,7 @@ class TestUnknownOutcome:
     """The create's answer is lost and the look (search, listing) fails: reconcile settles it."""
 
     def test_pay_then_reconcile(self, fake: Process, api: httpx.Client, tmp_path: Path) -> None:
-        """pay exits 1 with create_unknown; reconcile finds the one charge: pending."""
+        """pay exits 5 with create_unknown; reconcile finds the one charge: pending."""
         db = tmp_path / "kplus.db"
         for fault in (
             {"route": "POST /charges", "kind": "commit_then_drop"},
@@ -278,7 +278,7 @@ class TestUnknownOutcome:
         ):
             assert api.post("/_fake/faults", json=fault).status_code == 200
         paid = pay(db, "cli-limbo", fake.url)
-        assert paid.returncode == 1
+        assert paid.returncode == 5  # deferred: no authorize_uri yet
         out = json.loads(paid.stdout)
         assert (out["status"], out["create_unknown"], out["charge_id"]) == ("created", True, None)
         assert out["outcome"] == "unknown"

@@ -345,15 +345,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def documented_grants() -> str:
-    """The GRANT block of docs/scaling.md, as the operator would paste it."""
-    text = (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8")
+    """The GRANT block of docs/postgresql.md, as the operator would paste it."""
+    text = (ROOT / "docs" / "postgresql.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```text\n(.*?)```", text, flags=re.DOTALL)
     [grants] = [b for b in blocks if "GRANT SELECT, INSERT ON inbox, events" in b]
     return textwrap.dedent(grants)
 
 
 class TestPrivileges:
-    """The roles of docs/scaling.md: the application appends, the reader reads."""
+    """The roles of docs/postgresql.md: the application appends, the reader reads."""
 
     @pytest.fixture
     def roles(self, pg_server: str) -> Iterator[dict[str, str]]:
@@ -407,7 +407,7 @@ class TestPrivileges:
             assert store.consumer_position("mailer") == 2
 
     def test_documented_lock_key(self) -> None:
-        text = (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8")
+        text = (ROOT / "docs" / "postgresql.md").read_text(encoding="utf-8")
         assert f"pg_advisory_xact_lock({CHAIN_LOCK})" in text
 
 

@@ -11,14 +11,18 @@ environment, see README.md here)::
 
 The view is CSRF-exempt (Omise cannot send a CSRF token; the signature is the
 check), reads the *raw* body (``request.body``: the signature covers it) and
-answers with the status :class:`WebhookIntake` chose.
+answers with the status :class:`WebhookIntake` chose. ``returned`` is the page
+K PLUS sends the buyer back to (``orders/<order_ref>/return``, the
+``return_uri`` of the order's charges): it reads the charge now.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sys
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -27,7 +31,9 @@ from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from kplus_fsm import Status
 from kplus_fsm.adapters.webhooks import MAX_BODY, WebhookIntake, intake_from_env
+from kplus_fsm.exceptions import GatewayError
 
 if not settings.configured:
     settings.configure(
@@ -75,12 +81,45 @@ def omise_webhook(request: HttpRequest) -> JsonResponse:
 
 
 @require_GET
+def returned(request: HttpRequest, order_ref: str) -> JsonResponse:
+    status, answer = order_status(get_intake(), order_ref)
+    return JsonResponse(answer, status=status)
+
+
+@require_GET
 def ready(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"ready": True})
 
 
+def order_status(intake: WebhookIntake, order_ref: str) -> tuple[int, dict[str, Any]]:
+    """
+    What the return page says when K PLUS sends the buyer back: the order's
+    latest attempt, read from Omise now (``Tracker.refresh``) while it is still
+    open, rather than waiting for the webhook. If Omise does not answer, the
+    page shows what the log knows; the webhook or reconciliation settles it.
+    """
+    tracker = intake.tracker
+    attempts = tracker.attempts(order_ref)
+    if not attempts:
+        return 404, {"order_ref": order_ref, "status": None, "paid": False}
+    latest = attempts[-1]
+    if not latest.is_terminal and intake.client is not None:
+        with contextlib.suppress(GatewayError):
+            latest = tracker.refresh(intake.client, latest.payment_id).payment or latest
+    paid = latest.status is Status.SUCCESSFUL or any(
+        a.status is Status.SUCCESSFUL for a in attempts[:-1]
+    )
+    return 200, {
+        "order_ref": order_ref,
+        "payment_id": latest.payment_id,
+        "status": latest.status.value,
+        "paid": paid,
+    }
+
+
 urlpatterns = [
     path("webhooks/omise", omise_webhook),
+    path("orders/<str:order_ref>/return", returned),
     path("", ready),
 ]
 

@@ -1,6 +1,6 @@
 """
 Build a large, realistic event log through the tracker, for the scale figures
-in docs/scale.md. Not a test; the test suite runs a tiny version of it.
+in docs/million-events.md. Not a test; the test suite runs a tiny version of it.
 
     python tests/scale/build_log.py --db /tmp/kplus-1m.db --events 1000000
 

@@ -109,14 +109,20 @@ class Session:
             self.receiver.wait(10)
             self.receiver = None
 
-    def pay(self, pid: str, amount: int = 35_000, *, show: bool = False) -> str:
-        out = self.sh(
-            f"kplus-fsm pay --payment-id {pid} --amount {amount} --platform-type IOS "
-            f"--return-uri https://shop.example/orders/{pid}/return",
+    def pay(self, order: str, amount: int = 35_000, *, show: bool = False) -> str:
+        """``kplus-fsm pay --order-ref ORDER``; the attempt's payment id."""
+        self.sh(
+            f"kplus-fsm pay --order-ref {order} --amount {amount} --platform-type IOS "
+            f"--return-uri https://shop.example/orders/{order}/return",
             show=show,
         )
         self.fake.flush()
-        return out
+        attempts = [
+            str(c["metadata"]["payment_id"])
+            for c in self.fake.charges()
+            if c["metadata"].get("order_ref") == order
+        ]
+        return attempts[-1]
 
     def charge_id(self, pid: str) -> str:
         for charge in self.fake.charges():
@@ -164,8 +170,7 @@ def rehearse(s: Session) -> None:
     s.start_receiver(NEW_SECRET)
     # An ordinary morning: paid, declined, paid twice over (a duplicate delivery).
     for i in range(1, 7):
-        pid = f"order-{1000 + i * 10}"
-        s.pay(pid, 20_000 + i * 5_000)
+        pid = s.pay(f"order-{1000 + i * 10}", 20_000 + i * 5_000)
         if i == 3:
             s.decline(pid)
         else:
@@ -174,19 +179,18 @@ def rehearse(s: Session) -> None:
             s.approve(pid)
 
     s.note("RECIPE 1: the buyer says they paid but the order is pending")
-    s.pay("order-1001")
+    pid = s.pay("order-1001")
     s.fake.drop_next()  # the completion webhook is lost on the way
-    s.approve("order-1001")
-    s.sh("kplus-fsm show order-1001")
+    s.approve(pid)
+    s.sh(f"kplus-fsm show {pid}")
     s.sh("kplus-fsm anomalies --since -15m")
-    s.sh("kplus-fsm reconcile --pending-minutes 0")
-    s.sh("kplus-fsm show order-1001")
+    s.sh(f"kplus-fsm reconcile {pid}")
+    s.sh(f"kplus-fsm show {pid}")
 
     s.note("RECIPE 2: webhooks stopped arriving")
     s.start_receiver(OLD_SECRET)  # a deploy put back last year's secret
-    for pid in ("order-1002", "order-1003", "order-1004"):
-        s.pay(pid)
-        s.approve(pid)
+    for order in ("order-1002", "order-1003", "order-1004"):
+        s.approve(s.pay(order))
     s.sh("kplus-fsm stats --since -10m")
     s.sh("kplus-fsm anomalies --since -10m")
     s.sh("kplus-fsm list --status pending")
@@ -196,16 +200,16 @@ def rehearse(s: Session) -> None:
     s.sh("kplus-fsm list --stuck")
 
     s.note("RECIPE 3: a charge went from expired to successful")
-    s.pay("order-1005")
-    s.fake.expire(s.charge_id("order-1005"))
+    pid = s.pay("order-1005")
+    s.fake.expire(s.charge_id(pid))
     s.fake.flush()
     expired_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     time.sleep(2)
-    s.fake.mark_as_paid(s.charge_id("order-1005"), force=True)  # the bank's late confirmation
+    s.fake.mark_as_paid(s.charge_id(pid), force=True)  # the bank's late confirmation
     s.fake.flush()
     s.sh("kplus-fsm anomalies --since -5m")
-    s.sh("kplus-fsm show order-1005")
-    s.sh(f"kplus-fsm show order-1005 --as-of {expired_at} --json | jq '{{status, flags}}'")
+    s.sh(f"kplus-fsm show {pid}")
+    s.sh(f"kplus-fsm show {pid} --as-of {expired_at} --json | jq '{{status, flags}}'")
     s.sh(
         "kplus-fsm list --since -1d --limit 1000 --json "
         "| jq -r '.payments[] | select(.flags | index(\"corrected\")) | .payment_id'"
@@ -213,31 +217,46 @@ def rehearse(s: Session) -> None:
 
     s.note("RECIPE 5: the API timed out on create")
     faults = f"{s.api_url}/_fake/faults"
-    s.sh(
-        f"curl -s -u {SECRET_KEY}: {faults} -d route='POST /charges' "
-        "-d kind=commit_then_timeout -d delay=65 > /dev/null",
-        show=False,
-    )
-    s.sh(
-        f"curl -s -u {SECRET_KEY}: {faults} -d route='GET /search' -d kind=error -d status=503 "
-        "-d times=3 > /dev/null",
-        show=False,
-    )
+    for fault in (
+        "-d route='POST /charges' -d kind=commit_then_timeout -d delay=65",
+        "-d route='GET /search' -d kind=error -d status=503 -d times=3",
+        "-d route='GET /charges' -d kind=error -d status=503 -d times=3",
+    ):
+        s.sh(f"curl -s -u {SECRET_KEY}: {faults} {fault} > /dev/null", show=False)
     s.fake.drop_next()  # and the charge.create webhook is lost too
     s.sh(
-        "kplus-fsm pay --payment-id order-1006 --amount 35000 "
+        "kplus-fsm pay --order-ref order-1006 --amount 35000 "
         "--return-uri https://shop.example/orders/order-1006/return"
     )
-    s.sh("kplus-fsm show order-1006")
-    s.sh("kplus-fsm list --stuck")
+    s.sh("kplus-fsm show order-1006.1")
+    s.sh("kplus-fsm list --stuck --exit-code")
     s.sh("kplus-fsm reconcile")
-    s.sh("kplus-fsm show order-1006")
+    s.sh("kplus-fsm show order-1006.1")
+
+    s.note("RECIPE 6: an order was paid twice")
+    first = s.pay("order-1008")
+    s.fake.expire(s.charge_id(first))  # nobody approved in time, we read: expired
+    s.fake.flush()
+    s.sh(
+        "kplus-fsm pay --order-ref order-1008 --amount 35000 "
+        "--return-uri https://shop.example/orders/order-1008/return"
+    )
+    s.fake.flush()
+    s.approve("order-1008.2")  # the buyer pays the new attempt...
+    time.sleep(1)
+    s.fake.mark_as_paid(s.charge_id(first), force=True)  # ...and the bank approves the first late
+    s.fake.flush()
+    s.sh("kplus-fsm anomalies --since -5m")
+    s.sh(
+        'sqlite3 -header -column shop.db "select payment_id, charge_id, status, amount, '
+        "updated_at from payments where order_ref = 'order-1008'\""
+    )
+    s.sh("sqlite3 -header -column shop.db 'select * from orders_paid_twice'")
 
     s.note("RECIPE 4: prove to an auditor that this log is complete and untampered")
     s.sh("kplus-fsm verify")
     s.sh("kplus-fsm checkpoint --json > checkpoint-2026-q1.json && cat checkpoint-2026-q1.json")
-    s.pay("order-1007")
-    s.approve("order-1007")
+    s.approve(s.pay("order-1007"))
     s.sh("kplus-fsm verify --checkpoint checkpoint-2026-q1.json")
     s.sh(
         "kplus-fsm export --output audit.jsonl && wc -l audit.jsonl && "
