@@ -217,10 +217,10 @@ def unresolved_hints(
     dialect: str = "sqlite",
 ) -> list[UnresolvedHint]:
     """Unresolved hints with inbox id above ``after``, oldest first (at most ``limit``)."""
-    source = HINTS_FROM
+    source_sql = HINTS_FROM
     if dialect == "sqlite" and charge_id is None:
-        source = HINTS_FROM_SQLITE_AFTER if after else HINTS_FROM_SQLITE
-    sql = unresolved_hint_select(source) + " AND h.id > ?"
+        source_sql = HINTS_FROM_SQLITE_AFTER if after else HINTS_FROM_SQLITE
+    sql = unresolved_hint_select(source_sql) + " AND h.id > ?"
     params: list[Any] = [after]
     if charge_id is not None:
         sql += " AND h.charge_id = ?"

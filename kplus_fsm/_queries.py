@@ -180,7 +180,7 @@ def list_payments(
     unresolved webhook hint on its charge) and creation time (``since`` <= ``created_at`` <=
     ``until``, stored form). Returns at most ``limit`` and whether there were more.
     """
-    reason = stuck_reason_sql(now="?", cutoff="?")
+    reason = stuck_reason_sql(now_sql="?", cutoff_sql="?")
     where: list[str] = []
     params: list[Any] = [no_answer_cutoff(now), omise_time(now)]
     if status is not None:
@@ -207,7 +207,7 @@ def list_payments(
     return listed, len(rows) > limit
 
 
-def hints_from(store: SQLStore) -> str:
+def hints_from_sql(store: SQLStore) -> str:
     """Where the whole-log hint questions read hints from, for this store (see _schema)."""
     if dialect_of(store) == "sqlite" and store.query(
         "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'inbox_hints'"
@@ -219,7 +219,7 @@ def hints_from(store: SQLStore) -> str:
 def unresolved_summary(store: SQLStore, *, now: dt.datetime) -> dict[str, Any]:
     """How many unresolved webhook hints there are, and the oldest one's time and age."""
     row = store.query(
-        f"SELECT count(*), min(h.received_at) FROM {hints_from(store)}"
+        f"SELECT count(*), min(h.received_at) FROM {hints_from_sql(store)}"
         f" WHERE {UNRESOLVED_HINT_WHERE}"
     )[0]
     oldest = row[1]
@@ -281,9 +281,9 @@ def category_sql(dialect: str) -> str:
 
 
 def _anomaly_sql(
-    since: str | None, dialect: str = "sqlite", source: str = HINTS_FROM
+    since: str | None, dialect: str = "sqlite", source_sql: str = HINTS_FROM
 ) -> tuple[str, list[Any]]:
-    sql = anomalies_sql(dialect=dialect, since=since is not None, hints_from=source)
+    sql = anomalies_sql(dialect=dialect, since=since is not None, hints_from_sql=source_sql)
     return sql, [since] * ANOMALIES_SINCE_PARAMS if since is not None else []
 
 
@@ -315,7 +315,7 @@ def anomalies(
     The newest ``limit`` anomalies (received at or after ``since``), and the
     count of every category over the whole window.
     """
-    sql, params = _anomaly_sql(since, dialect_of(store), hints_from(store))
+    sql, params = _anomaly_sql(since, dialect_of(store), hints_from_sql(store))
     columns = ", ".join(ANOMALY_COLUMNS)
     blanks = ", ".join("NULL" for _ in ANOMALY_COLUMNS[2:])
     # One statement, the anomalies gathered once: the newest ``limit`` rows (part 0)

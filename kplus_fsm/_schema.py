@@ -296,15 +296,18 @@ HINTS_FROM_SQLITE: Final = "inbox h INDEXED BY inbox_hints"
 HINTS_FROM_SQLITE_AFTER: Final = "inbox h INDEXED BY inbox_outcome"
 
 
-def unresolved_hint_select(source: str = HINTS_FROM) -> str:
-    """The columns of an unresolved hint (the ``unresolved_hints`` view and queries)."""
+def unresolved_hint_select(source_sql: str = HINTS_FROM) -> str:
+    """
+    The columns of an unresolved hint (the ``unresolved_hints`` view and queries),
+    read from ``source_sql`` (:data:`HINTS_FROM` or one of its SQLite variants).
+    """
     return f"""SELECT h.id AS inbox_id, h.received_at AS received_at,
        coalesce(h.payment_id, (SELECT p.payment_id FROM payments p
                                 WHERE p.charge_id = h.charge_id
                                 ORDER BY p.created_at LIMIT 1)) AS payment_id,
        h.charge_id AS charge_id, h.external_id AS event_id,
        h.verification AS verification, h.outcome AS outcome
-  FROM {source}
+  FROM {source_sql}
  WHERE {UNRESOLVED_HINT_WHERE}"""
 
 
@@ -361,7 +364,7 @@ ANOMALY_CATEGORY_V3: Final = """CASE
 ANOMALIES_SINCE_PARAMS: Final = 4
 
 
-def anomalies_sql(*, dialect: str, since: bool = False, hints_from: str = HINTS_FROM) -> str:
+def anomalies_sql(*, dialect: str, since: bool = False, hints_from_sql: str = HINTS_FROM) -> str:
     """
     Every anomaly, one row each in the ``anomalies`` columns: refused, conflicting
     or unplaceable inputs and duplicate deliveries (classified by
@@ -400,7 +403,7 @@ def anomalies_sql(*, dialect: str, since: bool = False, hints_from: str = HINTS_
                h.charge_id, h.id, CAST(NULL AS BIGINT), h.kind, h.origin, h.external_id,
                h.verification, h.outcome,
                'no authoritative read of the charge recorded after this webhook'
-          FROM {hints_from}
+          FROM {hints_from_sql}
          WHERE {UNRESOLVED_HINT_WHERE}{hint_since}
         UNION ALL
         SELECT e.recorded_at, 'order_paid_twice', e.stream, p.charge_id, e.causation,
@@ -436,9 +439,9 @@ STUCK_REASON: Final = """CASE
         END"""
 
 
-def stuck_reason_sql(*, now: str, cutoff: str) -> str:
+def stuck_reason_sql(*, now_sql: str, cutoff_sql: str) -> str:
     """:data:`STUCK_REASON` with its time expressions (SQL text or ``?``)."""
-    return STUCK_REASON.format(now=now, cutoff=cutoff, hint=UNRESOLVED_HINT_WHERE)
+    return STUCK_REASON.format(now=now_sql, cutoff=cutoff_sql, hint=UNRESOLVED_HINT_WHERE)
 
 
 #: A create with no recorded answer this long after its request is stuck.
@@ -505,7 +508,7 @@ def _followup(db: sqlite_utils.Database) -> None:
         SELECT * FROM (
             SELECT p.payment_id, p.status, p.amount, p.currency, p.charge_id, p.expires_at,
                    p.create_unknown, p.flags, p.created_at, p.updated_at,
-                   {stuck_reason_sql(now=now, cutoff=cutoff)} AS reason
+                   {stuck_reason_sql(now_sql=now, cutoff_sql=cutoff)} AS reason
               FROM payments p
              WHERE p.status IN ('created', 'pending')
         ) AS s
@@ -513,9 +516,8 @@ def _followup(db: sqlite_utils.Database) -> None:
         """
     )
     db.execute("DROP VIEW anomalies")
-    db.execute(
-        f"CREATE VIEW anomalies AS {anomalies_sql(dialect='sqlite', hints_from=HINTS_FROM_SQLITE)}"
-    )
+    anomalies = anomalies_sql(dialect="sqlite", hints_from_sql=HINTS_FROM_SQLITE)
+    db.execute(f"CREATE VIEW anomalies AS {anomalies}")
 
 
 KNOWN: Final = frozenset(_NAMES)

@@ -247,7 +247,7 @@ _FOLLOWUP: Final = (
     SELECT * FROM (
         SELECT p.payment_id, p.status, p.amount, p.currency, p.charge_id, p.expires_at,
                p.create_unknown, p.flags, p.created_at, p.updated_at,
-               {stuck_reason_sql(now=_NOW, cutoff=_CUTOFF)} AS reason
+               {stuck_reason_sql(now_sql=_NOW, cutoff_sql=_CUTOFF)} AS reason
           FROM payments p
          WHERE p.status IN ('created', 'pending')
     ) AS s

@@ -206,7 +206,7 @@ class PostgresStore(Operations):
         self._connect_timeout = connect_timeout
         self._application_name = application_name
         self._lock = threading.RLock()
-        self._shim_schema: str | None = None  # set when an old log needs the shim
+        self._needs_shim = False  # an old log read here needs the shim (see _shim_old_schema)
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._conn = self._connect()
         try:
@@ -250,7 +250,9 @@ class PostgresStore(Operations):
         """
         Let a log opened read-only before migration ``0003_followup`` answer like
         a current one: a temporary view (this session only, nothing written to
-        the database) gives its ``payments`` the later column, empty.
+        the database) gives its ``payments`` the later column, empty. PostgreSQL
+        binds the view's ``payments`` to the table when the view is created, so
+        the view shadows the table without naming its schema.
         """
         row = self.conn.execute(
             "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
@@ -258,18 +260,15 @@ class PostgresStore(Operations):
         ).fetchone()
         if row is not None:
             return
-        schema = self.conn.execute("SELECT current_schema()").fetchone()
-        self._shim_schema = str(schema[0]) if schema and schema[0] else "public"
+        self._needs_shim = True
         self._apply_shim(self.conn)
 
     def _apply_shim(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-        if self._shim_schema is None:
+        if not self._needs_shim:
             return
-        quoted = '"' + self._shim_schema.replace('"', '""') + '"'
         conn.execute("SET default_transaction_read_only = off")
         conn.execute(
-            "CREATE TEMP VIEW payments AS SELECT *, CAST(NULL AS TEXT) AS order_ref"
-            f" FROM {quoted}.payments"
+            "CREATE TEMP VIEW payments AS SELECT *, CAST(NULL AS TEXT) AS order_ref FROM payments"
         )
         conn.execute("SET default_transaction_read_only = on")
 
