@@ -148,6 +148,14 @@ def _log_level() -> int:
     help="On SIGTERM, how long in-flight deliveries and background jobs may take to finish.",
 )
 @click.option(
+    "--lease-ttl",
+    default="30s",
+    show_default=True,
+    type=DURATION,
+    metavar="DURATION",
+    help="How long the follow-up and reconciler leases outlive a receiver killed holding them.",
+)
+@click.option(
     "--max-connections",
     default=1000,
     show_default=True,
@@ -182,6 +190,7 @@ def serve(
     body_timeout: float,
     keep_alive_timeout: float,
     graceful_timeout: float,
+    lease_ttl: float,
     max_connections: int,
     backlog: int,
     threads: int,
@@ -207,6 +216,7 @@ def serve(
         body_timeout=body_timeout,
         keep_alive_timeout=keep_alive_timeout,
         graceful_timeout=graceful_timeout,
+        lease_ttl=lease_ttl,
         max_connections=max_connections,
         backlog=backlog,
         threads=threads,

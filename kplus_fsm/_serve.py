@@ -64,7 +64,6 @@ import structlog
 from . import ConsumerSpec, Tracker, Worker, open_store
 from ._imports import load_handler
 from ._ports import SQLStore, Store, dialect_of
-from ._serve_http import GracefulServer, ServeConfig
 from ._time import utc_now
 from .adapters.webhooks import DEFAULT_PATH, MAX_BODY, WebhookIntake, asgi_app, intake_from_env
 from .exceptions import ConsumerStartError, KplusFSMError, StoreError
@@ -120,6 +119,7 @@ class ServeOptions:
     threads: int = 8
     max_body: int = MAX_BODY
     ready_timeout: float = 2.0
+    lease_ttl: float = 30.0
     log_format: str = "console"
     log_level: int = logging.ERROR
 
@@ -133,6 +133,8 @@ class ServeOptions:
         for name in ("header_timeout", "body_timeout", "keep_alive_timeout", "ready_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', ' ')} must be positive")
+        if self.lease_ttl < 5:
+            raise ValueError("the lease time must be 5 s or more (the follow-up polls every 2 s)")
         if self.graceful_timeout < 0:
             raise ValueError("graceful timeout must be 0 or more")
         if self.reconcile_every is not None and self.reconcile_every <= 0:
@@ -320,6 +322,7 @@ class Runtime:
                         _consumer_spec(c, options.consumer_start) for c in options.consumers
                     ],
                 )
+                _set_lease_times(worker, options)
                 waker.worker = worker
             probe = open_store(options.db)
             opened.append(probe.close)
@@ -387,6 +390,20 @@ class Runtime:
         assert self.metrics is not None
         self.sync_metrics()
         return self.metrics.exposition(self.log_figures)
+
+
+def _set_lease_times(worker: Worker, options: ServeOptions) -> None:
+    """
+    ``--lease-ttl``: how long the follow-up's lease outlives a receiver killed
+    while holding it (the reconciler's: its period plus that). Both jobs only
+    read the truth, so a lease that lapses during a stall costs at most a
+    duplicate read; a shorter time means a faster take-over after a crash.
+    """
+    ttl = dt.timedelta(seconds=options.lease_ttl)
+    if worker.followup is not None:
+        worker.followup.lease_ttl = ttl
+    if worker.reconciler is not None:
+        worker.reconciler.lease_ttl = worker.reconciler.every + ttl
 
 
 @attrs.define
@@ -578,6 +595,8 @@ def _noted(signum: int, frame: Any) -> None:
 
 def _serve_forever(runtime: Runtime, sock: socket.socket) -> int:
     """Serve on ``sock`` until SIGTERM/SIGINT; 0 after a graceful stop."""
+    from ._serve_http import GracefulServer, ServeConfig  # noqa: PLC0415 (uvicorn: only to serve)
+
     options = runtime.options
     app = ServeApp(runtime)
     config = ServeConfig(
