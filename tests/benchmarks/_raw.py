@@ -187,6 +187,7 @@ class RawWriter:
             p["version"],
             p["created_at"],
             p["updated_at"],
+            None,  # order_ref (migration 0003_followup): the workload names no orders
         )
 
     # ------------------------------------------------------------- the writes
