@@ -1,7 +1,10 @@
 """
 Framework-neutral intake of Omise webhooks: raw bytes and headers in, an HTTP
 status and a small JSON answer out. ASGI and WSGI wrappers, a threaded
-loopback-or-LAN receiver (:func:`serve`) and :func:`intake_from_env` on top.
+loopback-or-LAN receiver (:func:`serve`, wsgiref: tests and the demo) and
+:func:`intake_from_env` on top. ``kplus-fsm serve`` runs :func:`asgi_app` on
+uvicorn, with request deadlines, workers, ``/ready`` and ``/metrics``
+(``kplus_fsm._serve``; docs/design.md, "The production server").
 
 The order of :meth:`WebhookIntake.handle` (ARCHITECTURE §4):
 

@@ -167,7 +167,7 @@ def _exception_type_only(
         elif isinstance(info, BaseException):
             info = (type(info), info, info.__traceback__)
         if isinstance(info, tuple) and info[0] is not None:
-            event.setdefault("exception", info[0].__name__)
+            event.setdefault("exception_type", info[0].__name__)
     return event
 
 
@@ -478,6 +478,7 @@ class ServeApp:
                 assert self.shutdown_deadline is not None
                 grace = max(0.5, self.shutdown_deadline - time.monotonic())
                 await self._monitor(self.runtime.stop, grace)
+                _exit_if_overdue(self.shutdown_deadline + OVERDUE)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -524,6 +525,30 @@ class ServeApp:
             return
         text = await self._monitor(self.runtime.metrics_text)
         await _respond(send, 200, text, content_type=CONTENT_TYPE, head=head)
+
+
+#: Seconds past the grace period after which a process whose deliveries are
+#: still running (a re-fetch hung on the API) exits anyway.
+OVERDUE: Final = 5.0
+
+
+def _exit_if_overdue(deadline: float) -> None:
+    """
+    Once uvicorn has cancelled what outlived the grace period, the threads that
+    ran those deliveries are still joined at exit. Past ``deadline`` the
+    process exits 1 without them, as a kill would: every record is one
+    transaction, and an unanswered delivery is retried by Omise (and its hint,
+    if recorded, followed up by the next start).
+    """
+
+    def overdue() -> None:
+        log.error("serve_stop_overdue", waited=round(time.monotonic() - deadline + OVERDUE, 1))
+        sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), overdue)
+    timer.daemon = True
+    timer.start()
 
 
 def _json(payload: Mapping[str, Any]) -> bytes:
@@ -618,7 +643,9 @@ def _serve_forever(runtime: Runtime, sock: socket.socket) -> int:
         timeout_keep_alive=max(1, round(options.keep_alive_timeout)),
         timeout_graceful_shutdown=max(1, round(options.graceful_timeout)),
     )
+    # uvicorn types these as whole seconds but uses them as any number of seconds
     config.timeout_keep_alive = options.keep_alive_timeout  # type: ignore[assignment]
+    config.timeout_graceful_shutdown = options.graceful_timeout  # type: ignore[assignment]
     server = GracefulServer(config, on_shutdown=app.begin_shutdown)
     signal.signal(signal.SIGTERM, _noted)
     signal.signal(signal.SIGINT, _noted)

@@ -276,6 +276,30 @@ def test_sigterm_lets_in_flight_deliveries_finish(tmp_path: Path) -> None:
     assert_clean(served.stdout, served.stderr)
 
 
+def test_sigterm_with_a_delivery_that_outlives_the_grace(tmp_path: Path) -> None:
+    """
+    A delivery still running when the grace period ends: the process exits 1
+    five seconds later without it; what it recorded stays (Omise retries it).
+    """
+    db = tmp_path / "kplus.db"
+    env = serve_env(KPLUS_FSM_FAILPOINTS="intake.after_record=sleep:60")
+    served = start_serve(db, "--graceful-timeout", "1s", env=env)
+    with running(served):
+        sender = threading.Thread(target=lambda: deliver(served.url, unsigned_event(1)))
+        sender.start()
+        wait_for(lambda: len(inbox(db)) == 1, 10, "the delivery recorded")
+        signalled = time.monotonic()
+        served.signal(signal.SIGTERM)
+        code = served.wait(20)
+        stopped = time.monotonic() - signalled
+        sender.join(10)
+    assert code == 1
+    assert stopped < 12, stopped
+    assert "serve_stop_overdue" in served.stderr
+    assert len(inbox(db)) == 1
+    assert_clean(served.stdout, served.stderr)
+
+
 # -------------------------------------------------------------- operability
 
 
