@@ -131,7 +131,7 @@ class Served:
 
 
 def start_serve(
-    db: Path,
+    db: Path | str,
     *args: str,
     env: Mapping[str, str],
     port: int | None = None,
