@@ -612,12 +612,23 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+_STOP_REQUESTED = threading.Event()
+
+
 def _noted(signum: int, frame: Any) -> None:
     """
-    A signal handler that does nothing: uvicorn restores the handler it found
-    and raises the signal again after its graceful shutdown; with this one the
-    process then exits 0 instead of dying by the signal.
+    The handler of SIGTERM, SIGINT and SIGHUP outside uvicorn's own: it notes
+    the request. Before uvicorn listens (the process is starting), the server
+    then stops gracefully as soon as it serves; after (uvicorn restores the
+    handler it found and raises the signal again), the process exits 0 instead
+    of dying by the signal.
     """
+    _STOP_REQUESTED.set()
+
+
+def _note_stop_signals() -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _noted)
 
 
 def _serve_forever(runtime: Runtime, sock: socket.socket) -> int:
@@ -646,9 +657,9 @@ def _serve_forever(runtime: Runtime, sock: socket.socket) -> int:
     # uvicorn types these as whole seconds but uses them as any number of seconds
     config.timeout_keep_alive = options.keep_alive_timeout  # type: ignore[assignment]
     config.timeout_graceful_shutdown = options.graceful_timeout  # type: ignore[assignment]
-    server = GracefulServer(config, on_shutdown=app.begin_shutdown)
-    signal.signal(signal.SIGTERM, _noted)
-    signal.signal(signal.SIGINT, _noted)
+    server = GracefulServer(
+        config, on_shutdown=app.begin_shutdown, stop_requested=_STOP_REQUESTED.is_set
+    )
     try:
         server.run(sockets=[sock])
     finally:
@@ -660,10 +671,18 @@ def _serve_forever(runtime: Runtime, sock: socket.socket) -> int:
     return 0
 
 
-def _child(options: ServeOptions, sock: socket.socket, metrics_dir: str) -> int:
+def _watch_parent(parent: int) -> None:
+    """A worker whose supervisor is gone (killed) stops gracefully, not serve on orphaned."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    log.error("serve_supervisor_gone", supervisor_pid=parent)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _child(options: ServeOptions, sock: socket.socket, metrics_dir: str, parent: int) -> int:
     """A forked worker process: open its own runtime and serve."""
-    signal.signal(signal.SIGTERM, _noted)
-    signal.signal(signal.SIGINT, _noted)
+    _note_stop_signals()
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     try:
         runtime = Runtime.open(options, metrics_dir=metrics_dir)
     except (ValueError, KplusFSMError) as exc:
@@ -675,10 +694,11 @@ def _child(options: ServeOptions, sock: socket.socket, metrics_dir: str) -> int:
 class Supervisor:
     """
     The parent of ``--workers N``: forks the workers (each serves the shared
-    socket), replaces one that dies, and on SIGTERM/SIGINT closes the socket,
+    socket), replaces one that dies, and on SIGTERM/SIGINT/SIGHUP closes the socket,
     passes SIGTERM on and waits ``graceful_timeout`` (+5 s) for them before
     SIGKILL. Exits 0 when every worker stopped gracefully. Workers that keep
-    dying within 5 s of their start make it give up (exit 1).
+    dying within 5 s of their start make it give up (exit 1). A worker whose
+    supervisor was killed notices within a second and stops gracefully.
     """
 
     def __init__(self, options: ServeOptions, sock: socket.socket, metrics_dir: str) -> None:
@@ -692,11 +712,12 @@ class Supervisor:
     def _spawn(self) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
-                code = _child(self.options, self.sock, self.metrics_dir)
+                code = _child(self.options, self.sock, self.metrics_dir, parent)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -721,8 +742,8 @@ class Supervisor:
         self.stopping = True
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._stop)
         for _ in range(self.options.workers):
             self._spawn()
         failed = False
@@ -780,6 +801,7 @@ def run_serve(options: ServeOptions, *, announce: Callable[[str], None]) -> int:
     configure_logging(options.log_format, options.log_level)
     if options.workers == 1:
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        _note_stop_signals()  # a SIGTERM while starting stops it once it serves
         runtime = Runtime.open(options)
         try:
             sock = bind(options.host, options.port, options.backlog)

@@ -185,12 +185,26 @@ class GracefulServer(uvicorn.Server):
     """
     A :class:`uvicorn.Server` that tells ``on_shutdown`` when its graceful
     shutdown begins (the moment it stops accepting), so the application can fit
-    its own shutdown into what is left of the grace period.
+    its own shutdown into what is left of the grace period; and that stops
+    gracefully at once if ``stop_requested()`` says a signal came before
+    uvicorn listened for signals (while the process was still starting).
     """
 
-    def __init__(self, config: uvicorn.Config, *, on_shutdown: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        on_shutdown: Callable[[], None],
+        stop_requested: Callable[[], bool] = lambda: False,
+    ) -> None:
         super().__init__(config)
         self._on_shutdown = on_shutdown
+        self._stop_requested = stop_requested
+
+    async def main_loop(self) -> None:
+        if self._stop_requested():
+            self.should_exit = True
+        await super().main_loop()
 
     async def shutdown(self, sockets: Any = None) -> None:
         self._on_shutdown()

@@ -361,6 +361,27 @@ def test_two_workers_share_one_log(tmp_path: Path) -> None:
     assert_clean(served.stdout, served.stderr)
 
 
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL the parent of ``--workers 2``: its workers stop on their own, none is orphaned."""
+    db = tmp_path / "kplus.db"
+    served = start_serve(db, "--workers", "2", "--graceful-timeout", "2s", env=serve_env())
+    with running(served):
+        workers = wait_for_children(served.proc.pid, 2)
+        served.signal(signal.SIGKILL)
+        served.wait(10)
+
+        def gone() -> bool:
+            return not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+        wait_for(gone, 10, "the orphaned workers stopped")
+    assert "serve_supervisor_gone" in served.stderr
+
+
+def wait_for_children(pid: int, count: int) -> list[int]:
+    wait_for(lambda: len(children_of(pid)) == count, 10, f"{count} workers")
+    return children_of(pid)
+
+
 def test_ready_and_metrics(tmp_path: Path) -> None:
     """``/ready`` and ``/metrics`` (parsed by prometheus_client) report the log and the intake."""
     db = tmp_path / "kplus.db"
