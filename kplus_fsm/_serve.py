@@ -613,17 +613,21 @@ def url_of(sock: socket.socket) -> str:
 
 
 _STOP_REQUESTED = threading.Event()
+_serving: list[Any] = []  # the uvicorn server of this process, while it runs
 
 
 def _noted(signum: int, frame: Any) -> None:
     """
-    The handler of SIGTERM, SIGINT and SIGHUP outside uvicorn's own: it notes
-    the request. Before uvicorn listens (the process is starting), the server
-    then stops gracefully as soon as it serves; after (uvicorn restores the
-    handler it found and raises the signal again), the process exits 0 instead
-    of dying by the signal.
+    The handler of SIGTERM, SIGINT and SIGHUP outside uvicorn's own (uvicorn
+    handles SIGTERM and SIGINT while it serves): it notes the request and
+    stops the server if one runs. Before uvicorn listens (the process is
+    starting), the server then stops gracefully as soon as it serves; after
+    (uvicorn restores the handler it found and raises the signal again), the
+    process exits 0 instead of dying by the signal.
     """
     _STOP_REQUESTED.set()
+    for server in _serving:
+        server.should_exit = True
 
 
 def _note_stop_signals() -> None:
@@ -660,9 +664,11 @@ def _serve_forever(runtime: Runtime, sock: socket.socket) -> int:
     server = GracefulServer(
         config, on_shutdown=app.begin_shutdown, stop_requested=_STOP_REQUESTED.is_set
     )
+    _serving.append(server)
     try:
         server.run(sockets=[sock])
     finally:
+        _serving.remove(server)
         runtime.close()
     if not server.started:
         log.error("serve_start_failed")
