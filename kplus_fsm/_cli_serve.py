@@ -1,9 +1,10 @@
 """
 ``kplus-fsm serve``: the webhook receiver as a production service (the runner
-is :mod:`kplus_fsm._serve`; docs/cli.md lists every flag).
+is :mod:`kplus_fsm._serve_run`; docs/cli.md lists every flag).
 
-Exit codes: 0 after a graceful stop (SIGTERM, SIGINT); 1 when the workers kept
-failing or did not stop within the grace period; 2 a usage error (a bad flag, a
+Exit codes: 0 after a graceful stop (SIGTERM, SIGINT, SIGHUP); 1 when work
+outlived the grace period, a worker did not stop, or the workers kept failing
+at start-up; 2 a usage error (a bad flag, a
 webhook secret that is not base64, a consumer that cannot be loaded or, new,
 has no ``--consumer-start``); 4 the log cannot be opened or the address cannot
 be bound.
@@ -21,12 +22,11 @@ from ._serve import (
     CONSUMER_STARTS,
     LOG_FORMATS,
     ConsumerRef,
-    ListenError,
     ServeOptions,
     parse_consumer,
     parse_duration,
-    run_serve,
 )
+from ._serve_run import ListenError, run_serve
 from .cli import EXIT_STORE, _fail, cli, db_option, shown
 from .exceptions import KplusFSMError
 

@@ -358,7 +358,7 @@ def test_accepted_connections_have_tcp_nodelay() -> None:
     """
     import socket
 
-    from kplus_fsm._serve import bind
+    from kplus_fsm._serve_run import bind
 
     async def accept_one(sock: socket.socket) -> int:
         accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
