@@ -1,7 +1,10 @@
 """
 Framework-neutral intake of Omise webhooks: raw bytes and headers in, an HTTP
 status and a small JSON answer out. ASGI and WSGI wrappers, a threaded
-loopback-or-LAN receiver (:func:`serve`) and :func:`intake_from_env` on top.
+loopback-or-LAN receiver (:func:`serve`, wsgiref: tests and the demo) and
+:func:`intake_from_env` on top. ``kplus-fsm serve`` runs :func:`asgi_app` on
+uvicorn, with request deadlines, workers, ``/ready`` and ``/metrics``
+(``kplus_fsm._serve``; docs/design.md, "The production server").
 
 The order of :meth:`WebhookIntake.handle` (docs/concepts.md, "Why webhooks are hints"):
 
@@ -43,6 +46,12 @@ HTTP statuses (Omise retries any non-2xx delivery, so 2xx means "recorded, stop"
         the tolerance (stale or in the future)
  401    recorded and refused: no signature matches (forged, tampered body,
         wrong or rolled-away secret)
+ 408    (ASGI) the server cut the body off past its body timeout
+        (``kplus-fsm serve``): what arrived is recorded and refused, its
+        signature not checked (a partial body is never taken for a forgery);
+        a client that closed mid-body gets no answer, and is recorded alike
+ 411    (WSGI) a chunked body on a server that does not decode it (wsgiref):
+        recorded with an empty body and refused; send ``Content-Length``
  413    (wrappers) the body exceeds ``max_body``: not read and not stored; the
         refusal itself is recorded with an empty body and the declared size
  500    nothing could be recorded (:class:`kplus_fsm.exceptions.StoreError`),
@@ -95,9 +104,11 @@ from .omise import DEFAULT_BASE_URL, OmiseClient
 from .signatures import DEFAULT_TOLERANCE, decode_secret, verify_signature
 
 __all__ = [
+    "CHUNKED_REFUSED",
     "DEFAULT_PATH",
     "MAX_BODY",
     "STALE_VERIFICATION",
+    "TIMEOUT_EXTENSION",
     "ASGIApp",
     "IntakeObserver",
     "IntakeResult",
@@ -332,10 +343,27 @@ class WebhookIntake:
         """
         told = f"{size} bytes, over" if size is not None else "over"
         reason = f"body too large ({told} the {limit}-byte limit): not read, not stored"
+        return self.refuse_unread(b"", headers, reason=reason, status=413)
+
+    def refuse_unread(
+        self, body: bytes, headers: Mapping[str, str], *, reason: str, status: int
+    ) -> IntakeResult:
+        """
+        Record a delivery whose body could not be read whole (too large, cut off
+        by the client, past the server's body timeout, or chunked where the
+        server cannot decode it), with what did arrive and ``reason``, outcome
+        ``rejected``; answer ``status``. Its signature is not checked: a partial
+        body is never taken for a forgery. Never raises; if even this cannot be
+        recorded the answer is still ``status``, with ``inbox_id`` ``None``.
+        """
         refused = self._refuse(
-            b"", _plain_headers(headers), verification="not checked", reason=reason, status=413
+            bytes(body),
+            _plain_headers(headers),
+            verification="not checked",
+            reason=reason,
+            status=status,
         )
-        return attrs.evolve(refused, status=413)
+        return attrs.evolve(refused, status=status)
 
     # ---------------------------------------------------------------- helpers
 
@@ -491,8 +519,12 @@ def asgi_app(
     """
     An ASGI 3 application: ``POST <path>`` takes deliveries, ``GET /`` answers
     ``{"ready": true}``, anything else 404/405. Bodies are read fully, up to
-    ``max_body`` bytes (413 beyond). :meth:`WebhookIntake.handle` runs in a
-    worker thread (it does SQLite and HTTP I/O). Lifespan events are accepted.
+    ``max_body`` bytes (413 beyond); chunked bodies arrive decoded from the
+    server. A body the client stopped sending (or the server cut off, see
+    :data:`TIMEOUT_EXTENSION`) is recorded as refused, never checked as a
+    signature. Every call into the intake runs in a worker thread (SQLite and
+    HTTP I/O): the loop's default executor bounds them. Lifespan events are
+    accepted.
     """
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -522,40 +554,77 @@ def asgi_app(
             value = bytes(raw_value).decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         declared = _content_length(headers)
+        complete = True
         try:
             if declared is not None and declared > max_body:
-                result = intake.refuse_oversized(headers, size=declared, limit=max_body)
+                result = await asyncio.to_thread(
+                    intake.refuse_oversized, headers, size=declared, limit=max_body
+                )
             else:
-                body = await _asgi_body(receive, max_body)
+                body, complete = await _asgi_body(receive, max_body)
                 if body is None:
-                    result = intake.refuse_oversized(headers, size=None, limit=max_body)
+                    result = await asyncio.to_thread(
+                        intake.refuse_oversized, headers, size=None, limit=max_body
+                    )
+                elif not complete:
+                    timed_out = scope.get("extensions", {}).get(TIMEOUT_EXTENSION)
+                    result = await asyncio.to_thread(
+                        intake.refuse_unread,
+                        body,
+                        headers,
+                        reason=_cut_reason(len(body), declared, timed_out),
+                        status=408 if timed_out is not None else 400,
+                    )
                 else:
                     result = await asyncio.to_thread(intake.handle, body, headers)
         except Exception as exc:  # a bug must still get an answer
             log.exception("webhook_intake_crashed", error=type(exc).__name__)
             await _asgi_respond(send, 500, _route_error(500))
             return
-        await _asgi_respond(send, result.status, result.to_json())
+        if complete:  # a client that went away gets no answer
+            await _asgi_respond(send, result.status, result.to_json())
 
     return app
 
 
-async def _asgi_body(receive: Receive, max_body: int) -> bytes | None:
-    """The whole body, or ``None`` once it grows past ``max_body``."""
+#: The ASGI ``scope["extensions"]`` key a server sets (to the timeout, in
+#: seconds) when it cut a request's body off because it was too slow to arrive
+#: (``kplus-fsm serve`` does): the cut delivery is then recorded as timed out.
+TIMEOUT_EXTENSION: Final = "kplus_fsm.body_timeout"
+
+
+def _cut_reason(received: int, declared: int | None, timed_out: object) -> str:
+    of = f" of {declared}" if declared is not None else ""
+    how = (
+        f"timed out after {float(timed_out):g} s"
+        if isinstance(timed_out, int | float)
+        else ("was closed")
+    )
+    return (
+        f"body incomplete: {received}{of} bytes arrived before the connection {how}: "
+        "not processed, signature not checked"
+    )
+
+
+async def _asgi_body(receive: Receive, max_body: int) -> tuple[bytes | None, bool]:
+    """
+    ``(body, complete)``: the whole body and ``True``; what arrived and
+    ``False`` when the client went away (or the server cut it off) first;
+    ``(None, True)`` once it grows past ``max_body``.
+    """
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            return b"".join(chunks), False
         chunk = bytes(message.get("body", b""))
         size += len(chunk)
         if size > max_body:
-            return None
+            return None, True
         chunks.append(chunk)
         if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+            return b"".join(chunks), True
 
 
 async def _asgi_respond(
@@ -594,6 +663,9 @@ def wsgi_app(
     A WSGI application: ``POST <path>`` takes deliveries, ``GET /`` answers
     ``{"ready": true}``, anything else 404/405. The body is read fully, up to
     ``max_body`` bytes (413 beyond, judged on ``Content-Length`` before reading).
+    A chunked body is read when the server decodes it (``wsgi.input_terminated``:
+    gunicorn, waitress …) and refused with 411 otherwise (wsgiref, so
+    :func:`serve`), never read as empty.
     """
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -608,7 +680,9 @@ def wsgi_app(
         headers = _wsgi_headers(environ)
         try:
             declared = _content_length(headers)
-            if declared is not None and declared > max_body:
+            if declared is None and _unterminated_chunked(environ, headers):
+                result = intake.refuse_unread(b"", headers, reason=CHUNKED_REFUSED, status=411)
+            elif declared is not None and declared > max_body:
                 result = intake.refuse_oversized(headers, size=declared, limit=max_body)
             else:
                 body = _wsgi_body(environ, declared, max_body)
@@ -636,6 +710,20 @@ def _wsgi_headers(environ: WSGIEnvironment) -> dict[str, str]:
         if value:
             headers[name] = str(value)
     return headers
+
+
+#: Why a chunked delivery is refused (411) by a WSGI server that does not decode
+#: chunked bodies (wsgiref): without it, the body would read as empty and its
+#: signature would fail, recording a genuine delivery as a forgery.
+CHUNKED_REFUSED: Final = (
+    "length required: a chunked body that this WSGI server does not decode "
+    "(wsgi.input_terminated unset): not read, not stored; send Content-Length"
+)
+
+
+def _unterminated_chunked(environ: WSGIEnvironment, headers: Mapping[str, str]) -> bool:
+    coding = next((v for k, v in headers.items() if k.lower() == "transfer-encoding"), "")
+    return "chunked" in coding.lower() and not environ.get("wsgi.input_terminated")
 
 
 def _wsgi_body(environ: WSGIEnvironment, declared: int | None, max_body: int) -> bytes | None:
@@ -677,6 +765,10 @@ def _wsgi_respond(
 
 class _QuietHandler(WSGIRequestHandler):
     """wsgiref's handler without the per-request line on stderr."""
+
+    #: TCP_NODELAY: wsgiref writes the head and the body separately, and with
+    #: Nagle the body waits for the client's delayed ACK (~40 ms a request).
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -764,6 +856,8 @@ def intake_from_env(
     *,
     db: str | os.PathLike[str] | None = None,
     transport: httpx.BaseTransport | None = None,
+    observer: IntakeObserver | None = None,
+    on_unresolved: Callable[[str], None] | None = None,
 ) -> WebhookIntake:
     """
     A :class:`WebhookIntake` configured from the environment:
@@ -779,9 +873,9 @@ def intake_from_env(
     - ``OMISE_WEBHOOK_SECRET``: the webhook secret(s), comma-separated during a
       roll; without it signatures are not checked.
 
-    ``transport`` is handed to the client (tests, the in-process fake). The
-    intake owns the tracker and client it opened: :meth:`WebhookIntake.close`
-    closes them.
+    ``transport`` is handed to the client (tests, the in-process fake);
+    ``observer`` and ``on_unresolved`` to the intake. The intake owns the
+    tracker and client it opened: :meth:`WebhookIntake.close` closes them.
 
     Raises:
         ValueError: a webhook secret is not base64.
@@ -802,7 +896,13 @@ def intake_from_env(
                 base_url=environ.get("OMISE_API_URL") or DEFAULT_BASE_URL,
                 transport=transport,
             )
-        intake = WebhookIntake(tracker, client=client, secrets=secrets)
+        intake = WebhookIntake(
+            tracker,
+            client=client,
+            secrets=secrets,
+            observer=observer,
+            on_unresolved=on_unresolved,
+        )
     except BaseException:
         if client is not None:
             client.close()

@@ -54,8 +54,6 @@ from .adapters.fake import FakeOptions
 from .adapters.fake import run_server as run_fake_server
 from .adapters.omise import DEFAULT_BASE_URL as DEFAULT_API_URL
 from .adapters.omise import OmiseClient
-from .adapters.webhooks import intake_from_env
-from .adapters.webhooks import serve as serve_webhooks
 from .exceptions import GatewayError, InvalidInputError, KplusFSMError, StoreError
 
 DEFAULT_DB = "kplus.db"
@@ -468,41 +466,6 @@ def _looked(result: Result) -> str:
     return "not_found"
 
 
-@cli.command()
-@db_option
-@click.option("--host", default="127.0.0.1", show_default=True, type=_params.HOST)
-@click.option("--port", default=8000, show_default=True, type=_params.PORT)
-def serve(db: str, host: str, port: int) -> None:
-    """
-    Run the webhook receiver: POST /webhooks/omise (GET / answers when ready).
-    Configured from the environment: OMISE_WEBHOOK_SECRET (base64; several,
-    comma-separated, while rolling), OMISE_SECRET_KEY and OMISE_API_URL (to
-    re-fetch each charge), KPLUS_FSM_DB (--db wins).
-    """
-    target(db, Access.CREATE)
-    try:
-        intake = intake_from_env(os.environ, db=db)
-    except ValueError as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except KplusFSMError as exc:
-        _fail(str(exc), EXIT_STORE)
-    except OSError as exc:
-        _fail(f"cannot open {shown(db)}: {exc.strerror or exc}", EXIT_STORE)
-    try:
-        server = serve_webhooks(intake, host, port)
-    except OSError as exc:
-        intake.close()
-        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_STORE)
-    click.echo(f"kplus-fsm: receiving webhooks on {server.url}/webhooks/omise (db {shown(db)})")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        intake.close()
-
-
 @cli.command("fake-omise")
 @click.option("--host", default="127.0.0.1", show_default=True, type=_params.HOST)
 @click.option("--port", default=8765, show_default=True, type=_params.PORT)
@@ -647,9 +610,9 @@ def fake_omise(
 
 
 # The on-call and audit commands (show, list, anomalies, stats, export, checkpoint,
-# verify, replay), migrate-log and consume live in their own modules, which register
-# them on `cli`.
-from . import _cli_consume, _cli_incident, _cli_migrate  # noqa: E402, F401
+# verify, replay), migrate-log, consume and serve live in their own modules, which
+# register them on `cli`.
+from . import _cli_consume, _cli_incident, _cli_migrate, _cli_serve  # noqa: E402, F401
 
 
 def main() -> None:

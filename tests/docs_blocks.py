@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Languages whose blocks are run.
 RUN = frozenset({"python", "sh", "bash", "shell", "sql"})
 #: Languages whose blocks are read and checked, never run.
-CHECK = frozenset({"text", "json", "ini", "crontab", "mermaid"})
+CHECK = frozenset({"text", "json", "ini", "crontab", "mermaid", "yaml"})
 LANGUAGES = RUN | CHECK
 
 #: A not-run marker: ``<!-- not-run: reason -->`` on the line before the fence.

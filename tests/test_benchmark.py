@@ -45,6 +45,8 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
         "concurrent_per_s",
         "import_per_s",
         "webhook_intake_per_s",
+        "serve_deliveries_per_s",
+        "serve_p99_ms",
         "replay_per_s",
         "show_median_ms",
         "show_p99_ms",
@@ -57,5 +59,6 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     assert report["quick"] is False
     # The table came first, with one line per figure.
     text = "\n".join(lines[:-1])
-    for figure in ("1 append", "2 8 producers", "3 import", "4 webhook", "5 replay", "6 show"):
+    figures = ("1 append", "2 8 producers", "3 import", "4 webhook", "4b serve", "5 replay")
+    for figure in (*figures, "6 show"):
         assert figure in text

@@ -18,8 +18,9 @@ examples cannot rot. The conventions (docs/contributing.md says the same):
   starting with ``$ `` is a command and every ``kplus-fsm`` call on it is parsed
   against the real CLI: the command, its options and their values must be
   valid), ``json`` (parsed), ``ini`` (parsed, e.g. a systemd unit; the
-  ``kplus-fsm`` calls of its ``Exec*=`` lines parsed), ``crontab`` (five time
-  fields and a command; ``kplus-fsm`` calls parsed), ``mermaid`` (a diagram;
+  ``kplus-fsm`` calls of its ``Exec*=`` lines parsed), ``yaml`` (parsed, e.g.
+  a Prometheus rule file), ``crontab`` (five time fields and a command;
+  ``kplus-fsm`` calls parsed), ``mermaid`` (a diagram;
   the state machine's is generated and checked by test_docs.py).
 - A runnable block with a title (``python title="app.py"``) is a file: it is
   written to that relative path in the page's directory instead of being run,
@@ -280,14 +281,18 @@ class TestReadNotRun:
         assert not problems, "\n".join(problems)
 
     def test_static_blocks(self) -> None:
-        """json parses, ini parses, crontab lines have five fields and a command."""
+        """json, ini and yaml parse, crontab lines have five fields and a command."""
         import configparser
+
+        import yaml
 
         problems: list[str] = []
         for block in all_blocks():
             try:
                 if block.lang == "json":
                     json.loads(block.code)
+                elif block.lang == "yaml":
+                    assert yaml.safe_load(block.code) is not None, "an empty yaml block"
                 elif block.lang == "ini":
                     configparser.ConfigParser(strict=True, interpolation=None).read_string(
                         block.code
@@ -300,6 +305,6 @@ class TestReadNotRun:
                         assert len(words) > 5, f"not a crontab line: {line!r}"
                         for field in words[:5]:
                             assert re.fullmatch(r"[\d*/,-]+", field), f"bad field {field!r}"
-            except (ValueError, AssertionError, configparser.Error) as exc:
+            except (ValueError, AssertionError, configparser.Error, yaml.YAMLError) as exc:
                 problems.append(f"{block.where}: {exc}")
         assert not problems, "\n".join(problems)

@@ -45,6 +45,7 @@ if str(HERE) not in sys.path:  # run as a script, or imported by a test
 import _ours  # noqa: E402
 import _peer  # noqa: E402
 import _raw  # noqa: E402
+import _serve_bench  # noqa: E402
 import _workload  # noqa: E402
 from _common import median, percentile, run_threads  # noqa: E402
 from _workload import Step  # noqa: E402
@@ -52,7 +53,7 @@ from _workload import Step  # noqa: E402
 import kplus_fsm  # noqa: E402
 from kplus_fsm import Tracker, _codec  # noqa: E402
 
-FIGURES = ("append", "concurrent", "import", "webhook", "replay", "show")
+FIGURES = ("append", "concurrent", "import", "webhook", "serve", "replay", "show")
 
 REQUIRED_KEYS = (
     "ratio_append_vs_raw",
@@ -485,6 +486,28 @@ def figure_webhook(work: Path, sizes: Sizes, out: dict[str, Any]) -> None:
     out["webhook_intake_runs"] = [round(x) for x in runs]
 
 
+def figure_serve(work: Path, sizes: Sizes, out: dict[str, Any]) -> None:
+    """(4b) Deliveries through the real ``kplus-fsm serve`` over loopback: per second, p99."""
+    runs: list[float] = []
+    p99s: list[float] = []
+    deliveries = sizes.webhook_deliveries
+    for rep in range(sizes.webhook_reps):
+        with fresh_dir(work, "serve") as d:
+            bench = _serve_bench.ServeBench(d / "log.db", deliveries)
+            try:
+                seconds, latencies = bench.run()
+            finally:
+                bench.close()
+        runs.append(rate(deliveries, seconds))
+        p99s.append(_serve_bench.p99_ms(latencies))
+        say(f"  serve rep {rep + 1}: {runs[-1]:,.0f} deliveries/s, p99 {p99s[-1]:.1f} ms")
+    out["serve_deliveries"] = deliveries
+    out["serve_concurrency"] = bench.concurrency
+    out["serve_deliveries_per_s"] = median(runs)
+    out["serve_p99_ms"] = median(p99s)
+    out["serve_runs"] = [round(x) for x in runs]
+
+
 # ------------------------------------------------------------ figures 5 and 6
 
 
@@ -773,6 +796,9 @@ def table(out: dict[str, Any]) -> str:
         )
     if "webhook_intake_per_s" in out:
         row("4 webhook intake, deliveries/s", out["webhook_intake_per_s"], None, None, None, None)
+    if "serve_deliveries_per_s" in out:
+        row("4b serve, deliveries/s", out["serve_deliveries_per_s"], None, None, None, None)
+        row("   serve, p99 latency", out["serve_p99_ms"], None, None, None, None, "ms")
     if "concurrent_per_s" in out:
         row(
             f"2 {out['concurrent_threads']} producers, inputs/s, FULL",
@@ -1039,7 +1065,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated figures to run (default: all of {', '.join(FIGURES)})",
     )
     parser.add_argument("--replay-events", type=int, help="size of the replay/show log")
-    parser.add_argument("--reps", type=int, help="repetitions of figures 1-4")
+    parser.add_argument("--reps", type=int, help="repetitions of figures 1-4b")
     parser.add_argument(
         "--cache-dir",
         type=Path,
@@ -1060,7 +1086,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--profile",
-        choices=FIGURES,
+        choices=[f for f in FIGURES if f != "serve"],  # serve runs in its own process
         help="run only our side of one figure under pyinstrument and print the profile",
     )
     parser.add_argument(
@@ -1106,6 +1132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps: list[tuple[str, Callable[[], None]]] = [
             ("append", lambda: figure_append(work, sizes, out)),
             ("webhook", lambda: figure_webhook(work, sizes, out)),
+            ("serve", lambda: figure_serve(work, sizes, out)),
             ("concurrent", lambda: figure_concurrent(work, sizes, out)),
             ("import", lambda: figure_import(work, sizes, out)),
         ]
