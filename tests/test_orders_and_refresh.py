@@ -428,8 +428,23 @@ class TestPay:
             ("ord-1.2", Status.SUCCESSFUL),
         ]
 
-    def test_expired_then_a_new_attempt(self, tmp_path: Path, omise: Omise) -> None:
+    def test_timed_out_at_the_bank_then_a_new_attempt(self, tmp_path: Path, omise: Omise) -> None:
+        """The fake's default model: the bank gives up after ten minutes (``payment_expired``)."""
         db = tmp_path / "kplus.db"
+        assert pay(db, omise.url, "--order-ref", "ord-4").returncode == 0
+        omise.fake.advance_clock(601)
+        assert settle(db, omise, "ord-4.1")["to_status"] == "failed"
+        late = pay(db, omise.url, "--payment-id", "ord-4.1", "--order-ref", "ord-4")
+        assert late.returncode == 1
+        assert "payment ord-4.1 cannot be paid: it failed (payment_expired" in late.stderr
+        retry = pay(db, omise.url, "--order-ref", "ord-4")
+        assert retry.returncode == 0, retry.stderr
+        assert paid_json(retry)["payment_id"] == "ord-4.2"
+
+    def test_expired_then_a_new_attempt(self, tmp_path: Path, omise: Omise) -> None:
+        """The ``lifetime`` model: the charge itself expires, status ``expired``."""
+        db = tmp_path / "kplus.db"
+        omise.fake.set_options(expiry_model="lifetime")
         assert pay(db, omise.url, "--order-ref", "ord-2").returncode == 0
         omise.fake.advance_clock(601)
         assert settle(db, omise, "ord-2.1")["to_status"] == "expired"
