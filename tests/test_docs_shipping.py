@@ -71,6 +71,9 @@ class Shop:
             public_key=PK,
             webhook_receiver=self._receive,
             webhook_secrets=[WEBHOOK_SECRET],
+            # The routes below end abandoned charges `expired` (the charge's own
+            # expiry), not the default model's bank timeout (`failed`).
+            expiry_model="lifetime",
         )
         self.api = OmiseClient(
             secret_key=SK, transport=self.fake.transport(), retry=RetryPolicy(base_delay=0.001)

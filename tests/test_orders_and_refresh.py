@@ -518,8 +518,8 @@ class TestOrderPaidTwice:
     def test_shown_everywhere(self, tmp_path: Path, omise: Omise) -> None:
         db = tmp_path / "kplus.db"
         first = paid_json(pay(db, omise.url, "--order-ref", "ord-5"))
-        omise.fake.advance_clock(601)  # nobody approved in time...
-        assert settle(db, omise, "ord-5.1")["to_status"] == "expired"
+        omise.fake.advance_clock(601)  # nobody approved in time: the bank gave up...
+        assert settle(db, omise, "ord-5.1")["to_status"] == "failed"
         second = paid_json(pay(db, omise.url, "--order-ref", "ord-5"))
         assert second["payment_id"] == "ord-5.2"
         omise.fake.mark_as_paid(second["charge_id"])
@@ -527,7 +527,7 @@ class TestOrderPaidTwice:
         # ...but the bank's late answer on the first charge was "paid".
         omise.fake.mark_as_paid(first["charge_id"], force=True)
         corrected = settle(db, omise, "ord-5.1")
-        assert (corrected["from_status"], corrected["to_status"]) == ("expired", "successful")
+        assert (corrected["from_status"], corrected["to_status"]) == ("failed", "successful")
 
         anomalies = json.loads(kplus("anomalies", "--db", str(db), "--json").stdout)
         assert anomalies["by_category"]["order_paid_twice"] >= 1
