@@ -23,7 +23,6 @@ import httpx
 import omise  # type: ignore[import-untyped]
 import pytest
 
-from kplus_fsm.adapters._fake_objects import pretty_json_bytes
 from kplus_fsm.adapters.fake import (
     FakeOmise,
     FakeOmiseError,
@@ -32,6 +31,7 @@ from kplus_fsm.adapters.fake import (
     RetryPolicy,
     start_server,
 )
+from kplus_fsm.adapters.fake._objects import pretty_json_bytes
 from kplus_fsm.testing import FakeClock
 
 SK = "skey_test_5zFIDELITYsecretKEY0"

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ._fake_objects import error_object, json_response
+from ._objects import error_object, json_response
 
 if TYPE_CHECKING:
-    from .fake import FakeOmise
+    from . import FakeOmise
 
 _HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 

@@ -42,7 +42,7 @@ listed in ``docs/fake-omise.md``. In short:
 
 - search answers newest first, 30 per page; ``query`` is a word search over
   the id, currency, description and metadata values; ``filters[amount]`` is in
-  THB; boolean filters take ``yes``/``on``/``true`` (:mod:`._fake_search`);
+  THB; boolean filters take ``yes``/``on``/``true`` (:mod:`._search`);
 - error objects link to ``…/api-errors#not-found`` (hyphens); a fault with
   ``code="backend_error"`` answers HTTP 400, before or after the charge is made;
 - an abandoned charge fails ``payment_expired`` when the bank times out (10
@@ -72,7 +72,8 @@ from typing import Any, Final
 import attrs
 import httpx
 
-from ._fake_objects import (
+from ..signatures import decode_secret
+from ._objects import (
     Clock,
     FakeOmiseError,
     Fault,
@@ -84,7 +85,7 @@ from ._fake_objects import (
     json_response,
     parse_params,
 )
-from ._fake_options import (
+from ._options import (
     DEFAULT_API_VERSION,
     DEFAULT_BANK_TIMEOUT,
     DEFAULT_CHARGE_LIFETIME,
@@ -93,11 +94,10 @@ from ._fake_options import (
     FakeOptions,
     RateLimiter,
 )
-from ._fake_routes import ROUTES
-from ._fake_server import FakeOmiseServer
-from ._fake_state import Ledger
-from ._fake_webhooks import DeliveryWorker, ReleaseOrder, RetryPolicy, WebhookDelivery
-from .signatures import decode_secret
+from ._routes import ROUTES
+from ._server import FakeOmiseServer
+from ._state import Ledger
+from ._webhooks import DeliveryWorker, ReleaseOrder, RetryPolicy, WebhookDelivery
 
 __all__ = [
     "DEFAULT_API_VERSION",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 import attrs
 import httpx
 
-from ._fake_objects import (
+from ._objects import (
     FAILURE_MESSAGES,
     FAULT_KINDS,
     FakeOmiseError,
@@ -28,11 +28,11 @@ from ._fake_objects import (
     iso,
     json_response,
 )
-from ._fake_options import updated
-from ._fake_webhooks import ReleaseOrder
+from ._options import updated
+from ._webhooks import ReleaseOrder
 
 if TYPE_CHECKING:
-    from .fake import FakeOmise
+    from . import FakeOmise
 
 Params = dict[str, Any]
 Ids = tuple[str, ...]

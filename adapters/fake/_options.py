@@ -23,7 +23,7 @@ from typing import Any, Final, Literal, get_args
 
 import attrs
 
-from ._fake_objects import FakeOmiseError, as_int, as_str
+from ._objects import FakeOmiseError, as_int, as_str
 
 ExpiryModel = Literal["bank_timeout", "lifetime"]
 EXPIRY_MODELS: Final = frozenset(get_args(ExpiryModel))
