@@ -321,7 +321,7 @@ class Ledger:
             ]
 
     def search(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``GET /search?scope=charge&query=…&filters[…]=…`` (see ``_fake_search``)."""
+        """``GET /search?scope=charge&query=…&filters[…]=…`` (see ``_search``)."""
         request = SearchRequest.parse(params)
         options = self._options()
         index = SearchIndex(
