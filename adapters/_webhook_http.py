@@ -6,10 +6,11 @@ wsgiref receiver (:class:`WebhookServer`, :func:`serve`): routing (``POST
 the body, and writing the intake's answer as JSON.
 
 Invariants: every request gets an answer (a bug in the intake is a 500, never a
-dropped connection), except a client that went away mid-body; a body over
-``max_body`` is never read, nor stored; a body not read whole (cut off, timed
-out, chunked where wsgiref cannot decode it) is recorded as refused and never
-checked as a signature (a partial body is never taken for a forgery).
+dropped connection), except an ASGI client that went away mid-body; a body
+over ``max_body`` is never read, nor stored; a body an ASGI server cut off
+(the client went away, or the body timeout passed) and a chunked body wsgiref
+cannot decode are recorded as refused, never checked as a signature (a partial
+body is never taken for a forgery).
 
 The wrappers know the intake only through the :class:`Intake` protocol, which
 :class:`~kplus_fsm.adapters.webhooks.WebhookIntake` satisfies: ``webhooks``
