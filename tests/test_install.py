@@ -42,6 +42,13 @@ def pip_install(bin_dir: Path, *args: str) -> None:
     run(sys.executable, "-m", "pip", "--python", python, "install", "-q", *args)
 
 
+#: Every adapters module, the fake Omise subpackage included, and the CLI.
+IMPORT_ADAPTERS = (
+    "import kplus_fsm.adapters.webhooks, kplus_fsm.adapters.fake, kplus_fsm.adapters.omise,"
+    " kplus_fsm.cli; from kplus_fsm.adapters.fake import FakeOmise, run_server"
+)
+
+
 def test_the_documented_lines_are_the_ones_tested() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     quickstart = (ROOT / "docs" / "quickstart.md").read_text(encoding="utf-8")
@@ -71,7 +78,7 @@ def test_from_a_wheel_then_from_a_git_url(tmp_path: Path) -> None:
     bin_dir = fresh_venv(tmp_path / "shop-venv")
     pip_install(bin_dir, str(wheel))
     assert run(str(bin_dir / "kplus-fsm"), "--version").stdout.strip().endswith(__version__)
-    run(str(bin_dir / "python"), "-c", "import kplus_fsm.adapters.webhooks, kplus_fsm.cli")
+    run(str(bin_dir / "python"), "-c", IMPORT_ADAPTERS)
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a Git checkout: the Git URL form cannot be tried")
     head = run("git", "-C", str(ROOT), "rev-parse", "HEAD").stdout.strip()
@@ -81,3 +88,19 @@ def test_from_a_wheel_then_from_a_git_url(tmp_path: Path) -> None:
     python = str(bin_dir / "python")
     freeze = run(sys.executable, "-m", "pip", "--python", python, "freeze").stdout
     assert url in freeze
+
+
+def test_an_editable_install(tmp_path: Path) -> None:
+    """``pip install -e .`` exposes every adapters module from the source tree."""
+    bin_dir = fresh_venv(tmp_path / "dev-venv")
+    pip_install(bin_dir, "-e", str(ROOT))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run(str(bin_dir / "python"), "-c", IMPORT_ADAPTERS, cwd=elsewhere)
+    where = run(
+        str(bin_dir / "python"),
+        "-c",
+        "import kplus_fsm.adapters.fake as f; print(f.__file__)",
+        cwd=elsewhere,
+    ).stdout.strip()
+    assert Path(where).resolve() == (ROOT / "adapters" / "fake" / "__init__.py").resolve()

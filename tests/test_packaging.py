@@ -37,6 +37,9 @@ class TestWheel:
             check=False,
         )
         assert proc.returncode == 0, proc.stderr
+        # A subpackage left out of pyproject's `packages` is still copied, as data,
+        # with this warning: every package (kplus_fsm.adapters.fake) must be listed.
+        assert "absent from the `packages` configuration" not in proc.stderr, proc.stderr
         (wheel,) = tmp_path.glob("kplus_fsm-*.whl")
         names = set(zipfile.ZipFile(wheel).namelist())
         for required in [
@@ -46,6 +49,10 @@ class TestWheel:
             "kplus_fsm/_store.py",
             "kplus_fsm/cli.py",
             "kplus_fsm/adapters/__init__.py",
+            "kplus_fsm/adapters/_webhook_http.py",
+            "kplus_fsm/adapters/fake/__init__.py",
+            "kplus_fsm/adapters/fake/_account.py",
+            "kplus_fsm/adapters/fake/_routes.py",
         ]:
             assert required in names, required
         assert not any(n.startswith(("adapters/", "tests/", "docs/")) for n in names)

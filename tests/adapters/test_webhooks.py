@@ -1,121 +1,51 @@
-"""Webhook intake: signatures, recording, dedupe, re-fetch, the HTTP wrappers."""
+"""
+Webhook intake (``kplus_fsm.adapters.webhooks``): signatures, recording, dedupe,
+re-fetch, store failures, ``intake_from_env``, and the integration examples of
+docs/integrations. The HTTP wrappers are tested in ``test_webhook_http.py``.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import datetime as dt
 import importlib.util
-import io
 import json
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from wsgiref.util import setup_testing_defaults
 
 import httpx
 import pytest
-
-from kplus_fsm import InboxRow, Recorded, SQLiteStore, Status, Tracker
-from kplus_fsm.adapters.omise import OmiseClient
-from kplus_fsm.adapters.signatures import signature_headers
-from kplus_fsm.adapters.webhooks import (
-    ASGIApp,
-    IntakeResult,
-    WebhookIntake,
-    WebhookServer,
-    asgi_app,
-    intake_from_env,
-    serve,
-    wsgi_app,
+from webhook_support import (
+    CID,
+    NOW,
+    OLD_SECRET,
+    OTHER_SECRET,
+    PID,
+    SECRET,
+    SKEY,
+    StubAPI,
+    WithTracker,
+    asgi_call,
+    event,
+    inbox_rows,
+    intake_for,
+    last_inbox,
+    open_payment,
+    signed,
 )
+
+from kplus_fsm import Recorded, SQLiteStore, Status, Tracker
+from kplus_fsm.adapters.omise import OmiseClient
+from kplus_fsm.adapters.webhooks import IntakeResult, WebhookIntake, intake_from_env
 from kplus_fsm.exceptions import GatewayUnavailableError, StoreError
-from kplus_fsm.testing import FakeClock, charge_json, error_json, webhook_json
+from kplus_fsm.testing import charge_json, error_json, webhook_json
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRET = base64.b64encode(b"webhook-secret-0123456789abcdef!").decode()
-OLD_SECRET = base64.b64encode(b"the-previous-secret-before-a-roll").decode()
-OTHER_SECRET = base64.b64encode(b"someone-else-entirely-0123456789").decode()
-NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-PID = "order-1"
-CID = "chrg_test_5xkplus0000000000001"
-SKEY = "skey_test_5xsecretsecretsecret01"
 
 
-class StubAPI:
-    """A ChargeAPI that serves charges from a dict and counts re-fetches."""
-
-    def __init__(self) -> None:
-        self.charges: dict[str, dict[str, Any]] = {}
-        self.calls: list[str] = []
-        self.fail: Exception | None = None
-
-    def create_charge(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
-        # Webhook intake must never create a charge: fail loudly if it tries.
-        raise AssertionError("webhook intake called create_charge")
-
-    def retrieve_charge(self, charge_id: str) -> Mapping[str, Any]:
-        self.calls.append(charge_id)
-        if self.fail is not None:
-            raise self.fail
-        return dict(self.charges[charge_id])
-
-    def find_charge(self, payment_id: str) -> Mapping[str, Any] | None:
-        return None
-
-    def charges_created(self, *, since: dt.datetime, until: dt.datetime) -> list[Mapping[str, Any]]:
-        return []
-
-
-@pytest.fixture
-def tracker(db_path: Path, clock: FakeClock) -> Iterator[Tracker]:
-    with Tracker(db_path, clock=clock) as t:
-        yield t
-
-
-@pytest.fixture
-def api() -> StubAPI:
-    return StubAPI()
-
-
-def open_payment(
-    tracker: Tracker, api: StubAPI | None = None, pid: str = PID, cid: str = CID
-) -> None:
-    """A payment whose charge was created and is pending, here and at the API."""
-    tracker.request_payment(payment_id=pid, amount=10_000, return_uri="https://shop.example/r")
-    charge = charge_json(payment_id=pid, charge_id=cid)
-    tracker.record_charge(charge, origin="create_response")
-    if api is not None:
-        api.charges[cid] = charge
-
-
-def event(status: str = "successful", *, event_id: str = "evnt_test_1", **kw: Any) -> bytes:
-    charge = charge_json(payment_id=kw.pop("pid", PID), charge_id=kw.pop("cid", CID), status=status)
-    return json.dumps(webhook_json(charge, event_id=event_id, **kw)).encode()
-
-
-def signed(body: bytes, secrets: tuple[str, ...] = (SECRET,), at: float = NOW) -> dict[str, str]:
-    return {"Content-Type": "application/json", **signature_headers(body, secrets, int(at))}
-
-
-def intake_for(tracker: Tracker, api: StubAPI | None = None, **kw: Any) -> WebhookIntake:
-    kw.setdefault("secrets", (SECRET,))
-    return WebhookIntake(tracker, client=api, now=lambda: NOW, **kw)
-
-
-def last_inbox(tracker: Tracker) -> InboxRow:
-    return list(tracker.store.iter_inbox())[-1]
-
-
-def inbox_rows(tracker: Tracker) -> list[InboxRow]:
-    return list(tracker.store.iter_inbox())
-
-
-class TestSignatures:
+class TestSignatures(WithTracker):
     """Refused deliveries are recorded with their reason and get 400 or 401."""
 
     def test_valid_signature(self, tracker: Tracker, api: StubAPI) -> None:
@@ -270,7 +200,7 @@ class TestSignatures:
         assert SECRET not in repr(WebhookIntake(tracker, secrets=(SECRET,)))
 
 
-class TestRecording:
+class TestRecording(WithTracker):
     """Everything recorded answers 2xx; the state follows the re-fetch."""
 
     def test_duplicates_are_200_and_not_refetched_again(
@@ -455,7 +385,7 @@ class _BrokenStore(SQLiteStore):
         return super().record(*args, **kwargs)
 
 
-class TestStoreFailures:
+class TestStoreFailures(WithTracker):
     """5xx only when nothing could be recorded."""
 
     def test_nothing_recorded_is_500(self, db_path: Path, api: StubAPI) -> None:
@@ -483,166 +413,7 @@ class TestStoreFailures:
         assert api.calls == [CID]
 
 
-# ---------------------------------------------------------------- HTTP wrappers
-
-
-async def _asgi(app: ASGIApp, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-        return await c.request(method, url, **kwargs)
-
-
-def asgi_call(app: ASGIApp, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    return asyncio.run(_asgi(app, method, url, **kwargs))
-
-
-class TestASGI:
-    """asgi_app driven through httpx.ASGITransport."""
-
-    def test_delivery(self, tracker: Tracker, api: StubAPI) -> None:
-        open_payment(tracker, api)
-        app = asgi_app(intake_for(tracker, api))
-        body = event("pending")
-        response = asgi_call(app, "POST", "/webhooks/omise", content=body, headers=signed(body))
-        assert response.status_code == 200
-        assert response.headers["content-type"] == "application/json"
-        payload = response.json()
-        assert set(payload) == {"outcome", "reason", "inbox_id"}
-        assert payload["outcome"] == "applied"
-        assert api.calls == [CID]
-
-    def test_forged_delivery(self, tracker: Tracker) -> None:
-        app = asgi_app(intake_for(tracker))
-        body = event("successful")
-        response = asgi_call(
-            app, "POST", "/webhooks/omise", content=body, headers=signed(body, (OTHER_SECRET,))
-        )
-        assert response.status_code == 401
-        assert response.json()["inbox_id"] == last_inbox(tracker).id
-
-    def test_routes(self, tracker: Tracker) -> None:
-        app = asgi_app(intake_for(tracker), path="/hooks")
-        ready = asgi_call(app, "GET", "/")
-        assert (ready.status_code, ready.json()) == (200, {"ready": True})
-        assert asgi_call(app, "GET", "/hooks").status_code == 405
-        assert asgi_call(app, "GET", "/hooks").headers["allow"] == "POST"
-        assert asgi_call(app, "POST", "/").status_code == 405
-        assert asgi_call(app, "POST", "/webhooks/omise").status_code == 404
-        assert asgi_call(app, "GET", "/nope").status_code == 404
-        assert inbox_rows(tracker) == []
-
-    def test_too_large_by_content_length(self, tracker: Tracker) -> None:
-        app = asgi_app(intake_for(tracker), max_body=100)
-        response = asgi_call(app, "POST", "/webhooks/omise", content=b"x" * 101)
-        assert response.status_code == 413
-        assert "not read, not stored" in response.json()["reason"]
-        row = last_inbox(tracker)
-        assert (row.outcome, row.raw()) == ("rejected", "")
-        assert "101 bytes" in row.reason
-
-    def test_too_large_while_streaming(self, tracker: Tracker) -> None:
-        app = asgi_app(intake_for(tracker), max_body=100)
-
-        async def chunks() -> Any:
-            for _ in range(5):
-                yield b"y" * 30
-
-        response = asgi_call(app, "POST", "/webhooks/omise", content=chunks())
-        assert response.status_code == 413
-        assert last_inbox(tracker).outcome == "rejected"
-
-    def test_lifespan(self, tracker: Tracker) -> None:
-        app = asgi_app(intake_for(tracker))
-        incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
-        sent: list[Mapping[str, Any]] = []
-
-        async def receive() -> dict[str, Any]:
-            return incoming.pop(0)
-
-        async def send(message: Mapping[str, Any]) -> None:
-            sent.append(message)
-
-        asyncio.run(app({"type": "lifespan"}, receive, send))  # type: ignore[arg-type]
-        assert [m["type"] for m in sent] == [
-            "lifespan.startup.complete",
-            "lifespan.shutdown.complete",
-        ]
-
-
-@pytest.fixture
-def server(tracker: Tracker, api: StubAPI) -> Iterator[WebhookServer]:
-    with serve(intake_for(tracker, api), "127.0.0.1", 0, max_body=4096).start() as srv:
-        yield srv
-
-
-class TestWSGI:
-    """wsgi_app behind the real threaded loopback receiver, and called directly."""
-
-    def test_serve_over_loopback(
-        self, server: WebhookServer, tracker: Tracker, api: StubAPI
-    ) -> None:
-        open_payment(tracker, api)
-        host, port = server.server_address[:2]
-        assert server.url == f"http://127.0.0.1:{port}"
-        assert host == "127.0.0.1"
-        with httpx.Client(base_url=server.url, timeout=5) as http:
-            assert http.get("/").json() == {"ready": True}
-            body = event("pending")
-            delivered = http.post("/webhooks/omise", content=body, headers=signed(body))
-            assert delivered.status_code == 200
-            assert delivered.json()["outcome"] == "applied"
-            again = http.post("/webhooks/omise", content=body, headers=signed(body))
-            assert again.json()["outcome"] == "duplicate"
-            forged = http.post(
-                "/webhooks/omise", content=body, headers=signed(body, (OTHER_SECRET,))
-            )
-            assert forged.status_code == 401
-            assert http.get("/webhooks/omise").status_code == 405
-            assert http.get("/elsewhere").status_code == 404
-            big = http.post("/webhooks/omise", content=b"z" * 5000)
-            assert big.status_code == 413
-            broken = http.post("/webhooks/omise", content=b"{oops", headers=signed(b"{oops"))
-            assert broken.status_code == 400
-        assert api.calls == [CID]
-
-    def _call(
-        self, app: Any, body: bytes, headers: Mapping[str, str], **environ: Any
-    ) -> tuple[str, dict[str, Any]]:
-        env: dict[str, Any] = {
-            "REQUEST_METHOD": "POST",
-            "PATH_INFO": "/webhooks/omise",
-            "wsgi.input": io.BytesIO(body),
-        }
-        setup_testing_defaults(env)
-        for name, value in headers.items():
-            key = name.upper().replace("-", "_")
-            env[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"] = value
-        env.update(environ)
-        status: list[str] = []
-        chunks = app(env, lambda s, h, exc_info=None: status.append(s))
-        return status[0], json.loads(b"".join(chunks))
-
-    def test_direct_call(self, tracker: Tracker, api: StubAPI) -> None:
-        open_payment(tracker, api)
-        app = wsgi_app(intake_for(tracker, api))
-        body = event("pending")
-        headers = {**signed(body), "Content-Length": str(len(body))}
-        status, payload = self._call(app, body, headers)
-        assert status == "200 OK"
-        assert payload["outcome"] == "applied"
-
-    def test_chunked_input_without_length(self, tracker: Tracker, api: StubAPI) -> None:
-        open_payment(tracker, api)
-        app = wsgi_app(intake_for(tracker, api), max_body=2048)
-        body = event("pending")
-        status, _ = self._call(app, body, signed(body), **{"wsgi.input_terminated": True})
-        assert status == "200 OK"
-        status, payload = self._call(app, b"q" * 4096, {}, **{"wsgi.input_terminated": True})
-        assert status.startswith("413")
-        assert payload["inbox_id"] == last_inbox(tracker).id
-
-
-class TestFromEnv:
+class TestFromEnv(WithTracker):
     """intake_from_env: what `kplus-fsm serve` builds."""
 
     def test_everything_configured(self, tmp_path: Path) -> None:
@@ -712,7 +483,7 @@ def _load(name: str) -> ModuleType:
     return module
 
 
-class TestIntegrationExamples:
+class TestIntegrationExamples(WithTracker):
     """docs/integrations/*.py work as written."""
 
     def test_flask(self, tracker: Tracker, api: StubAPI) -> None:

@@ -3,40 +3,99 @@ The routes of the fake Omise: the API, the ``authorize_uri`` page, and the
 test controls under ``/_fake/``. Each handler takes the fake, the request, its
 parsed parameters and the ids captured from the path.
 
+The handlers drive the fake through :class:`Fake`, a protocol that
+:class:`~._account.FakeOmise` satisfies: the fake dispatches to :data:`ROUTES`,
+so this module must not import it back (no import cycle, not even for types).
+A control does what the fake's Python method of the same name does, and
+answers a bad parameter with a 400 ``bad_request`` error object.
+
 Private to :mod:`kplus_fsm.adapters.fake`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import attrs
 import httpx
 
-from ._fake_objects import (
-    FAILURE_MESSAGES,
-    FAULT_KINDS,
-    FakeOmiseError,
-    FaultKind,
-    as_int,
-    as_str,
-    iso,
-    json_response,
-)
-from ._fake_options import updated
-from ._fake_webhooks import ReleaseOrder
-
-if TYPE_CHECKING:
-    from .fake import FakeOmise
+from ._faults import FAULT_KINDS, Fault, FaultKind
+from ._objects import FAILURE_MESSAGES, FakeOmiseError, as_int, as_str, iso, json_response
+from ._options import FakeOptions, option_changes
+from ._state import Ledger
+from ._webhooks import DeliveryWorker, ReleaseOrder, WebhookDelivery
 
 Params = dict[str, Any]
 Ids = tuple[str, ...]
-Handler = Callable[["FakeOmise", httpx.Request, Params, Ids], httpx.Response]
+
+
+class Fake(Protocol):
+    """What the routes use of the fake: its parts, its time, its Python controls."""
+
+    @property
+    def _ledger(self) -> Ledger: ...
+
+    @property
+    def _worker(self) -> DeliveryWorker: ...
+
+    @property
+    def _base_url(self) -> str | None: ...
+
+    @property
+    def options(self) -> FakeOptions: ...
+
+    def set_options(self, **changes: Any) -> FakeOptions: ...
+
+    def now(self) -> dt.datetime: ...
+
+    def advance_clock(self, delta: dt.timedelta | float) -> list[str]: ...
+
+    def mark_as_paid(self, charge_id: str, *, force: bool = ...) -> dict[str, Any]: ...
+
+    def mark_as_failed(
+        self, charge_id: str, failure_code: str = ..., *, force: bool = ...
+    ) -> dict[str, Any]: ...
+
+    def expire(self, charge_id: str, *, force: bool = ...) -> dict[str, Any]: ...
+
+    def duplicate_next(self, times: int = ..., *, events: int = ...) -> None: ...
+
+    def drop_next(self, events: int = ...) -> None: ...
+
+    def delay_next(self, seconds: float, *, events: int = ...) -> None: ...
+
+    def hold_webhooks(self) -> None: ...
+
+    def release_webhooks(self, order: ReleaseOrder = ...) -> list[str]: ...
+
+    def held_webhooks(self) -> list[str]: ...
+
+    def wait_idle(self, timeout: float = ...) -> bool: ...
+
+    def deliveries(self, event_id: str | None = ...) -> list[WebhookDelivery]: ...
+
+    def inject_fault(
+        self,
+        route: str,
+        kind: FaultKind,
+        *,
+        times: int = ...,
+        status: int | None = ...,
+        code: str | None = ...,
+        delay: float | None = ...,
+        retry_after: int | None = ...,
+    ) -> Fault: ...
+
+    def clear_faults(self) -> int: ...
+
+
+Handler = Callable[[Fake, httpx.Request, Params, Ids], httpx.Response]
 
 #: (method, path regex, handler, who may call: "none", "public" or "secret")
 ROUTES: list[tuple[str, re.Pattern[str], Handler, str]] = []
@@ -52,7 +111,7 @@ def _route(method: str, pattern: str, auth: str) -> Callable[[Handler], Handler]
     return register
 
 
-def _origin(fake: FakeOmise, request: httpx.Request) -> str:
+def _origin(fake: Fake, request: httpx.Request) -> str:
     return fake._base_url or f"{request.url.scheme}://{request.url.netloc.decode('ascii')}"
 
 
@@ -60,7 +119,7 @@ def _origin(fake: FakeOmise, request: httpx.Request) -> str:
 
 
 @_route("GET", "/", "none")
-def ready(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def ready(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     return json_response({"object": "fake_omise", "ready": True})
 
 
@@ -70,82 +129,70 @@ def _api_version(request: httpx.Request) -> str | None:
 
 
 @_route("POST", "/sources", "public")
-def create_source(
-    fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids
-) -> httpx.Response:
+def create_source(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     return json_response(fake._ledger.create_source(params, _api_version(request)))
 
 
 @_route("GET", "/sources/:id", "public")
-def source(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def source(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     return json_response(fake._ledger.source(ids[0]))
 
 
 @_route("POST", "/charges", "secret")
-def create_charge(
-    fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids
-) -> httpx.Response:
+def create_charge(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     body = fake._ledger.create_charge(params, _origin(fake, request), _api_version(request))
     fake._worker.start()
     return json_response(body)
 
 
 @_route("GET", "/charges", "secret")
-def charges(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def charges(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     return json_response(fake._ledger.list_charges(params))
 
 
 @_route("GET", "/charges/:id", "secret")
-def charge(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def charge(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     return json_response(fake._ledger.charge(ids[0]))
 
 
 @_route("PATCH", "/charges/:id", "secret")
-def update_charge(
-    fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids
-) -> httpx.Response:
+def update_charge(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     return json_response(fake._ledger.update_charge(ids[0], params))
 
 
 @_route("GET", "/charges/:id/events", "secret")
-def charge_events(
-    fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids
-) -> httpx.Response:
+def charge_events(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     return json_response(fake._ledger.list_events(params, ids[0]))
 
 
 @_route("GET", "/events", "secret")
-def events(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def events(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     return json_response(fake._ledger.list_events(params, None))
 
 
 @_route("GET", "/events/:id", "secret")
-def event(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def event(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     return json_response(fake._ledger.event(ids[0]))
 
 
 @_route("POST", "/charges/:id/mark_as_paid", "secret")
-def mark_as_paid(
-    fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids
-) -> httpx.Response:
+def mark_as_paid(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     return json_response(fake.mark_as_paid(ids[0]))
 
 
 @_route("POST", "/charges/:id/mark_as_failed", "secret")
-def mark_as_failed(
-    fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids
-) -> httpx.Response:
+def mark_as_failed(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     code = as_str(params.get("failure_code") or "payment_rejected", "failure_code")
     return json_response(fake.mark_as_failed(ids[0], code))
 
 
 @_route("POST", "/charges/:id/expire", "secret")
-def expire(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def expire(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     return json_response(fake._ledger.expire_endpoint(ids[0]))
 
 
 @_route("GET", "/search", "secret")
-def search(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def search(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     return json_response(fake._ledger.search(params))
 
 
@@ -187,9 +234,7 @@ def _authorize_form(charge: dict[str, Any]) -> str:
 
 
 @_route("GET", "/test/authorize/:id", "none")
-def authorize_page(
-    fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids
-) -> httpx.Response:
+def authorize_page(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     try:
         found = fake._ledger.charge(ids[0])
     except FakeOmiseError:
@@ -198,7 +243,7 @@ def authorize_page(
 
 
 @_route("POST", "/test/authorize/:id", "none")
-def authorize(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def authorize(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     action = params.get("action")
     try:
         if action == "approve":
@@ -248,41 +293,37 @@ def _number(value: Any, field: str) -> float:
 
 
 @_route("GET", "/_fake/clock", "secret")
-def clock(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def clock(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     return json_response({"object": "fake_clock", "now": iso(fake.now()), "expired": []})
 
 
 @_route("POST", "/_fake/clock/advance", "secret")
-def advance(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def advance(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     with _bad_request():
         expired = fake.advance_clock(_number(params.get("seconds", 0), "seconds"))
     return json_response({"object": "fake_clock", "now": iso(fake.now()), "expired": expired})
 
 
 @_route("GET", "/_fake/options", "secret")
-def options(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def options(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     return json_response(fake.options.to_json())
 
 
 @_route("POST", "/_fake/options", "secret")
-def set_options(
-    fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids
-) -> httpx.Response:
-    with fake._options_lock:
-        fake._options = updated(fake._options, params)
-        return json_response(fake._options.to_json())
+def set_options(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+    changes = option_changes(params)
+    with _bad_request():
+        return json_response(fake.set_options(**changes).to_json())
 
 
 @_route("POST", "/_fake/charges/:id/expire", "secret")
-def expire_control(
-    fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids
-) -> httpx.Response:
+def expire_control(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     force = params.get("force", False)
     return json_response(fake.expire(ids[0], force=force is True or force == "true"))
 
 
 @_route("POST", "/_fake/webhooks/duplicate", "secret")
-def duplicate(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def duplicate(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     with _bad_request():
         fake.duplicate_next(
             as_int(params.get("times", 2), "times"),
@@ -292,14 +333,14 @@ def duplicate(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids)
 
 
 @_route("POST", "/_fake/webhooks/drop", "secret")
-def drop(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def drop(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     with _bad_request():
         fake.drop_next(as_int(params.get("events", 1), "events"))
     return _done()
 
 
 @_route("POST", "/_fake/webhooks/delay", "secret")
-def delay(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def delay(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     with _bad_request():
         fake.delay_next(
             _number(params.get("seconds"), "seconds"),
@@ -309,13 +350,13 @@ def delay(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> 
 
 
 @_route("POST", "/_fake/webhooks/hold", "secret")
-def hold(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def hold(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     fake.hold_webhooks()
     return _done()
 
 
 @_route("POST", "/_fake/webhooks/release", "secret")
-def release(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def release(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     order = params.get("order", "fifo")
     chosen: ReleaseOrder
     if isinstance(order, list) and all(isinstance(o, str) for o in order):
@@ -330,7 +371,7 @@ def release(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -
 
 
 @_route("POST", "/_fake/webhooks/flush", "secret")
-def flush(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def flush(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     idle = fake.wait_idle(_number(params.get("timeout", 5.0), "timeout"))
     return json_response(
         {"object": "fake_control", "ok": idle, "idle": idle, "held": fake.held_webhooks()}
@@ -338,7 +379,7 @@ def flush(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> 
 
 
 @_route("GET", "/_fake/webhooks/deliveries", "secret")
-def deliveries(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def deliveries(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     event_id = params.get("event_id")
     data = [
         {**d.to_json(), "event_id": d.event_id, "attempt": d.attempt, "copy": d.copy}
@@ -352,7 +393,7 @@ def _optional(params: Params, name: str, convert: Callable[[Any, str], Any]) -> 
 
 
 @_route("POST", "/_fake/faults", "secret")
-def add_fault(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
+def add_fault(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     kind = params.get("kind")
     if kind not in FAULT_KINDS:
         raise FakeOmiseError(400, "bad_request", f"kind is one of {', '.join(sorted(FAULT_KINDS))}")
@@ -370,7 +411,5 @@ def add_fault(fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids)
 
 
 @_route("DELETE", "/_fake/faults", "secret")
-def clear_faults(
-    fake: FakeOmise, request: httpx.Request, params: Params, ids: Ids
-) -> httpx.Response:
+def clear_faults(fake: Fake, request: httpx.Request, params: Params, ids: Ids) -> httpx.Response:
     return _done(cleared=fake.clear_faults())

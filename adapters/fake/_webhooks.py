@@ -17,8 +17,8 @@ from typing import Any, Final, Literal
 import attrs
 import httpx
 
-from ._fake_objects import Clock, IdMaker, delivery_time
-from .signatures import signature_headers
+from ..signatures import signature_headers
+from ._objects import Clock, IdMaker, delivery_time
 
 #: Where deliveries go when only an in-process receiver is configured.
 CALLABLE_URI: Final = "http://webhook-receiver.invalid/"

@@ -2,9 +2,15 @@
 The fake Omise on a real socket: a standard-library ``ThreadingHTTPServer``
 whose handler converts each request to an ``httpx.Request``, asks the fake for
 its reply, and writes it back (or drops the connection, for the faults that
-say so).
+say so); :func:`start_server` (a background thread) and :func:`run_server`
+(the body of ``kplus-fsm fake-omise``) on top.
 
-Private to :mod:`kplus_fsm.adapters.fake`, which re-exports :class:`FakeOmiseServer`.
+Invariants: nothing about a request is printed or logged (no key can leak);
+closing a server never closes its fake; a request the fake fails on is answered
+500 with an error object, never with a traceback.
+
+Private to :mod:`kplus_fsm.adapters.fake`, which re-exports
+:class:`FakeOmiseServer`, :func:`start_server` and :func:`run_server`.
 """
 
 from __future__ import annotations
@@ -13,15 +19,17 @@ import contextlib
 import socket
 import sys
 import threading
+import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import attrs
 import httpx
 
-from ._fake_objects import error_object, json_response
-
-if TYPE_CHECKING:
-    from .fake import FakeOmise
+from ._account import FakeOmise
+from ._objects import error_object, json_response
+from ._options import FakeOptions
 
 _HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
@@ -159,3 +167,70 @@ class FakeOmiseServer:
 
     def __repr__(self) -> str:
         return f"<FakeOmiseServer {self.url}>"
+
+
+def start_server(fake: FakeOmise, *, host: str = "127.0.0.1", port: int = 0) -> FakeOmiseServer:
+    """
+    Serve ``fake`` on ``host:port`` (port 0: a free port) from a background
+    thread and return at once; the server's ``url`` is ready to use. Close the
+    server (or use it as a context manager) when done; that leaves the fake open.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    return FakeOmiseServer(fake, host, port)
+
+
+def _announce(url: str) -> None:
+    print(f"fake Omise listening on {url} (Ctrl-C to stop)", flush=True)
+
+
+def run_server(
+    host: str,
+    port: int,
+    *,
+    secret_key: str,
+    public_key: str,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
+    options: FakeOptions | None = None,
+    seed: int | None = None,
+    announce: Callable[[str], None] = _announce,
+    stop: threading.Event | None = None,
+) -> None:
+    """
+    Serve a new fake Omise on ``host:port`` until Ctrl-C (or until ``stop`` is
+    set); the body of ``kplus-fsm fake-omise``.
+
+    When ready, calls ``announce`` with the base URL; by default it prints one
+    line, ``fake Omise listening on http://HOST:PORT (Ctrl-C to stop)``. The
+    keys and the webhook secret (base64) are never printed. ``options`` are the
+    switches (default: :class:`FakeOptions`'s defaults).
+
+    Raises:
+        ValueError: invalid keys or webhook secret (the message never shows them).
+        OSError: the address cannot be bound.
+    """
+    switches = attrs.asdict(options if options is not None else FakeOptions(), recurse=False)
+    fake = FakeOmise(
+        secret_key=secret_key,
+        public_key=public_key,
+        webhook_url=webhook_url,
+        webhook_secrets=[webhook_secret] if webhook_secret else [],
+        seed=seed,
+        **switches,
+        # A receiver in another process reads the wall clock: sign with it, so that
+        # moving the fake's clock forward (/_fake/clock/advance) does not make every
+        # later delivery look "from the future".
+        signature_time=time.time,
+    )
+    waiter = stop if stop is not None else threading.Event()
+    try:
+        with FakeOmiseServer(fake, host, port) as server:
+            announce(server.url)
+            while not waiter.wait(0.2):
+                pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.close()

@@ -15,7 +15,7 @@ import re
 import secrets
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final
 from urllib.parse import parse_qsl
 
 import attrs
@@ -520,75 +520,3 @@ def time_window(params: Mapping[str, Any], now: dt.datetime) -> tuple[dt.datetim
 
 
 Clock = Callable[[], dt.datetime]
-
-FaultKind = Literal[
-    "error",
-    "html",
-    "truncated",
-    "slow",
-    "commit_then_error",
-    "commit_then_drop",
-    "commit_then_timeout",
-]
-FAULT_KINDS: Final = frozenset(get_args(FaultKind))
-
-
-@attrs.frozen(kw_only=True)
-class Fault:
-    """
-    A scripted misbehaviour of the API for requests matching ``route``.
-
-    ``route`` is ``"METHOD /path"``; ``*`` or ``:name`` match one path segment
-    and the method may be ``*`` (``"POST /charges"``, ``"GET /charges/:id"``).
-    The fault applies to the next ``times`` matching requests. Kinds:
-
-    - ``error``: answer ``status`` (default 500) with an error object, no effect;
-    - ``html``: answer ``status`` (default 502) with an HTML page, no effect;
-    - ``truncated``: do the request, answer its JSON cut in half;
-    - ``slow``: do the request, then wait ``delay`` seconds (default 1) before
-      answering (in process: beyond the client's read timeout, wait that long
-      and raise ``httpx.ReadTimeout``);
-    - ``commit_then_error``: do the request, then answer ``status`` (500);
-    - ``commit_then_drop``: do the request, then close the connection without an
-      answer (in process: ``httpx.RemoteProtocolError``);
-    - ``commit_then_timeout``: do the request, then hang ``delay`` seconds
-      (default 30) and close without an answer (in process: ``httpx.ReadTimeout``
-      at once).
-
-    ``code`` overrides the error object's code; without a ``status``, the
-    answer takes the code's documented status (``backend_error``: 400, so
-    ``kind="error", code="backend_error"`` refuses a create without making the
-    charge and ``kind="commit_then_error", code="backend_error"`` makes it and
-    loses the answer). ``retry_after`` adds a ``Retry-After`` header (seconds)
-    to ``error`` answers.
-    """
-
-    route: str
-    kind: FaultKind
-    times: int = attrs.field(default=1, validator=attrs.validators.ge(1))
-    status: int | None = None
-    code: str | None = None
-    delay: float | None = None
-    retry_after: int | None = None
-
-    def __attrs_post_init__(self) -> None:
-        if self.kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {self.kind!r}")
-        parts = self.route.split()
-        if len(parts) != 2 or not parts[1].startswith("/"):
-            raise ValueError('a route reads "METHOD /path", e.g. "POST /charges"')
-        if self.status is not None and not 400 <= self.status <= 599:
-            raise ValueError("a fault status is 400..599")
-        if self.delay is not None and self.delay < 0:
-            raise ValueError("delay must not be negative")
-
-    def matches(self, method: str, path: str) -> bool:
-        """Whether a request ``method`` on ``path`` is affected."""
-        want_method, want_path = self.route.split()
-        if want_method not in ("*", method.upper()):
-            return False
-        want = want_path.strip("/").split("/")
-        have = path.strip("/").split("/")
-        if len(want) != len(have):
-            return False
-        return all(w in ("*", h) or w.startswith(":") for w, h in zip(want, have, strict=True))

@@ -1,60 +1,18 @@
 """
-A fake Opn Payments (Omise) API for integration tests of K PLUS
-(``mobile_banking_kbank``) payments.
+:class:`FakeOmise`, the fake Omise account: the facade over its parts (the
+:class:`~._state.Ledger` of sources, charges and events; the
+:class:`~._webhooks.DeliveryWorker`; the pending :class:`~._faults.Faults`; the
+switches, :class:`~._options.FakeOptions`; the clock) and the wire: one
+``httpx.Request`` in, one reply out, through the routes of :mod:`._routes`.
 
-:class:`FakeOmise` holds the state and is "just a function from request to
-response": :meth:`FakeOmise.handle` takes an ``httpx.Request`` and returns an
-``httpx.Response``. Use it in process through :meth:`FakeOmise.transport`
-(no sockets), on loopback with :func:`start_server`, or from the command line
-through :func:`run_server` (``kplus-fsm fake-omise``)::
+Invariants: the keys are compared in constant time and never shown (``repr``,
+errors); a request is answered by the first route matching its method and path,
+after the rate limit and the injected faults (never for ``/``, ``/_fake/`` and
+the authorize page); the routes drive the fake only through the
+:class:`~._routes.Fake` protocol, so this module imports them and they never
+import it back.
 
-    fake = FakeOmise(secret_key="skey_test_x", public_key="pkey_test_x",
-                     webhook_receiver=my_handler, webhook_secrets=[SECRET_B64])
-    client = httpx.Client(transport=fake.transport(), base_url="https://api.omise.co",
-                          auth=("skey_test_x", ""))
-    charge = client.post("/charges", data={...}).json()
-    fake.mark_as_paid(charge["id"])
-    fake.flush()
-
-The API surface (same paths, bodies and error objects as the real API):
-``POST /sources``, ``GET /sources/:id``, ``POST /charges``, ``GET /charges``,
-``GET /charges/:id``, ``GET /charges/:id/events``, ``GET /events``,
-``GET /events/:id``, ``GET /search?scope=charge``, the test-mode
-``POST /charges/:id/mark_as_paid``, ``…/mark_as_failed``, ``…/expire``, the
-``authorize_uri`` page ``GET|POST /test/authorize/:id``, ``GET /`` (ready), and
-test controls under ``/_fake/`` (secret key required):
-
-- ``GET /_fake/clock``; ``POST /_fake/clock/advance`` (``seconds``)
-- ``POST /_fake/webhooks/duplicate`` (``times``, ``events``),
-  ``…/drop`` (``events``), ``…/delay`` (``seconds``, ``events``), ``…/hold``,
-  ``…/release`` (``order``: ``fifo``, ``reversed`` or a list of event ids),
-  ``…/flush`` (``timeout``); ``GET /_fake/webhooks/deliveries`` (``event_id``)
-- ``POST /_fake/faults`` (``route``, ``kind``, ``times``, ``status``, ``code``,
-  ``delay``, ``retry_after``); ``DELETE /_fake/faults``
-
-Bodies may be JSON or form data with bracket keys (``source[type]=…``,
-``metadata[payment_id]=…``), parameters may also come in the query string, and
-JSON bodies on GET are read (omise-python sends them).
-
-What the fake models, with each behaviour's label (CONFIRMED, LIKELY,
-UNVERIFIABLE) and public source, its switches and what it does not model, is
-listed in ``docs/fake-omise.md``. In short:
-
-- search answers newest first, 30 per page; ``query`` is a word search over
-  the id, currency, description and metadata values; ``filters[amount]`` is in
-  THB; boolean filters take ``yes``/``on``/``true`` (:mod:`._fake_search`);
-- error objects link to ``…/api-errors#not-found`` (hyphens); a fault with
-  ``code="backend_error"`` answers HTTP 400, before or after the charge is made;
-- an abandoned charge fails ``payment_expired`` when the bank times out (10
-  minutes), ``expires_at`` is 7 days after creation; the old 10-minute
-  ``expired`` lifetime is ``expiry_model="lifetime"``; expiries may be silent;
-- ``POST /charges/:id/expire`` is refused ``failed_expire`` (K PLUS is not
-  Alipay barcode); the test control ``POST /_fake/charges/:id/expire`` ends a
-  charge as the expiry model would;
-- webhook bodies are pretty-printed as Omise's recorded deliveries;
-  ``PATCH /charges/:id`` emits ``charge.update``;
-- switches (constructor arguments, ``POST /_fake/options``, ``kplus-fsm
-  fake-omise`` options): see :class:`FakeOptions`.
+Private to :mod:`kplus_fsm.adapters.fake`, which re-exports :class:`FakeOmise`.
 """
 
 from __future__ import annotations
@@ -65,18 +23,17 @@ import datetime as dt
 import hmac
 import math
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import attrs
 import httpx
 
-from ._fake_objects import (
+from ..signatures import decode_secret
+from ._faults import Fault, FaultKind, Faults, Reply, fault_response
+from ._objects import (
     Clock,
     FakeOmiseError,
-    Fault,
-    FaultKind,
     IdMaker,
     ShiftedClock,
     check_failure_code,
@@ -84,81 +41,19 @@ from ._fake_objects import (
     json_response,
     parse_params,
 )
-from ._fake_options import (
+from ._options import (
     DEFAULT_API_VERSION,
     DEFAULT_BANK_TIMEOUT,
-    DEFAULT_CHARGE_LIFETIME,
-    LIFETIME_MODEL_LIFETIME,
     ExpiryModel,
     FakeOptions,
     RateLimiter,
 )
-from ._fake_routes import ROUTES
-from ._fake_server import FakeOmiseServer
-from ._fake_state import Ledger
-from ._fake_webhooks import DeliveryWorker, ReleaseOrder, RetryPolicy, WebhookDelivery
-from .signatures import decode_secret
+from ._routes import ROUTES
+from ._state import Ledger
+from ._webhooks import DeliveryWorker, ReleaseOrder, RetryPolicy, WebhookDelivery
 
-__all__ = [
-    "DEFAULT_API_VERSION",
-    "DEFAULT_BANK_TIMEOUT",
-    "DEFAULT_CHARGE_LIFETIME",
-    "LIFETIME_MODEL_LIFETIME",
-    "ExpiryModel",
-    "FakeOmise",
-    "FakeOmiseError",
-    "FakeOmiseServer",
-    "FakeOptions",
-    "Fault",
-    "FaultKind",
-    "RetryPolicy",
-    "WebhookDelivery",
-    "run_server",
-    "start_server",
-]
-
-_FAULT_CODES: Final[Mapping[int, str]] = {
-    429: "too_many_requests",
-    500: "internal_error",
-    502: "bad_gateway",
-    503: "service_unavailable",
-}
-#: The HTTP status a fault answers when it names a ``code`` but no ``status``:
-#: ``backend_error`` is listed under "400 Bad Request" (Opn docs, *API errors*).
-_CODE_STATUS: Final[Mapping[str, int]] = {
-    "authentication_failure": 401,
-    "backend_error": 400,
-    "bad_request": 400,
-    "failed_expire": 400,
-    "invalid_amount": 400,
-    "invalid_charge": 400,
-    "invalid_source": 400,
-    "not_found": 404,
-    "service_not_found": 404,
-    "too_many_requests": 429,
-    "internal_error": 500,
-    "bad_gateway": 502,
-    "service_unavailable": 503,
-}
 #: Paths outside the API: never throttled, never faulted.
 _UNMETERED: Final = ("/_fake/", "/test/authorize/")
-_STATUS_TEXT: Final[Mapping[int, str]] = {
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
-
-
-@attrs.frozen
-class _Reply:
-    """What to do with a request: answer after ``delay`` seconds, or drop (``response`` None)."""
-
-    response: httpx.Response | None
-    delay: float = 0.0
-    timeout: bool = False
-    hang: float = 0.0
 
 
 class FakeOmise:
@@ -264,8 +159,7 @@ class FakeOmise:
         self._public_key = public_key.encode()
         self._clock: Clock = clock if clock is not None else ShiftedClock()
         self._base_url = base_url.rstrip("/") if base_url else None
-        self._faults: list[list[Any]] = []
-        self._faults_lock = threading.Lock()
+        self._faults = Faults()
         self._stop = threading.Event()
         ids = IdMaker(seed)
         self._worker = DeliveryWorker(
@@ -360,7 +254,7 @@ class FakeOmise:
             )
         return reply.response
 
-    def _reply(self, request: httpx.Request) -> _Reply:
+    def _reply(self, request: httpx.Request) -> Reply:
         """The reply to a request, for the transport and the server alike."""
         request.read()
         method = request.method.upper()
@@ -370,16 +264,16 @@ class FakeOmise:
         if metered:
             throttled = self._throttle()
             if throttled is not None:
-                return _Reply(throttled)
-        fault = self._take_fault(method, path) if metered else None
+                return Reply(throttled)
+        fault = self._faults.take(method, path) if metered else None
         if fault is not None and fault.kind in ("error", "html"):
-            return _Reply(self._fault_response(fault))
+            return Reply(fault_response(fault))
         response = self._dispatch(request, method, path)
         if fault is None:
-            return _Reply(response)
+            return Reply(response)
         if fault.kind == "truncated":
             body = response.content
-            return _Reply(
+            return Reply(
                 httpx.Response(
                     response.status_code,
                     content=body[: len(body) // 2],
@@ -387,12 +281,12 @@ class FakeOmise:
                 )
             )
         if fault.kind == "slow":
-            return _Reply(response, delay=1.0 if fault.delay is None else fault.delay)
+            return Reply(response, delay=1.0 if fault.delay is None else fault.delay)
         if fault.kind == "commit_then_error":
-            return _Reply(self._fault_response(fault))
+            return Reply(fault_response(fault))
         if fault.kind == "commit_then_drop":
-            return _Reply(None)
-        return _Reply(None, timeout=True, hang=30.0 if fault.delay is None else fault.delay)
+            return Reply(None)
+        return Reply(None, timeout=True, hang=30.0 if fault.delay is None else fault.delay)
 
     def _throttle(self) -> httpx.Response | None:
         """A 429 when the request is over the ``rate_limit`` switch, else None."""
@@ -464,51 +358,12 @@ class FakeOmise:
             delay=delay,
             retry_after=retry_after,
         )
-        with self._faults_lock:
-            self._faults.append([fault, times])
+        self._faults.add(fault)
         return fault
 
     def clear_faults(self) -> int:
         """Forget every pending fault; return how many there were."""
-        with self._faults_lock:
-            count = len(self._faults)
-            self._faults.clear()
-            return count
-
-    def _take_fault(self, method: str, path: str) -> Fault | None:
-        with self._faults_lock:
-            for entry in self._faults:
-                fault: Fault = entry[0]
-                if fault.matches(method, path):
-                    entry[1] -= 1
-                    if entry[1] <= 0:
-                        self._faults.remove(entry)
-                    return fault
-        return None
-
-    def _fault_response(self, fault: Fault) -> httpx.Response:
-        if fault.kind == "html":
-            status = fault.status or 502
-            text = _STATUS_TEXT.get(status, "Error")
-            page = (
-                f"<html><head><title>{status} {text}</title></head><body>"
-                f"<center><h1>{status} {text}</h1></center><hr><center>nginx</center>"
-                "</body></html>"
-            )
-            return httpx.Response(
-                status, content=page.encode(), headers={"Content-Type": "text/html"}
-            )
-        if fault.status is not None:
-            status = fault.status
-        elif fault.code is not None:
-            status = _CODE_STATUS.get(fault.code, 500)
-        else:
-            status = 500
-        code = fault.code or _FAULT_CODES.get(status, "internal_error")
-        response = json_response(error_object(code, f"fake fault: HTTP {status}"), status)
-        if fault.retry_after is not None:
-            response.headers["Retry-After"] = str(fault.retry_after)
-        return response
+        return self._faults.clear()
 
     # --- time ----------------------------------------------------------------------
 
@@ -661,73 +516,3 @@ class FakeOmise:
         """
         if not self._worker.wait_idle(timeout):
             raise TimeoutError(f"webhook deliveries still running after {timeout} s")
-
-
-# --- serving ---------------------------------------------------------------------------
-
-
-def start_server(fake: FakeOmise, *, host: str = "127.0.0.1", port: int = 0) -> FakeOmiseServer:
-    """
-    Serve ``fake`` on ``host:port`` (port 0: a free port) from a background
-    thread and return at once; the server's ``url`` is ready to use. Close the
-    server (or use it as a context manager) when done; that leaves the fake open.
-
-    Raises:
-        OSError: the address cannot be bound.
-    """
-    return FakeOmiseServer(fake, host, port)
-
-
-def _announce(url: str) -> None:
-    print(f"fake Omise listening on {url} (Ctrl-C to stop)", flush=True)
-
-
-def run_server(
-    host: str,
-    port: int,
-    *,
-    secret_key: str,
-    public_key: str,
-    webhook_url: str | None = None,
-    webhook_secret: str | None = None,
-    options: FakeOptions | None = None,
-    seed: int | None = None,
-    announce: Callable[[str], None] = _announce,
-    stop: threading.Event | None = None,
-) -> None:
-    """
-    Serve a new fake Omise on ``host:port`` until Ctrl-C (or until ``stop`` is
-    set); the body of ``kplus-fsm fake-omise``.
-
-    When ready, calls ``announce`` with the base URL; by default it prints one
-    line, ``fake Omise listening on http://HOST:PORT (Ctrl-C to stop)``. The
-    keys and the webhook secret (base64) are never printed. ``options`` are the
-    switches (default: :class:`FakeOptions`'s defaults).
-
-    Raises:
-        ValueError: invalid keys or webhook secret (the message never shows them).
-        OSError: the address cannot be bound.
-    """
-    switches = attrs.asdict(options if options is not None else FakeOptions(), recurse=False)
-    fake = FakeOmise(
-        secret_key=secret_key,
-        public_key=public_key,
-        webhook_url=webhook_url,
-        webhook_secrets=[webhook_secret] if webhook_secret else [],
-        seed=seed,
-        **switches,
-        # A receiver in another process reads the wall clock: sign with it, so that
-        # moving the fake's clock forward (/_fake/clock/advance) does not make every
-        # later delivery look "from the future".
-        signature_time=time.time,
-    )
-    waiter = stop if stop is not None else threading.Event()
-    try:
-        with FakeOmiseServer(fake, host, port) as server:
-            announce(server.url)
-            while not waiter.wait(0.2):
-                pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake.close()

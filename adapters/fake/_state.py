@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from ._fake_objects import (
+from ._objects import (
     PLATFORM_TYPES,
     SOURCE_TYPE,
     ChargeRecord,
@@ -41,9 +41,9 @@ from ._fake_objects import (
     render_source,
     time_window,
 )
-from ._fake_options import MIN_SOURCE_API_VERSION, FakeOptions, version_at_least
-from ._fake_search import SearchIndex, SearchRequest, run_search
-from ._fake_webhooks import WebhookDelivery
+from ._options import MIN_SOURCE_API_VERSION, FakeOptions, version_at_least
+from ._search import SearchIndex, SearchRequest, run_search
+from ._webhooks import WebhookDelivery
 
 #: The failure code of a charge the bank gave up on (the K PLUS guide's failure table).
 BANK_TIMEOUT_CODE = "payment_expired"
@@ -321,7 +321,7 @@ class Ledger:
             ]
 
     def search(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``GET /search?scope=charge&query=…&filters[…]=…`` (see ``_fake_search``)."""
+        """``GET /search?scope=charge&query=…&filters[…]=…`` (see ``_search``)."""
         request = SearchRequest.parse(params)
         options = self._options()
         index = SearchIndex(

@@ -38,7 +38,7 @@ from typing import Any, Final
 
 import attrs
 
-from ._fake_objects import ChargeRecord, FakeOmiseError, as_int, as_str, parse_time
+from ._objects import ChargeRecord, FakeOmiseError, as_int, as_str, parse_time
 
 #: The page size when ``per_page`` is not given (documented).
 DEFAULT_PER_PAGE: Final = 30
