@@ -24,10 +24,10 @@ import pytest
 import structlog
 from click.testing import CliRunner, Result
 
-from kplus_fsm import Origin, SQLiteStore, Tracker, _cli_incident, _codec, _queries, _schema
+from kplus_fsm import Origin, SQLiteStore, Tracker, _codec, _schema
 from kplus_fsm.adapters.signatures import signature_headers
 from kplus_fsm.adapters.webhooks import WebhookIntake
-from kplus_fsm.cli import cli
+from kplus_fsm.cli import _output, _queries, cli
 from kplus_fsm.exceptions import MalformedInputError
 from kplus_fsm.testing import FakeClock, charge_json, error_json, webhook_json
 
@@ -689,7 +689,7 @@ class TestProgressAndExits:
         self, world: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """With a terminal the long commands draw a bar on stderr; --json never does."""
-        monkeypatch.setattr(_cli_incident, "_interactive", lambda as_json=False: not as_json)
+        monkeypatch.setattr(_output, "interactive", lambda as_json=False: not as_json)
         for cmd, label in (
             (("verify",), "verify"),
             (("replay", "--check"), "replay"),

@@ -44,7 +44,8 @@ class TestWheel:
             "kplus_fsm/py.typed",
             "kplus_fsm/_machine.py",
             "kplus_fsm/_store.py",
-            "kplus_fsm/cli.py",
+            "kplus_fsm/cli/__init__.py",
+            "kplus_fsm/_server/__init__.py",
             "kplus_fsm/adapters/__init__.py",
         ]:
             assert required in names, required
