@@ -29,18 +29,23 @@ underscore where that name is a Python builtin or keyword (``list_``).
 Start-up: the group and every command module import only what reading a log
 needs; the API client, the adapters, the server (uvicorn, h11,
 prometheus_client) and the PostgreSQL driver are imported inside the commands
-that use them, so ``show``, ``list`` or ``verify`` never load them.
+that use them, so ``show``, ``list`` or ``verify`` never load them. The reading
+commands (:data:`kplus_fsm.cli.incident.COMMANDS`) log only through the core's
+loggers, which import structlog on their first line
+(:mod:`kplus_fsm._logging`): for them the logging configuration waits for that
+line, and is dropped if none comes.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import sys
 
 import click
-import structlog
 
+from .. import _logging
 from . import consume, demo, fake_omise, incident, migrate_log, operate, serve
 from ._output import (
     EXIT_CODES,
@@ -79,7 +84,8 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     count=True,
     help="Log to stderr: -v warnings, -vv every input recorded.",
 )
-def cli(verbose: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
     """Track K PLUS (Opn/Omise) payments in an append-only, replayable event log."""
     # A file name from argv may hold bytes that are not UTF-8 (surrogate escapes):
     # print them escaped rather than die on them in a UTF-8 locale.
@@ -87,6 +93,22 @@ def cli(verbose: int) -> None:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
     level = {0: logging.ERROR, 1: logging.WARNING}.get(verbose, logging.INFO)
+    configure = functools.partial(_configure_logging, level)
+    if ctx.invoked_subcommand in _READING:
+        _logging.defer(configure)
+        ctx.call_on_close(_logging.cancel)
+    else:
+        configure()
+
+
+#: The commands whose logging is configured only if they log (see the docstring).
+_READING = frozenset(command.name for command in incident.COMMANDS)
+
+
+def _configure_logging(level: int) -> None:
+    """structlog, as a host configures it: one key=value line per entry on stderr."""
+    import structlog  # noqa: PLC0415 - only when something logs (see the docstring)
+
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -100,14 +122,7 @@ def cli(verbose: int) -> None:
 
 
 for _command in (
-    incident.show,
-    incident.list_,
-    incident.anomalies,
-    incident.stats,
-    incident.export,
-    incident.checkpoint,
-    incident.verify,
-    incident.replay,
+    *incident.COMMANDS,
     operate.pay,
     operate.reconcile,
     consume.consume,

@@ -9,7 +9,7 @@ in seconds between two stored times, case-insensitive ``LIKE``). Every value is
 a parameter, and the only text ever joined into a statement is one of
 the constant fragments below. The queries read the base tables, not the views
 of migration ``0002_views``, so that a log opened read-only before that
-migration answers too; ``tests/test_cli_incident.py`` checks that the views and
+migration answers too; ``tests/cli/test_incident.py`` checks that the views and
 these queries give the same answers.
 
 One time parser for every ``--since``, ``--until`` and ``--as-of``:

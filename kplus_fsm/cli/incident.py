@@ -27,7 +27,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import click
 
@@ -44,6 +44,7 @@ from ._atomic import atomic_write
 from ._open import damage_exit, open_reader, open_writer, reading, target
 from ._output import (
     EXIT_NOT_FOUND,
+    EXIT_OK,
     EXIT_PROBLEM,
     EXIT_STORE,
     baht,
@@ -265,7 +266,7 @@ def list_(
         listed, more = _queries.list_payments(
             store, now=now, status=status, stuck=stuck, since=since, until=until, limit=limit
         )
-    found = EXIT_PROBLEM if exit_code and listed else 0
+    found = EXIT_PROBLEM if exit_code and listed else EXIT_OK
     if as_json:
         echo_json(
             {
@@ -790,7 +791,11 @@ def replay(db: str, check: bool, as_json: bool) -> None:
     damage_exit(found)
 
 
+#: The commands of this module (all of them read the log; only ``replay`` may repair it).
+COMMANDS: Final = (show, list_, anomalies, stats, export, checkpoint, verify, replay)
+
 __all__ = [
+    "COMMANDS",
     "anomalies",
     "checkpoint",
     "export",

@@ -34,6 +34,7 @@ from ._open import open_tracker, target
 from ._output import (
     EXIT_DEFERRED,
     EXIT_NOT_FOUND,
+    EXIT_OK,
     EXIT_PAID,
     EXIT_PROBLEM,
     EXIT_STORE,
@@ -188,7 +189,7 @@ def _pay_verdict(result: Result, order_ref: str | None, paid_by: str | None) -> 
         return EXIT_PROBLEM, f"refused: {result.reason}"
     pid = payment.payment_id
     if payment.status is Status.PENDING and payment.authorize_uri:
-        return 0, ""
+        return EXIT_OK, ""
     if payment.status is Status.FAILED:
         if payment.failure_code == NOT_CREATED_CODE:
             why = "its create was settled as never made (not_created)"
