@@ -4,7 +4,7 @@ status and a small JSON answer out. ASGI and WSGI wrappers, a threaded
 loopback-or-LAN receiver (:func:`serve`, wsgiref: tests and the demo) and
 :func:`intake_from_env` on top. ``kplus-fsm serve`` runs :func:`asgi_app` on
 uvicorn, with request deadlines, workers, ``/ready`` and ``/metrics``
-(``kplus_fsm._serve``; docs/design.md, "The production server"). The wrappers
+(``kplus_fsm._server``; docs/design.md, "The production server"). The wrappers
 are written in the private module ``_webhook_http``, which this module imports
 and re-exports (it never imports this one back).
 

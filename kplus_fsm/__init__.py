@@ -6,17 +6,23 @@ charges: a pure transition table, an append-only event log with a hash chain
 (SQLite embedded, or PostgreSQL for several hosts), and a tracker that turns
 every input (merchant requests, API responses and errors, webhooks, polls) into
 recorded, replayable events.
+
+Importing the package is kept light, for the command line's sake (``kplus-fsm
+show`` starts in a fraction of a second): the names whose modules only some
+programs need (the background jobs of :mod:`._followup`, the PostgreSQL store,
+``__version__`` and its package metadata) are imported on first use by the
+module's ``__getattr__``; they are in ``__all__`` and typed like the others.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib
+from typing import TYPE_CHECKING, Final
 
 from . import exceptions
 from ._codec import parse_json
 from ._consumer import Consumer, Start
 from ._flow import ReconcileItem, ReconcileReport, charge_params
-from ._followup import ConsumerSpec, FollowUp, PeriodicReconciler, Worker
 from ._machine import TRANSITIONS, Decision, Rule, Signal, decide, evolve, fold, signal_of
 from ._model import (
     CHARGE_EVENT_KEYS,
@@ -59,7 +65,6 @@ from ._store import (
     TimelineEntry,
     VerifyReport,
 )
-from ._store_pg import PostgresStore
 from ._tracker import (
     Clock,
     ImportReport,
@@ -71,10 +76,45 @@ from ._tracker import (
 )
 from ._urls import redact
 
-try:
-    __version__ = version("kplus-fsm")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+if TYPE_CHECKING:
+    from ._followup import ConsumerSpec, FollowUp, PeriodicReconciler, Worker
+    from ._store_pg import PostgresStore
+
+    __version__: str
+
+#: The public names imported on first use, and the module of each.
+_LAZY: Final = {
+    "ConsumerSpec": "._followup",
+    "FollowUp": "._followup",
+    "PeriodicReconciler": "._followup",
+    "Worker": "._followup",
+    "PostgresStore": "._store_pg",
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - see above
+
+    try:
+        return version("kplus-fsm")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
+
+def __getattr__(name: str) -> object:
+    """The public names of :data:`_LAZY` and ``__version__``, imported on first use."""
+    if name == "__version__":
+        value: object = _version()
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later lookups find it without this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 def validate_payment_request(**fields: object) -> PaymentRequest:

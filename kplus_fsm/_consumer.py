@@ -45,8 +45,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-import structlog
-
+from ._logging import get_logger
 from ._model import StoredEvent
 from ._ops import Lease, holder_id
 from ._time import format_time, parse_time
@@ -57,7 +56,7 @@ if TYPE_CHECKING:
     from ._ports import TransactionHandle
     from ._tracker import Tracker
 
-log = structlog.get_logger("kplus_fsm")
+log = get_logger("kplus_fsm")
 
 #: Where a new consumer starts: ``"beginning"`` (every event ever recorded:
 #: a consumer that must see the whole history, e.g. a reporting table built

@@ -39,8 +39,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
-import structlog
 
+from ._logging import get_logger
 from ._model import InputKind, Origin, Outcome, Payment, PaymentRequest, Status
 from ._ops import Check
 from ._time import format_time, parse_time
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from ._rows import InboxRow
     from ._tracker import Result, Tracker
 
-log = structlog.get_logger("kplus_fsm")
+log = get_logger("kplus_fsm")
 
 #: The source type of every K PLUS charge.
 SOURCE_TYPE: Final = "mobile_banking_kbank"

@@ -34,8 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
-import structlog
 
+from ._logging import get_logger
 from ._model import Origin, StoredEvent
 from ._ops import Lease, UnresolvedHint, holder_id
 from ._time import format_time, parse_time
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from ._ports import ChargeAPI, TransactionHandle
     from ._tracker import Tracker
 
-log = structlog.get_logger("kplus_fsm")
+log = get_logger("kplus_fsm")
 
 #: Lease names in ``leases``.
 FOLLOWUP_LEASE: Final = "followup"

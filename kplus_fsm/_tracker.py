@@ -18,10 +18,10 @@ from functools import partial
 from typing import Any, Final, NoReturn
 
 import attrs
-import structlog
 
 from . import _codec, _flow
 from ._consumer import DEFAULT_LEASE_TTL, Consumer, Start
+from ._logging import get_logger
 from ._machine import Decision, decide, fold
 from ._model import (
     ChargeLookup,
@@ -58,7 +58,7 @@ from .exceptions import (
     RefundNotSupportedError,
 )
 
-log = structlog.get_logger("kplus_fsm")
+log = get_logger("kplus_fsm")
 
 Clock = Callable[[], dt.datetime]
 """A function returning the current time as an aware ``datetime``."""

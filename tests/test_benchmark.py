@@ -22,6 +22,7 @@ REQUIRED = (
     "ratio_replay_vs_eventsourcing",
     "replay_peak_mb",
     "show_median_ratio_vs_raw",
+    "cli_show_vs_python_ratio",
 )
 
 
@@ -50,6 +51,8 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
         "replay_per_s",
         "show_median_ms",
         "show_p99_ms",
+        "show_cli_process_median_ms",
+        "python_process_median_ms",
     ):
         value = report.get(key)
         assert isinstance(value, int | float), (key, value)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kplus_fsm import _diagram
-from kplus_fsm.cli import cli
+from kplus_fsm.cli import cli, diagram
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,15 +16,16 @@ class TestStateMachineDoc:
     def test_is_current(self) -> None:
         """Fails when the table changed and the doc was not regenerated."""
         text = (ROOT / "docs" / "state-machine.md").read_text(encoding="utf-8")
-        assert text == _diagram.render(), (
-            "docs/state-machine.md is stale: run python -m kplus_fsm._diagram docs/state-machine.md"
+        assert text == diagram.render(), (
+            "docs/state-machine.md is stale: "
+            "run python -m kplus_fsm.cli.diagram docs/state-machine.md"
         )
 
     def test_every_cell_is_listed(self) -> None:
         """The rendered doc has a line for every cell of the table."""
         from kplus_fsm import TRANSITIONS
 
-        cells = [line for line in _diagram.render().splitlines() if line.startswith("- `")]
+        cells = [line for line in diagram.render().splitlines() if line.startswith("- `")]
         assert len(cells) == len(TRANSITIONS)
 
 

@@ -1146,8 +1146,8 @@ class TestCrashSafeFiles:
 
 
 def test_exit_codes_are_documented_once() -> None:
-    """docs/cli.md's exit-code table has exactly the codes kplus_fsm._exits defines."""
-    from kplus_fsm import _exits
+    """docs/cli.md's exit-code table has exactly the codes kplus_fsm.cli defines."""
+    from kplus_fsm import cli as _exits
 
     text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     documented = {int(m) for m in re.findall(r"^\| (\d) \|", text, re.MULTILINE)}

@@ -46,8 +46,8 @@ from hostile_support import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kplus_fsm import cli as cli_module
 from kplus_fsm._classify import Access, Action, LogKind, classify, decide
+from kplus_fsm.adapters import fake as fake_module
 from kplus_fsm.adapters.fake import FakeOmise, start_server
 
 SK, PK = "skey_test_hostile000000000000000", "pkey_test_hostile000000000000000"
@@ -269,7 +269,7 @@ def test_every_option_with_hostile_values(world: World, pick: tuple[Case, str], 
     foreign_before = snapshot(world.foreign.parent)
     with (
         _sandbox(world) as (cwd, log),
-        mock.patch.object(cli_module, "run_fake_server", _fake_omise_without_a_socket),
+        mock.patch.object(fake_module, "run_server", _fake_omise_without_a_socket),
     ):
         before = snapshot(cwd)
         main = before["kplus.db"]

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PURE = {"_model", "_machine", "exceptions"}
 #: Modules that must not import the CLI, the demo, testing or adapters.
 CORE = {"_model", "_machine", "exceptions", "_codec", "_schema", "_store", "_ports", "_tracker"}
-OUTER = {"cli", "testing", "_demo", "_diagram", "adapters", "_serve", "_serve_run", "_cli_serve"}
+OUTER = {"cli", "testing", "adapters", "_server"}
 STDLIB_OK = {
     "__future__",
     "collections",

@@ -15,9 +15,10 @@ from typing import Any
 
 from _workload import RETURN_URI, WEBHOOK_SECRET, Step
 
-from kplus_fsm import ImportReport, SQLiteStore, Tracker, _queries
+from kplus_fsm import ImportReport, SQLiteStore, Tracker
 from kplus_fsm._tracker import utc_now
 from kplus_fsm.adapters.signatures import signature_headers
+from kplus_fsm.cli import _queries
 
 
 def apply_step(tracker: Tracker, step: Step) -> int:

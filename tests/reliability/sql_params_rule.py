@@ -46,33 +46,52 @@ Scope = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | None
 
 
 class Package:
-    """Every module of the package (``kplus_fsm/*.py`` and ``adapters/*.py``)."""
+    """
+    Every module of the package: ``kplus_fsm/**/*.py`` (subpackages such as
+    ``cli/`` and ``_server/`` too) and ``adapters/**/*.py``.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        files = sorted((root / "kplus_fsm").glob("*.py")) + sorted((root / "adapters").glob("*.py"))
+        files = sorted((root / "kplus_fsm").rglob("*.py")) + sorted(
+            (root / "adapters").rglob("*.py")
+        )
         self.modules = {path.resolve(): Module(self, path) for path in files}
 
     def module(self, path: Path) -> Module | None:
         return self.modules.get(path.resolve())
 
     def resolve_import(self, here: Path, module: str | None, level: int) -> Path | None:
-        """The file of ``from <module> import ...`` seen from ``here``."""
-        if level == 1:
+        """
+        The file of ``from <module> import ...`` seen from ``here``: relative at
+        any level (``.``, ``..``), or absolute under ``kplus_fsm``; a package's
+        ``__init__.py``; ``None`` for anything outside the package.
+        """
+        if level >= 1:
             base = here.parent
+            for _ in range(level - 1):
+                base = base.parent
+            parts = module.split(".") if module else []
         elif level == 0 and module is not None and module.split(".")[0] == "kplus_fsm":
             parts = module.split(".")[1:]
             base = self.root / "kplus_fsm"
             if parts[:1] == ["adapters"]:
                 base, parts = self.root / "adapters", parts[1:]
-            if not parts:
-                return base / "__init__.py"
-            return base.joinpath(*parts[:-1]) / f"{parts[-1]}.py"
         else:
             return None
-        if not module:
+        if not parts:
             return base / "__init__.py"
-        return base.joinpath(*module.split(".")[:-1]) / f"{module.split('.')[-1]}.py"
+        package = base.joinpath(*parts)
+        if package.is_dir():
+            return package / "__init__.py"
+        return base.joinpath(*parts[:-1]) / f"{parts[-1]}.py"
+
+    def submodule(self, package_init: Path, name: str) -> Module | None:
+        """Module ``name`` of the package whose ``__init__.py`` is given (``from . import x``)."""
+        directory = package_init.parent
+        return self.module(directory / f"{name}.py") or self.module(
+            directory / name / "__init__.py"
+        )
 
     def calls_of(self, name: str) -> Iterator[tuple[Module, ast.Call, list[ast.expr], Scope]]:
         """Every call of a function or method ``name`` in the package, with its arguments."""
@@ -262,8 +281,7 @@ class Checker:
                     if path is None:
                         return None
                     # ``from . import _codec``: a module, not a name in one.
-                    as_module = path.parent / f"{alias.name}.py" if node.module is None else None
-                    if as_module is not None and self.package.module(as_module) is not None:
+                    if path.name == "__init__.py" and self.package.submodule(path, alias.name):
                         return None
                     other = self.package.module(path)
                     return (other, alias.name) if other is not None else None
@@ -275,9 +293,9 @@ class Checker:
                 for alias in node.names:
                     if (alias.asname or alias.name) == name:
                         base = self.package.resolve_import(module.path, node.module, node.level)
-                        if base is None:
+                        if base is None or base.name != "__init__.py":
                             return None
-                        return self.package.module(base.parent / f"{alias.name}.py")
+                        return self.package.submodule(base, alias.name)
         return None
 
     def _safe_attribute(self, module: Module, attr: ast.Attribute, scope: Scope) -> bool:

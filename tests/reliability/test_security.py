@@ -621,9 +621,10 @@ def test_database_files_are_created_owner_only(tmp_path: Path) -> None:
 # ------------------------------------------------------- SQL only with parameters
 
 
+#: Every module, subpackages (``kplus_fsm/cli/``, ``kplus_fsm/_server/``) included.
 PACKAGE_FILES = sorted(
-    [*(ROOT / "kplus_fsm").glob("*.py"), *(ROOT / "adapters").glob("*.py")],
-    key=lambda p: (p.parent.name, p.name),
+    [*(ROOT / "kplus_fsm").rglob("*.py"), *(ROOT / "adapters").rglob("*.py")],
+    key=lambda p: p.relative_to(ROOT).parts,
 )
 #: Found by the rule: ``_store.py`` interpolated ``SQLiteStore(synchronous=...)``
 #: unchecked into ``PRAGMA synchronous = {synchronous}`` (a caller's value in SQL
@@ -632,7 +633,7 @@ PACKAGE_FILES = sorted(
 
 
 @pytest.mark.parametrize(
-    "path", PACKAGE_FILES, ids=[f"{p.parent.name}/{p.name}" for p in PACKAGE_FILES]
+    "path", PACKAGE_FILES, ids=[p.relative_to(ROOT).as_posix() for p in PACKAGE_FILES]
 )
 def test_sql_is_built_only_with_parameters(path: Path) -> None:
     """
@@ -699,3 +700,44 @@ def _helper2(x):
     found = sql_params_rule.violations(tmp_path, module)
     lines = sorted(int(v.split(":")[1]) for v in found)
     assert lines == [18, 21, 22, 25, 26, 27], found  # bad(): five sinks, and _helper's
+
+
+def test_the_sql_rule_follows_subpackages(tmp_path: Path) -> None:
+    """
+    A module in a subpackage is checked like any other, and its ``..`` imports
+    (a name, a module, a subpackage's module) resolve to the package's constants
+    and functions: allowed when they are SQL, refused when they are not.
+    """
+    package = tmp_path / "kplus_fsm"
+    (package / "sub").mkdir(parents=True)
+    (package / "other").mkdir()
+    (tmp_path / "adapters").mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "_consts.py").write_text(
+        'COLUMNS = ("a", "b")\nCALLER = input()\n\ndef where_sql():\n    return "a = ?"\n'
+    )
+    (package / "other" / "__init__.py").write_text("")
+    (package / "other" / "_more.py").write_text('TABLE = "events"\n')
+    (package / "sub" / "__init__.py").write_text("")
+    module = package / "sub" / "mod.py"
+    module.write_text(
+        """
+from .. import _consts
+from .._consts import COLUMNS, CALLER, where_sql
+from ..other import _more
+from kplus_fsm.other._more import TABLE
+
+def ok(conn):
+    conn.execute(f"SELECT {', '.join(COLUMNS)} FROM t WHERE {where_sql()}")
+    conn.execute(f"SELECT {', '.join(_consts.COLUMNS)} FROM {_more.TABLE}")
+    conn.execute(f"SELECT * FROM {TABLE}")
+
+def bad(conn):
+    conn.execute(f"SELECT * FROM t WHERE a = '{CALLER}'")
+    conn.execute(f"SELECT * FROM t WHERE a = '{_consts.CALLER}'")
+"""
+    )
+    assert module.resolve() in sql_params_rule.Package(tmp_path).modules  # found by rglob
+    found = sql_params_rule.violations(tmp_path, module)
+    lines = sorted(int(v.split(":")[1]) for v in found)
+    assert lines == [13, 14], found

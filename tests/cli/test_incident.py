@@ -24,14 +24,14 @@ import pytest
 import structlog
 from click.testing import CliRunner, Result
 
-from kplus_fsm import Origin, SQLiteStore, Tracker, _cli_incident, _codec, _queries, _schema
+from kplus_fsm import Origin, SQLiteStore, Tracker, _codec, _schema
 from kplus_fsm.adapters.signatures import signature_headers
 from kplus_fsm.adapters.webhooks import WebhookIntake
-from kplus_fsm.cli import cli
+from kplus_fsm.cli import _output, _queries, cli
 from kplus_fsm.exceptions import MalformedInputError
 from kplus_fsm.testing import FakeClock, charge_json, error_json, webhook_json
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "c2NhbGUtdGVzdC13ZWJob29rLXNlY3JldC0zMmJ5dGVz"
 WRONG = "Zm9yZ2VkLXNlY3JldC1ub3QtdGhlLXJlYWwtb25lISE="
 #: Two days ago, to the second: every charge in the log has expired by now.
@@ -689,7 +689,7 @@ class TestProgressAndExits:
         self, world: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """With a terminal the long commands draw a bar on stderr; --json never does."""
-        monkeypatch.setattr(_cli_incident, "_interactive", lambda as_json=False: not as_json)
+        monkeypatch.setattr(_output, "interactive", lambda as_json=False: not as_json)
         for cmd, label in (
             (("verify",), "verify"),
             (("replay", "--check"), "replay"),
@@ -840,45 +840,6 @@ class TestViews:
         text = (ROOT / "docs" / "event-log.md").read_text(encoding="utf-8")
         for name in ("timeline", "stuck_payments", "anomalies", "webhook_lag", "payment_stats"):
             assert f"### `{name}`" in text, name
-
-
-# ------------------------------------------------------------------ time parser
-
-
-class TestParseWhen:
-    """One parser for --since, --until and --as-of."""
-
-    NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
-
-    @pytest.mark.parametrize(
-        ("text", "expected"),
-        [
-            ("-2h", "2026-03-01T10:00:00.000000Z"),
-            ("30m", "2026-03-01T11:30:00.000000Z"),
-            ("-7d", "2026-02-22T12:00:00.000000Z"),
-            ("-1w", "2026-02-22T12:00:00.000000Z"),
-            ("-90s", "2026-03-01T11:58:30.000000Z"),
-            ("now", "2026-03-01T12:00:00.000000Z"),
-            ("2026-03-01T10:00:00Z", "2026-03-01T10:00:00.000000Z"),
-            ("2026-03-01T17:00:00+07:00", "2026-03-01T10:00:00.000000Z"),
-            ("2026-03-01", "2026-03-01T00:00:00.000000Z"),
-            ("2026-03-01 10:00", "2026-03-01T10:00:00.000000Z"),
-        ],
-    )
-    def test_accepted(self, text: str, expected: str) -> None:
-        assert _queries.parse_when(text, now=self.NOW) == expected
-
-    @pytest.mark.parametrize("text", ["", "-2x", "yesterday", "2026-13-01", "--2h"])
-    def test_refused(self, text: str) -> None:
-        with pytest.raises(ValueError, match="not a time"):
-            _queries.parse_when(text, now=self.NOW)
-
-
-def test_percentile_nearest_rank() -> None:
-    """p50 of 1..10 is 5, p90 is 9, p99 is 10; empty is None."""
-    data = [float(i) for i in range(1, 11)]
-    assert [_queries.percentile(data, p) for p in (50, 90, 99)] == [5.0, 9.0, 10.0]
-    assert _queries.percentile([], 50) is None
 
 
 def test_store_query_refuses_writes(world: Path) -> None:

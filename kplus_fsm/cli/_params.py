@@ -1,6 +1,7 @@
 """
 The click parameter types of ``kplus-fsm``: one per kind of value, each with
-its bounds, used by every command so that every command validates the same way.
+its bounds, used by every command so that every command validates the same way;
+and the options several commands share (``--db``, ``--json``, ``--since``).
 
 =========  ==================================================  ===================
 type       accepts                                             bounds
@@ -32,9 +33,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import click
 
+from .._time import utc_now
+from .._urls import is_postgres, redact, sqlite_path
 from . import _queries
-from ._time import utc_now
-from ._urls import is_postgres, redact, sqlite_path
 
 if TYPE_CHECKING:
     _Param = click.ParamType[Any, Any]
@@ -275,12 +276,44 @@ DB: Final = DbParam()
 OUTPUT: Final = OutputParam()
 CHECKPOINT: Final = CheckpointParam()
 
+#: Where ``--db`` points when it is not given (after ``$KPLUS_FSM_DB``).
+DEFAULT_DB: Final = "kplus.db"
+
+
+def default_db() -> str:
+    """``$KPLUS_FSM_DB``, else ``./kplus.db``."""
+    return os.environ.get("KPLUS_FSM_DB") or DEFAULT_DB
+
+
+#: ``--db``: the log every command but ``demo``, ``fake-omise`` and ``migrate-log`` uses.
+db_option: Final = click.option(
+    "--db",
+    "db",
+    default=default_db,
+    show_default="$KPLUS_FSM_DB or ./kplus.db",
+    metavar="PATH|URL",
+    type=DB,
+    help="The event log: a SQLite file (path or sqlite:///path) or a postgresql:// URL.",
+)
+#: ``--json``: an object for machines instead of text for people.
+json_option: Final = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON for machines."
+)
+#: ``--since``: the reading commands' lower time bound.
+since_option: Final = click.option(
+    "--since",
+    type=TIME,
+    default=None,
+    help="Only from this time on (ISO-8601, or ago: -30m, -2h, -7d).",
+)
+
 __all__ = [
     "ALL_INTERFACES",
     "BATCH",
     "CHARGE_MINUTES",
     "CHECKPOINT",
     "DB",
+    "DEFAULT_DB",
     "HOST",
     "ID",
     "LIMIT",
@@ -297,5 +330,9 @@ __all__ = [
     "OutputParam",
     "PortParam",
     "TimeParam",
+    "db_option",
+    "default_db",
+    "json_option",
     "quoted",
+    "since_option",
 ]

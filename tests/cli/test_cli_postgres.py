@@ -20,7 +20,8 @@ import pytest
 import structlog
 from click.testing import CliRunner, Result
 from pg import with_database
-from test_cli_adapters import (
+from test_incident import T0, at, build_world
+from test_operate import (
     PK,
     SK,
     WEBHOOK_SECRET,
@@ -32,7 +33,6 @@ from test_cli_adapters import (
     start,
     start_fake,
 )
-from test_cli_incident import T0, at, build_world
 
 from kplus_fsm import PostgresStore, SQLiteStore, Status, Tracker
 from kplus_fsm.cli import cli
@@ -59,7 +59,7 @@ def with_password(url: str) -> str:
 
 @pytest.fixture(scope="module")
 def worlds(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """The world of tests/test_cli_incident.py, built once in SQLite and once in PostgreSQL."""
+    """The world of tests/cli/test_incident.py, built once in SQLite and once in PostgreSQL."""
     lite = tmp_path_factory.mktemp("world") / "kplus.db"
     build_world(lite)
     name = f"kplus_world_{uuid.uuid4().hex[:12]}"

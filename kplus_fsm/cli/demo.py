@@ -1,6 +1,6 @@
 """
-The demo, the README's first command: real K PLUS payment scenarios into a real
-SQLite log.
+``kplus-fsm demo``, the README's first command: real K PLUS payment scenarios
+into a real SQLite log.
 
 - :func:`run_demo` (``kplus-fsm demo``) starts the fake Omise and the webhook
   receiver on loopback and drives everything over real HTTP: the tracker creates
@@ -9,7 +9,9 @@ SQLite log.
 - :func:`run_offline_demo` (``kplus-fsm demo --offline``) feeds Omise-shaped
   inputs built by :mod:`kplus_fsm.testing` straight into the tracker: no sockets.
 
-Both need no configuration and no network beyond 127.0.0.1.
+Both need no configuration and no network beyond 127.0.0.1. The fake, the
+receiver and the HTTP client are imported by :func:`run_demo` only, so that
+adding the command to the group loads none of them.
 """
 
 from __future__ import annotations
@@ -22,21 +24,21 @@ import secrets
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import attrs
-import httpx
+import click
 
-from ._model import Origin, Payment
-from ._time import parse_time
-from ._tracker import Tracker
-from .adapters.fake import FakeOmise, start_server
-from .adapters.fake import RetryPolicy as DeliveryRetry
-from .adapters.omise import OmiseClient
-from .adapters.omise import RetryPolicy as ReadRetry
-from .adapters.signatures import signature_headers
-from .adapters.webhooks import WebhookIntake, serve
-from .exceptions import MalformedInputError
-from .testing import FakeClock, charge_json, error_json, webhook_json
+from .._classify import Access
+from .._model import Origin, Payment
+from .._time import parse_time
+from .._tracker import Tracker
+from .._urls import is_postgres, redact, sqlite_path
+from ..exceptions import KplusFSMError, MalformedInputError
+from ..testing import FakeClock, charge_json, error_json, webhook_json
+from . import _params
+from ._open import target
+from ._output import EXIT_STORE, fail
 
 
 @attrs.frozen
@@ -199,6 +201,16 @@ def run_demo(path: Path, *, say: Callable[[str], None] = print) -> list[Scenario
     Start the fake Omise and the webhook receiver on 127.0.0.1 and run every
     scenario over real HTTP into the log at ``path``; return them in order.
     """
+    # The fake, the receiver and the HTTP client: only for this demo (see the docstring).
+    import httpx  # noqa: PLC0415
+
+    from ..adapters.fake import FakeOmise, start_server  # noqa: PLC0415
+    from ..adapters.fake import RetryPolicy as DeliveryRetry  # noqa: PLC0415
+    from ..adapters.omise import OmiseClient  # noqa: PLC0415
+    from ..adapters.omise import RetryPolicy as ReadRetry  # noqa: PLC0415
+    from ..adapters.signatures import signature_headers  # noqa: PLC0415
+    from ..adapters.webhooks import WebhookIntake, serve  # noqa: PLC0415
+
     secret_key = f"skey_test_{secrets.token_hex(12)}"
     public_key = f"pkey_test_{secrets.token_hex(12)}"
     webhook_secret = base64.b64encode(secrets.token_bytes(32)).decode("ascii")
@@ -357,3 +369,49 @@ def _print_verdict(t: Tracker, say: Callable[[str], None]) -> None:
         f"Log verified: {verdict} ({report.inbox_rows} inputs, {report.events} events; "
         f"head {report.events_head[:12]}); replay: {replayed}"
     )
+
+
+@click.command()
+@click.option(
+    "--db",
+    "db",
+    default="kplus-demo.db",
+    show_default=True,
+    metavar="PATH|URL",
+    type=_params.DB,
+    help="Where to write the demo's event log (appended to if it exists): "
+    "a SQLite file or a postgresql:// URL.",
+)
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Feed the inputs straight into the tracker: no fake API, no sockets.",
+)
+def demo(db: str, offline: bool) -> None:
+    """
+    Run real K PLUS payment scenarios into a SQLite event log and print each
+    payment's timeline. Starts the fake Omise and the webhook receiver on
+    127.0.0.1 and drives them over real HTTP: a paid charge with a duplicated
+    webhook, a decline (insufficient_fund), reordered webhooks, a create cut off
+    and settled by reconciliation, a lost webhook, a forged webhook, an expiry,
+    and a refused create. Needs no configuration.
+    """
+    target(db, Access.CREATE)
+    # The demo hands the location to Tracker, which takes a path or a URL alike.
+    location = db if is_postgres(db) else Path(sqlite_path(db))
+    try:
+        scenarios = (run_offline_demo if offline else run_demo)(
+            cast(Path, location), say=click.echo
+        )
+    except KplusFSMError as exc:
+        fail(str(exc), EXIT_STORE)
+    except OSError as exc:
+        fail(f"the demo cannot use {redact(db)}: {exc.strerror or exc}", EXIT_STORE)
+    where = redact(db) if isinstance(location, str) else str(location.resolve())
+    click.echo("")
+    click.echo(f"Database: {where}")
+    click.echo(f"Inspect a payment:  kplus-fsm show {scenarios[0].payment_id} --db {redact(db)}")
+    click.echo(f"Check the log:      kplus-fsm verify --db {redact(db)}")
+
+
+__all__ = ["Scenario", "demo", "print_payment", "run_demo", "run_offline_demo"]

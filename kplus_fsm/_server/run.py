@@ -2,7 +2,7 @@
 The processes of ``kplus-fsm serve`` (:func:`run_serve`): the listening socket,
 the stop signals, one process serving with uvicorn, or a :class:`Supervisor`
 forking ``--workers`` of them. What each serving process holds and answers is
-:mod:`kplus_fsm._serve`.
+:mod:`kplus_fsm._server.app`.
 
 Invariants: the socket is bound once, by the first process, before any worker
 exists; SIGTERM, SIGINT and SIGHUP always mean a graceful stop (never ignored,
@@ -32,13 +32,9 @@ from typing import Any, Final
 
 import structlog
 
-from ._serve import (
-    Runtime,
-    ServeApp,
-    ServeOptions,
-    configure_logging,
-)
-from .exceptions import KplusFSMError
+from ..exceptions import KplusFSMError
+from .app import Runtime, ServeApp, configure_logging
+from .options import ServeOptions
 
 log = structlog.get_logger("kplus_fsm.serve")
 
@@ -106,7 +102,7 @@ def _note_stop_signals() -> None:
 
 def _serve_forever(runtime: Runtime, sock: socket.socket) -> int:
     """Serve on ``sock`` until SIGTERM/SIGINT; 0 after a graceful stop."""
-    from ._serve_http import GracefulServer, ServeConfig  # noqa: PLC0415 (uvicorn: only to serve)
+    from .http import GracefulServer, ServeConfig  # noqa: PLC0415 (uvicorn: only to serve)
 
     options = runtime.options
     app = ServeApp(runtime)

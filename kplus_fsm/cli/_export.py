@@ -27,9 +27,10 @@ from typing import IO, Any, Final
 
 import attrs
 
-from . import _codec, _queries
-from ._ports import SQLStore
-from .exceptions import StoreError
+from .. import _codec
+from .._ports import SQLStore
+from ..exceptions import StoreError
+from . import _queries
 
 #: The ``table`` value of the trailer line (JSON lines) or row (CSV).
 TRAILER: Final = "trailer"

@@ -1,6 +1,10 @@
 """
-``kplus-fsm serve``: the webhook receiver as a production service (the runner
-is :mod:`kplus_fsm._serve_run`; docs/cli.md lists every flag).
+``kplus-fsm serve``: the webhook receiver as a production service (the runtime
+is :mod:`kplus_fsm._server`; docs/cli.md lists every flag).
+
+Its flags are read with :mod:`kplus_fsm._server.options` alone; the server
+(uvicorn, h11, prometheus_client, the HTTP client and the adapters) is imported
+only when the command runs.
 
 Exit codes: 0 after a graceful stop (SIGTERM, SIGINT, SIGHUP); 1 when work
 outlived the grace period, a worker did not stop, or the workers kept failing
@@ -18,11 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import _params
-from ._classify import Access
-from ._cli_open import target
-from ._exits import EXIT_STORE, EXIT_USAGE
-from ._serve import (
+from .._classify import Access
+from .._server.options import (
     CONSUMER_STARTS,
     LOG_FORMATS,
     ConsumerRef,
@@ -30,9 +31,12 @@ from ._serve import (
     parse_consumer,
     parse_duration,
 )
-from ._serve_run import ListenError, run_serve
-from .cli import _fail, cli, db_option, shown
-from .exceptions import KplusFSMError
+from .._urls import redact
+from ..exceptions import KplusFSMError
+from . import _params
+from ._open import target
+from ._output import EXIT_STORE, EXIT_USAGE, fail
+from ._params import db_option
 
 if TYPE_CHECKING:
     _DurationParam = click.ParamType[float, str]
@@ -78,7 +82,7 @@ def _log_level() -> int:
     return {0: logging.ERROR, 1: logging.WARNING}.get(int(verbose), logging.INFO)
 
 
-@cli.command()
+@click.command()
 @db_option
 @click.option("--host", default="127.0.0.1", show_default=True, type=_params.HOST)
 @click.option("--port", default=8000, show_default=True, type=_params.PORT)
@@ -230,19 +234,21 @@ def serve(
     noun = "worker" if workers == 1 else "workers"
 
     def announce(url: str) -> None:
-        click.echo(f"kplus-fsm: receiving webhooks on {url} (db {shown(db)}, {workers} {noun})")
+        click.echo(f"kplus-fsm: receiving webhooks on {url} (db {redact(db)}, {workers} {noun})")
 
     target(db, Access.CREATE)  # the log is classified before anything binds or writes
+    from .._server.run import ListenError, run_serve  # noqa: PLC0415 - the server: only to serve
+
     try:
         code = run_serve(options, announce=announce)
     except ValueError as exc:
-        _fail(str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     except KplusFSMError as exc:
-        _fail(str(exc), EXIT_STORE)
+        fail(str(exc), EXIT_STORE)
     except ListenError as exc:
-        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_STORE)
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_STORE)
     except OSError as exc:
-        _fail(f"cannot start: {exc.strerror or exc}", EXIT_STORE)
+        fail(f"cannot start: {exc.strerror or exc}", EXIT_STORE)
     sys.exit(code)
 
 

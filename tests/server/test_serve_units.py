@@ -21,18 +21,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kplus_fsm import Tracker
-from kplus_fsm._serve import (
-    ServeOptions,
-    _transactional,
-    parse_consumer,
-    parse_duration,
-)
-from kplus_fsm._serve_metrics import (
+from kplus_fsm._server.app import _transactional
+from kplus_fsm._server.metrics import (
     LogFigures,
     ServeMetrics,
     forget_dead_processes,
     read_log_figures,
 )
+from kplus_fsm._server.options import ServeOptions, parse_consumer, parse_duration
 from kplus_fsm._time import utc_now
 from kplus_fsm.adapters.signatures import signature_headers
 from kplus_fsm.adapters.webhooks import (
@@ -358,7 +354,7 @@ def test_accepted_connections_have_tcp_nodelay() -> None:
     """
     import socket
 
-    from kplus_fsm._serve_run import bind
+    from kplus_fsm._server.run import bind
 
     async def accept_one(sock: socket.socket) -> int:
         accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()

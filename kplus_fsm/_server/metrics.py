@@ -40,10 +40,10 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from . import _queries
-from ._ports import SQLStore
-from ._time import parse_time
-from .adapters.webhooks import IntakeResult
+from .._hints import unresolved_summary
+from .._ports import SQLStore
+from .._time import parse_time
+from ..adapters.webhooks import IntakeResult
 
 log = structlog.get_logger("kplus_fsm.serve")
 
@@ -82,7 +82,7 @@ class LogFigures:
 
 def read_log_figures(store: SQLStore, *, now: dt.datetime) -> LogFigures:
     """Unresolved hints and pending payments, counted in the log."""
-    hints = _queries.unresolved_summary(store, now=now)
+    hints = unresolved_summary(store, now=now)
     count, oldest = store.query(
         "SELECT count(*), min(created_at) FROM payments WHERE status = ?", ("pending",)
     )[0]

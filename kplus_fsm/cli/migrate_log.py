@@ -2,10 +2,10 @@
 ``kplus-fsm migrate-log``: move an event log between databases (SQLite to
 PostgreSQL, or back) and prove the move (see :mod:`kplus_fsm._migrate`).
 
-Registered on the :data:`kplus_fsm.cli.cli` group when :mod:`kplus_fsm.cli` is
-imported. Exit codes: 0 moved and verified; 1 refused (the source does not
-verify, the target is not empty) or the target does not verify after the move;
-2 usage; 4 a log cannot be opened or the copy failed (nothing committed).
+Added to the :data:`kplus_fsm.cli.cli` group by :mod:`kplus_fsm.cli`. Exit
+codes: 0 moved and verified; 1 refused (the source does not verify, the target
+is not empty) or the target does not verify after the move; 2 usage; 4 a log
+cannot be opened or the copy failed (nothing committed).
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from collections.abc import Callable, Iterator
 
 import click
 
-from . import _migrate, _params
-from ._classify import Access
-from ._cli_open import target as classified
-from ._exits import EXIT_PROBLEM, EXIT_STORE, EXIT_USAGE
-from ._open import open_store
-from ._urls import is_postgres, sqlite_path
-from .cli import _echo_json, _fail, cli, json_option
-from .exceptions import KplusFSMError
+from .. import _migrate
+from .._classify import Access
+from .._open import open_store
+from .._urls import is_postgres, sqlite_path
+from ..exceptions import KplusFSMError
+from . import _params
+from ._open import target as classified
+from ._output import EXIT_PROBLEM, EXIT_STORE, EXIT_USAGE, echo_json, fail
+from ._params import json_option
 
 
 def _total(source: str) -> int:
@@ -49,7 +50,7 @@ def _bar(total: int, enabled: bool) -> Iterator[Callable[[str, int], None]]:
         yield lambda stage, n: bar.update(n) if stage == "copy" else None
 
 
-@cli.command("migrate-log")
+@click.command("migrate-log")
 @click.option(
     "--from",
     "source",
@@ -85,13 +86,13 @@ def migrate_log(source: str, target: str, batch: int, as_json: bool) -> None:
         try:
             sqlite_path(location)
         except ValueError as exc:
-            _fail(f"{name}: {exc}", EXIT_USAGE)
+            fail(f"{name}: {exc}", EXIT_USAGE)
     if source == target or (
         not is_postgres(source)
         and not is_postgres(target)
         and str(sqlite_path(source)) == str(sqlite_path(target))
     ):
-        _fail("--from and --to name the same log", EXIT_USAGE)
+        fail("--from and --to name the same log", EXIT_USAGE)
     classified(source, Access.READ)
     classified(target, Access.CREATE)
     interactive = not as_json and sys.stdout.isatty() and sys.stderr.isatty()
@@ -99,11 +100,11 @@ def migrate_log(source: str, target: str, batch: int, as_json: bool) -> None:
         with _bar(_total(source) if interactive else 0, interactive) as tick:
             report = _migrate.migrate_log(source, target, batch=batch, progress=tick)
     except _migrate.MigrationRefused as exc:
-        _fail(str(exc), EXIT_PROBLEM)
+        fail(str(exc), EXIT_PROBLEM)
     except KplusFSMError as exc:
-        _fail(str(exc), EXIT_STORE)
+        fail(str(exc), EXIT_STORE)
     if as_json:
-        _echo_json(report.to_json())
+        echo_json(report.to_json())
     else:
         click.echo(f"moved {report.source} -> {report.target} in {report.seconds:.1f} s")
         click.echo(

@@ -9,7 +9,7 @@ in seconds between two stored times, case-insensitive ``LIKE``). Every value is
 a parameter, and the only text ever joined into a statement is one of
 the constant fragments below. The queries read the base tables, not the views
 of migration ``0002_views``, so that a log opened read-only before that
-migration answers too; ``tests/test_cli_incident.py`` checks that the views and
+migration answers too; ``tests/cli/test_incident.py`` checks that the views and
 these queries give the same answers.
 
 One time parser for every ``--since``, ``--until`` and ``--as-of``:
@@ -29,27 +29,26 @@ from typing import Any, Final
 
 import attrs
 
-from . import _codec
-from ._model import Payment, Status
-from ._ports import SQLStore, dialect_of
-from ._rows import INBOX_COLUMNS
-from ._schema import (
+from .. import _codec
+from .._hints import hints_from_sql, unresolved_summary
+from .._model import Payment, Status
+from .._ports import SQLStore, dialect_of
+from .._rows import INBOX_COLUMNS
+from .._schema import (
     ANOMALIES_SINCE_PARAMS,
     ANOMALY_CATEGORY_V3,
     HINTS_FROM,
-    HINTS_FROM_SQLITE,
     LAG_SECONDS_SQLITE,
     NO_ANSWER_MINUTES,
-    UNRESOLVED_HINT_WHERE,
     WEBHOOK_LAG_JOINS,
     WEBHOOK_LAG_SEEN,
     anomalies_sql,
     paid_twice_orders,
     stuck_reason_sql,
 )
-from ._schema_pg import LAG_SECONDS_SQL
-from ._time import format_time, parse_time, utc_now
-from .exceptions import DamagedLogError, InvalidTimeError
+from .._schema_pg import LAG_SECONDS_SQL
+from .._time import format_time, parse_time, utc_now
+from ..exceptions import DamagedLogError, InvalidTimeError
 
 # ------------------------------------------------------------------------ times
 
@@ -205,28 +204,6 @@ def list_payments(
         Listed(payment=_codec.payment_from_row(row[:n]), stuck=row[n]) for row in rows[:limit]
     ]
     return listed, len(rows) > limit
-
-
-def hints_from_sql(store: SQLStore) -> str:
-    """Where the whole-log hint questions read hints from, for this store (see _schema)."""
-    if dialect_of(store) == "sqlite" and store.query(
-        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'inbox_hints'"
-    ):
-        return HINTS_FROM_SQLITE
-    return HINTS_FROM
-
-
-def unresolved_summary(store: SQLStore, *, now: dt.datetime) -> dict[str, Any]:
-    """How many unresolved webhook hints there are, and the oldest one's time and age."""
-    row = store.query(
-        f"SELECT count(*), min(h.received_at) FROM {hints_from_sql(store)}"
-        f" WHERE {UNRESOLVED_HINT_WHERE}"
-    )[0]
-    oldest = row[1]
-    age = None
-    if oldest is not None:
-        age = round((now - parse_time(str(oldest).replace("Z", "+00:00"))).total_seconds(), 3)
-    return {"count": int(row[0]), "oldest_at": oldest, "oldest_age_seconds": age}
 
 
 # --------------------------------------------------------------------- anomalies
@@ -723,5 +700,4 @@ __all__ = [
     "percentile",
     "stats",
     "stuck_reason",
-    "unresolved_summary",
 ]

@@ -14,8 +14,8 @@ import pytest
 import structlog
 from click.testing import CliRunner, Result
 from store_contract import request, snapshot
-from test_cli_incident import build_world
 from test_cli_postgres import PASSWORD, with_password
+from test_incident import build_world
 
 from kplus_fsm import PostgresStore, SQLiteStore, Tracker, _migrate
 from kplus_fsm.cli import cli
@@ -111,7 +111,7 @@ class TestMigrateLog:
             assert dst.counts() == {"inbox": 1, "events": 1, "payments": 1}
 
     def test_source_that_does_not_verify_is_not_moved(self, world: Path, pg_url: str) -> None:
-        from test_cli_incident import edit
+        from test_incident import edit
 
         edit(world, "UPDATE inbox SET reason = 'edited' WHERE id = 3")
         res = invoke("migrate-log", "--from", str(world), "--to", pg_url)

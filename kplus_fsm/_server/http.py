@@ -39,7 +39,7 @@ import structlog
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .adapters.webhooks import TIMEOUT_EXTENSION
+from ..adapters.webhooks import TIMEOUT_EXTENSION
 
 log = structlog.get_logger("kplus_fsm.serve")
 

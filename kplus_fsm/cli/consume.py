@@ -2,8 +2,7 @@
 ``kplus-fsm consume``: run a named, leased consumer of the event log in a
 process of its own (see :class:`kplus_fsm.Consumer`).
 
-Registered on the :data:`kplus_fsm.cli.cli` group when :mod:`kplus_fsm.cli` is
-imported.
+Added to the :data:`kplus_fsm.cli.cli` group by :mod:`kplus_fsm.cli`.
 
 Invariants:
 
@@ -37,14 +36,17 @@ from typing import Any
 
 import click
 
+from .._classify import Access
+from .._consumer import DEFAULT_LEASE_TTL, Consumer, Start, _check_start
+from .._imports import HandlerImportError, load_handler
+from .._time import utc_now
+from .._urls import redact
+from ..exceptions import ConsumerStartError, KplusFSMError, LeaseLostError, StoreError
 from . import _queries
-from ._consumer import DEFAULT_LEASE_TTL, Consumer, Start, _check_start
-from ._imports import HandlerImportError, load_handler
-from ._time import utc_now
-from .cli import EXIT_PROBLEM, EXIT_STORE, _fail, _open_rw, cli, db_exists, db_option, shown
-from .exceptions import ConsumerStartError, KplusFSMError, LeaseLostError, StoreError
+from ._open import db_exists, open_tracker
+from ._output import EXIT_PROBLEM, EXIT_STORE, EXIT_USAGE, fail
+from ._params import db_option
 
-EXIT_USAGE = 2
 #: Events per transaction with ``--transactional``, and per lease check otherwise.
 BATCH = 100
 
@@ -78,13 +80,13 @@ def _load(reference: str, transactional: bool) -> Callable[..., object]:
     try:
         handler = load_handler(reference)
     except HandlerImportError as exc:
-        _fail(f"cannot load the handler: {exc}", EXIT_USAGE)
+        fail(f"cannot load the handler: {exc}", EXIT_USAGE)
     arguments = ("event", "handle") if transactional else ("event",)
     try:
         inspect.signature(handler).bind(*arguments)
     except TypeError:
         expected = "handler(event, handle)" if transactional else "handler(event)"
-        _fail(
+        fail(
             f"{reference} cannot be called as {expected}"
             + ("" if transactional else " (a transactional handler needs --transactional)"),
             EXIT_USAGE,
@@ -146,7 +148,7 @@ def _once(consumer: Consumer, handler: Callable[..., Any], transactional: bool) 
             return total
 
 
-@cli.command("consume")
+@click.command("consume")
 @db_option
 @click.argument("name")
 @click.option(
@@ -210,18 +212,18 @@ def consume(
     try:
         start = None if start_text is None else parse_start(start_text)
     except ConsumerStartError as exc:
-        _fail(str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     handler = _load(reference, transactional)
     if not db_exists(db):
-        _fail(f"no database at {shown(db)}", EXIT_STORE)
-    with _open_rw(db) as tracker:
+        fail(f"no database at {redact(db)}", EXIT_STORE)
+    with open_tracker(db, Access.CREATE) as tracker:
         try:
             consumer = tracker.consumer(
                 name, start=start, lease_ttl=dt.timedelta(seconds=lease_ttl)
             )
         except ValueError as exc:
-            _fail(str(exc), EXIT_USAGE)
-        where = f"{reference} on {shown(db)}"
+            fail(str(exc), EXIT_USAGE)
+        where = f"{reference} on {redact(db)}"
         _run(consumer, handler, where, transactional, poll_interval, once, start)
 
 
@@ -244,7 +246,7 @@ def _run(
                     err=True,
                 )
         elif start is None:
-            _fail(
+            fail(
                 f"consumer {name!r} does not exist yet: say where it starts with --start now "
                 "(only events from now on), --start beginning (every event ever recorded), "
                 "or --start POSITION|TIME",
@@ -256,11 +258,11 @@ def _run(
             try:
                 handled = _once(consumer, handler, transactional)
             except LeaseLostError as exc:
-                _fail(f"{exc}; another runner carries on", EXIT_PROBLEM)
+                fail(f"{exc}; another runner carries on", EXIT_PROBLEM)
             except KplusFSMError:
                 raise
             except Exception as exc:  # the host's handler
-                _fail(_describe_failure(consumer, exc), EXIT_PROBLEM)
+                fail(_describe_failure(consumer, exc), EXIT_PROBLEM)
             click.echo(f"consumer {name}: handled {handled} events; position {consumer.position}")
             return
         stop = threading.Event()
@@ -279,7 +281,7 @@ def _run(
             err=True,
         )
     except StoreError as exc:
-        _fail(str(exc), EXIT_STORE)
+        fail(str(exc), EXIT_STORE)
 
 
 __all__ = ["consume", "parse_start"]

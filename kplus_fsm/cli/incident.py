@@ -2,159 +2,62 @@
 The on-call and audit commands of ``kplus-fsm``: ``show``, ``list``,
 ``anomalies``, ``stats``, ``export``, ``checkpoint``, ``verify`` and ``replay``.
 
-Registered on the :data:`kplus_fsm.cli.cli` group when :mod:`kplus_fsm.cli` is
-imported. Everything here except ``replay`` (without ``--check``) opens the
-database read-only (SQLite: ``mode=ro``, ``query_only``, the file is left byte
-for byte as it was; PostgreSQL: every transaction read-only). Every command
-prints an aligned table for people and, with ``--json``, an object for
-machines. Exit codes: 0 ok; 1 a check found a problem (``verify``, ``replay
---check``, ``checkpoint`` of a log that does not verify, ``list --exit-code``
-that lists a payment); 2 usage (a bad option,
-time or checkpoint); 3 no such payment; 4 the database cannot be read.
+Added to the :data:`kplus_fsm.cli.cli` group by :mod:`kplus_fsm.cli`. Everything
+here except ``replay`` (without ``--check``) opens the database read-only
+(SQLite: ``mode=ro``, ``query_only``, the file is left byte for byte as it was;
+PostgreSQL: every transaction read-only). Every command prints an aligned table
+for people and, with ``--json``, an object for machines. Exit codes: 0 ok; 1 a
+check found a problem (``verify``, ``replay --check``, ``checkpoint`` of a log
+that does not verify, ``list --exit-code`` that lists a payment); 2 usage (a
+bad option, time or checkpoint); 3 no such payment; 4 the database cannot be
+read.
 
 Long work (``verify``, ``replay``, ``checkpoint``, ``export --output``) shows a
 progress bar on stderr when run in a terminal, never with ``--json``.
+
+Start-up: these commands read the log and nothing else, so this module imports
+no HTTP client, adapter, server or PostgreSQL driver (a test checks it).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final
 
 import click
 
-from . import _export, _params, _queries
+from .._classify import Access, LogKind
+from .._model import Payment, Status
+from .._ports import SQLStore
+from .._store import SQLiteStore, TimelineEntry, VerifyReport
+from .._time import format_time, utc_now
+from .._tracker import Tracker
+from .._urls import redact
+from ..exceptions import DamagedLogError, KplusFSMError, PaymentNotFoundError
+from . import _export, _output, _params, _queries
 from ._atomic import atomic_write
-from ._classify import Access, Classified, LogKind
-from ._cli_open import damage_exit, open_reader, reading, target
-from ._exits import EXIT_NOT_FOUND, EXIT_PROBLEM, EXIT_STORE, EXIT_USAGE
-from ._model import Payment, Status
-from ._open import open_store
-from ._params import TIME, TimeParam
-from ._ports import SQLStore
-from ._store import SQLiteStore, TimelineEntry, VerifyReport
-from ._time import format_time, utc_now
-from ._tracker import Tracker
-from .cli import (
-    _echo_json,
-    _fail,
-    cli,
-    db_option,
-    json_option,
-    shown,
+from ._open import damage_exit, open_reader, open_writer, reading, target
+from ._output import (
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_PROBLEM,
+    EXIT_STORE,
+    baht,
+    duration,
+    echo_json,
+    fail,
+    pct,
+    plural,
+    progress,
+    short_time,
+    table,
 )
-from .exceptions import DamagedLogError, KplusFSMError, PaymentNotFoundError
-
-since_option = click.option(
-    "--since",
-    type=TIME,
-    default=None,
-    help="Only from this time on (ISO-8601, or ago: -30m, -2h, -7d).",
-)
-
-
-def _open(db: str, *, read_only: bool = True, found: Classified | None = None) -> SQLStore:
-    """
-    The log at ``db``, classified first (kplus_fsm._cli_open): read-only by
-    default; for writing (``replay`` without ``--check``) an existing log only.
-    Refusals exit 4, a damaged log 1.
-    """
-    if found is None:
-        found = target(db, Access.READ if read_only else Access.WRITE)
-    if read_only:
-        return open_reader(db, found)
-    try:
-        return cast(SQLStore, open_store(db))
-    except ValueError as exc:  # a malformed sqlite:// URL
-        _fail(str(exc), EXIT_USAGE)
-    except KplusFSMError as exc:
-        _fail(str(exc), EXIT_STORE)
-    except OSError as exc:
-        _fail(f"cannot open {shown(db)}: {exc.strerror or exc}", EXIT_STORE)
-
-
-_reading = reading
-
-
-def _interactive(as_json: bool = False) -> bool:
-    """Whether to draw progress bars: a person at a terminal, not --json."""
-    return not as_json and sys.stdout.isatty() and sys.stderr.isatty()
-
-
-@contextlib.contextmanager
-def _progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A ``click.progressbar`` on stderr when ``enabled``; else a no-op ``update``."""
-    if not enabled or total <= 0:
-        yield lambda _n: None
-        return
-    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
-        yield bar.update
-
-
-def _table(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    indent: str = "",
-    *,
-    right: Sequence[int] = (),
-) -> list[str]:
-    """Aligned columns for people; the columns numbered in ``right`` are right-aligned."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-
-    def line(cells: Sequence[str]) -> str:
-        out = []
-        for i, cell in enumerate(cells):
-            if i in right:
-                out.append(cell.rjust(widths[i]))
-            else:
-                out.append(cell if i == len(cells) - 1 else cell.ljust(widths[i]))
-        return (indent + "  ".join(out)).rstrip()
-
-    return [line(headers), *(line(r) for r in rows)]
-
-
-def _short_time(stored: str | None) -> str:
-    """``2026-03-01T10:00:05.123456Z`` as ``2026-03-01T10:00:05Z`` (UTC)."""
-    if not stored:
-        return "-"
-    return stored[:19] + "Z" if len(stored) > 19 else stored
-
-
-def _baht(satang: int) -> str:
-    return f"{satang / 100:,.2f}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h {minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d {hours:02d}h"
-
-
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _pct(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate * 100:.1f}%"
-
+from ._params import TIME, db_option, json_option, since_option
 
 # -------------------------------------------------------------------------- show
 
@@ -163,7 +66,7 @@ def _event_detail(entry: TimelineEntry) -> str:
     data = entry.data if isinstance(entry.data, dict) else {}
     kind = entry.kind
     if kind == "payment.requested":
-        return f"{_baht(int(data.get('amount', 0)))} {data.get('currency', '')}".strip()
+        return f"{baht(int(data.get('amount', 0)))} {data.get('currency', '')}".strip()
     if kind == "charge.create_unknown":
         return str(data.get("reason", ""))
     if kind == "charge.create_failed":
@@ -194,7 +97,7 @@ def _timeline_rows(timeline: Sequence[TimelineEntry]) -> list[list[str]]:
         if e.type == "input":
             rows.append(
                 [
-                    _short_time(e.at),
+                    short_time(e.at),
                     f"in #{e.inbox_id}",
                     e.kind,
                     _source(e),
@@ -203,7 +106,7 @@ def _timeline_rows(timeline: Sequence[TimelineEntry]) -> list[list[str]]:
                 ]
             )
         else:
-            rows.append([_short_time(e.at), f"ev @{e.position}", e.kind, "", "", _event_detail(e)])
+            rows.append([short_time(e.at), f"ev @{e.position}", e.kind, "", "", _event_detail(e)])
     return rows
 
 
@@ -230,7 +133,7 @@ def _print_payment(
     if hints:
         flags.insert(0, "unresolved_hint")
     fields = [
-        ("amount", f"{_baht(payment.amount)} {payment.currency}"),
+        ("amount", f"{baht(payment.amount)} {payment.currency}"),
         ("payment_id", payment.payment_id),
         ("charge_id", payment.charge_id or "-"),
         ("authorize_uri", payment.authorize_uri or "-"),
@@ -239,19 +142,19 @@ def _print_payment(
         ("flags", ", ".join(flags) or "-"),
         ("stuck", stuck or "no"),
         ("order_ref", payment.order_ref or "-"),
-        ("created_at", _short_time(payment.created_at)),
-        ("updated_at", _short_time(payment.updated_at)),
+        ("created_at", short_time(payment.created_at)),
+        ("updated_at", short_time(payment.updated_at)),
         ("version", str(payment.version)),
     ]
     for key, value in fields:
         click.echo(f"   {key:<14} {value}")
     click.echo("")
     rows = _timeline_rows(timeline)
-    for text in _table(("TIME (UTC)", "ROW", "KIND", "SOURCE", "OUTCOME", "REASON"), rows, "   "):
+    for text in table(("TIME (UTC)", "ROW", "KIND", "SOURCE", "OUTCOME", "REASON"), rows, "   "):
         click.echo(text)
 
 
-@cli.command()
+@click.command()
 @click.argument("payment_or_charge_id", type=_params.ID)
 @db_option
 @click.option(
@@ -268,12 +171,12 @@ def show(payment_or_charge_id: str, db: str, as_of: str | None, as_json: bool) -
     authorize_uri, failure, expires_at, flags, and the timeline (every input
     with its time, source, outcome and reason, each followed by its events).
     """
-    with _reading(db) as store:
+    with reading(db) as store:
         t = Tracker(store)
         try:
             current = t.get(payment_or_charge_id)
         except PaymentNotFoundError as exc:
-            _fail(str(exc), EXIT_NOT_FOUND)
+            fail(str(exc), EXIT_NOT_FOUND)
         payment = current if as_of is None else t.state_as_of(current.payment_id, as_of)
         timeline = t.timeline(current, as_of=as_of)
         hints = (
@@ -300,7 +203,7 @@ def show(payment_or_charge_id: str, db: str, as_of: str | None, as_json: bool) -
         out["unresolved_hint"] = bool(hints)
         out["unresolved_hints"] = [h.to_json() for h in hints]
         out["timeline"] = [e.to_json() for e in timeline]
-        _echo_json(out)
+        echo_json(out)
         return
     if payment is None:
         click.echo(f"{current.payment_id} did not exist yet at {as_of}")
@@ -311,7 +214,7 @@ def show(payment_or_charge_id: str, db: str, as_of: str | None, as_json: bool) -
 # -------------------------------------------------------------------------- list
 
 
-@cli.command("list")
+@click.command("list")
 @db_option
 @click.option(
     "--status",
@@ -342,7 +245,7 @@ def show(payment_or_charge_id: str, db: str, as_of: str | None, as_json: bool) -
     "for alerting; 0 when none does.",
 )
 @json_option
-def list_payments(
+def list_(
     db: str,
     status: str | None,
     stuck: bool,
@@ -359,13 +262,13 @@ def list_payments(
     --exit-code`).
     """
     now = utc_now()
-    with _reading(db) as store:
+    with reading(db) as store:
         listed, more = _queries.list_payments(
             store, now=now, status=status, stuck=stuck, since=since, until=until, limit=limit
         )
-    found = EXIT_PROBLEM if exit_code and listed else 0
+    found = EXIT_PROBLEM if exit_code and listed else EXIT_OK
     if as_json:
-        _echo_json(
+        echo_json(
             {
                 "count": len(listed),
                 "limit": limit,
@@ -387,10 +290,10 @@ def list_payments(
             [
                 p.payment_id,
                 p.status.value,
-                _baht(p.amount),
+                baht(p.amount),
                 p.charge_id or "-",
-                _short_time(p.created_at),
-                _short_time(p.updated_at),
+                short_time(p.created_at),
+                short_time(p.updated_at),
                 p.expires_at or "-",
                 p.failure_code or "-",
                 "; ".join(notes),
@@ -407,9 +310,9 @@ def list_payments(
         "FAILURE",
         "NOTES",
     )
-    for text in _table(headers, rows, right=(2,)):
+    for text in table(headers, rows, right=(2,)):
         click.echo(text)
-    tail = _plural(len(listed), "payment")
+    tail = plural(len(listed), "payment")
     if more:
         tail += f" (the newest {limit}; more with --limit)"
     click.echo(tail)
@@ -419,7 +322,7 @@ def list_payments(
 # --------------------------------------------------------------------- anomalies
 
 
-@cli.command("anomalies")
+@click.command("anomalies")
 @db_option
 @since_option
 @click.option(
@@ -430,17 +333,17 @@ def list_payments(
     help="At most this many rows (newest first); the counts cover them all.",
 )
 @json_option
-def anomalies_cmd(db: str, since: str | None, limit: int, as_json: bool) -> None:
+def anomalies(db: str, since: str | None, limit: int, as_json: bool) -> None:
     """
     Conflicts, corrections, rejected inputs (bad signature, stale timestamp,
     malformed body, mismatches), unknown outcomes, creates settled as never
     made, unresolved webhook hints, orders paid twice and duplicate deliveries,
     newest first, each with its payment, time and reason.
     """
-    with _reading(db) as store:
+    with reading(db) as store:
         found, counts = _queries.anomalies(store, since=since, limit=limit)
     if as_json:
-        _echo_json(
+        echo_json(
             {
                 "since": since,
                 "count": sum(counts.values()),
@@ -454,7 +357,7 @@ def anomalies_cmd(db: str, since: str | None, limit: int, as_json: bool) -> None
         return
     rows = [
         [
-            _short_time(a.at),
+            short_time(a.at),
             a.category,
             a.payment_id or "-",
             f"#{a.inbox_id}" + (f" @{a.position}" if a.position is not None else ""),
@@ -463,7 +366,7 @@ def anomalies_cmd(db: str, since: str | None, limit: int, as_json: bool) -> None
         ]
         for a in found
     ]
-    for text in _table(("TIME (UTC)", "CATEGORY", "PAYMENT", "ROW", "INPUT", "REASON"), rows):
+    for text in table(("TIME (UTC)", "CATEGORY", "PAYMENT", "ROW", "INPUT", "REASON"), rows):
         click.echo(text)
     total = sum(counts.values())
     shown = f"{len(found)} of {total}" if total > len(found) else str(total)
@@ -475,20 +378,20 @@ def anomalies_cmd(db: str, since: str | None, limit: int, as_json: bool) -> None
 # ------------------------------------------------------------------------- stats
 
 
-@cli.command("stats")
+@click.command("stats")
 @db_option
 @since_option
 @json_option
-def stats_cmd(db: str, since: str | None, as_json: bool) -> None:
+def stats(db: str, since: str | None, as_json: bool) -> None:
     """
     Payments by status and by failure code, conversion, webhook lag (charge
     created -> completion received) percentiles, duplicate and rejection rates.
     --since counts the payments created, and the inputs received, from then on.
     """
-    with _reading(db) as store:
+    with reading(db) as store:
         out = _queries.stats(store, since=since)
     if as_json:
-        _echo_json(out)
+        echo_json(out)
         return
     total = out["payments"]
     click.echo(f"payments created {'since ' + since if since else 'ever'}: {total:,}")
@@ -496,19 +399,17 @@ def stats_cmd(db: str, since: str | None, as_json: bool) -> None:
         [
             status,
             f"{v['payments']:,}",
-            _pct(v["payments"] / total if total else None),
-            _baht(v["amount"]),
+            pct(v["payments"] / total if total else None),
+            baht(v["amount"]),
         ]
         for status, v in out["by_status"].items()
     ]
-    for text in _table(
-        ("STATUS", "PAYMENTS", "SHARE", "AMOUNT (THB)"), rows, "  ", right=(1, 2, 3)
-    ):
+    for text in table(("STATUS", "PAYMENTS", "SHARE", "AMOUNT (THB)"), rows, "  ", right=(1, 2, 3)):
         click.echo(text)
     if out["by_failure_code"]:
         click.echo("")
         codes = [[code, f"{n:,}"] for code, n in out["by_failure_code"].items()]
-        for text in _table(("FAILURE CODE", "PAYMENTS"), codes, "  ", right=(1,)):
+        for text in table(("FAILURE CODE", "PAYMENTS"), codes, "  ", right=(1,)):
             click.echo(text)
     conv = out["conversion"]
     lag = out["webhook_lag_seconds"]
@@ -516,14 +417,14 @@ def stats_cmd(db: str, since: str | None, as_json: bool) -> None:
     inputs = out["inputs"]
     click.echo("")
     click.echo(
-        f"conversion    {_pct(conv['of_ended'])} of ended payments successful "
-        f"({conv['successful']:,} of {conv['ended']:,}); {_pct(conv['of_all'])} of all; "
+        f"conversion    {pct(conv['of_ended'])} of ended payments successful "
+        f"({conv['successful']:,} of {conv['ended']:,}); {pct(conv['of_all'])} of all; "
         f"{conv['open']:,} still open"
     )
     click.echo(
         "webhook lag   "
-        + "  ".join(f"p{p} {_duration(lag[f'p{p}'])}" for p in _queries.PERCENTILES)
-        + f"  max {_duration(lag['max'])}"
+        + "  ".join(f"p{p} {duration(lag[f'p{p}'])}" for p in _queries.PERCENTILES)
+        + f"  max {duration(lag['max'])}"
         + f"  (charge created -> completion received, over {lag['completions']:,} "
         "approvals and declines announced by a webhook)"
     )
@@ -531,22 +432,18 @@ def stats_cmd(db: str, since: str | None, as_json: bool) -> None:
     click.echo(f"completions   by source: {by_source or '-'}")
     click.echo(
         f"webhooks      {hooks['deliveries']:,} deliveries; duplicates {hooks['duplicates']:,} "
-        f"({_pct(hooks['duplicate_rate'])}); rejected {hooks['rejected']:,} "
-        f"({_pct(hooks['rejection_rate'])})"
+        f"({pct(hooks['duplicate_rate'])}); rejected {hooks['rejected']:,} "
+        f"({pct(hooks['rejection_rate'])})"
     )
     click.echo(
         f"inputs        {inputs['total']:,}; rejected {inputs['rejected']:,} "
-        f"({_pct(inputs['rejection_rate'])})"
+        f"({pct(inputs['rejection_rate'])})"
     )
     hints = out["unresolved_hints"]
     click.echo(
         f"follow-up     {hints['count']:,} unresolved webhook hints"
-        + (
-            f" (the oldest received {_short_time(hints['oldest_at'])})"
-            if hints["oldest_at"]
-            else ""
-        )
-        + f"; {_plural(out['orders_paid_twice'], 'order')} paid twice"
+        + (f" (the oldest received {short_time(hints['oldest_at'])})" if hints["oldest_at"] else "")
+        + f"; {plural(out['orders_paid_twice'], 'order')} paid twice"
     )
 
 
@@ -571,7 +468,7 @@ def _export_file(
     try:
         with (
             atomic_write(output) as target_file,
-            _progress("export", total, _interactive()) as update,
+            progress("export", total, _output.interactive()) as update,
         ):
             problem = _export.write_rows(rows, target_file.file, fmt, tally, update)
             trailer = tally.trailer(store, since=since, problem=problem)
@@ -579,11 +476,11 @@ def _export_file(
             if problem is not None:
                 target_file.path = output.with_name(output.name + ".incomplete")
     except OSError as exc:
-        _fail(f"cannot write {output}: {exc.strerror or exc}; nothing was replaced", EXIT_STORE)
+        fail(f"cannot write {output}: {exc.strerror or exc}; nothing was replaced", EXIT_STORE)
     return tally, problem, target_file.path
 
 
-@cli.command("export")
+@click.command("export")
 @db_option
 @since_option
 @click.option(
@@ -609,7 +506,7 @@ def export(db: str, since: str | None, fmt: str, output: Path) -> None:
     a trailer (row counts and chain heads). Constant memory whatever the size
     of the log.
     """
-    with _reading(db) as store:
+    with reading(db) as store:
         bounds = _head(store)
         rows = _queries.iter_audit(store, since=since, bounds=bounds)
         if str(output) == "-":
@@ -625,7 +522,7 @@ def export(db: str, since: str | None, fmt: str, output: Path) -> None:
                 os.close(devnull)
                 return
             if problem is not None:
-                _fail(f"the export is incomplete (see its trailer): {problem}", EXIT_PROBLEM)
+                fail(f"the export is incomplete (see its trailer): {problem}", EXIT_PROBLEM)
             return
         tally, problem, written = _export_file(
             store,
@@ -636,7 +533,7 @@ def export(db: str, since: str | None, fmt: str, output: Path) -> None:
             total=sum(bounds) if bounds[0] < _queries.MAX_ROW_ID else 0,
         )
     if problem is not None:
-        _fail(
+        fail(
             f"the export is incomplete: {problem}; the {tally.rows} rows that could be read "
             f"are in {written} (its trailer says where reading stopped); {output} was "
             "left as it was",
@@ -662,7 +559,7 @@ def _head(store: SQLStore) -> tuple[int, int]:
 def _verify(store: SQLStore, *, bar: bool) -> VerifyReport:
     inbox, events = _head(store)
     total = inbox + events if inbox < _queries.MAX_ROW_ID else 0
-    with _progress("verify", total, bar) as update:
+    with progress("verify", total, bar) as update:
         return store.verify(progress=update)
 
 
@@ -693,7 +590,7 @@ def _unreadable_report(found: Any) -> dict[str, Any]:
     }
 
 
-@cli.command()
+@click.command()
 @db_option
 @click.option(
     "--checkpoint",
@@ -720,12 +617,12 @@ def verify(db: str, checkpoint_arg: _queries.Checkpoint | str | None, as_json: b
     if found.kind is LogKind.DAMAGED and not found.schema_readable:
         out = _unreadable_report(found)
         if as_json:
-            _echo_json(out)
+            echo_json(out)
         else:
             click.echo(f"FAILED: {out['problem']}")
         sys.exit(EXIT_PROBLEM)
-    with _reading(db, found) as store:
-        report = _verify(store, bar=_interactive(as_json))
+    with reading(db, found) as store:
+        report = _verify(store, bar=_output.interactive(as_json))
         integrity = _integrity(store)
         problem, table, row_id = report.problem, report.table, report.row_id
         damaged = report.damaged
@@ -742,7 +639,7 @@ def verify(db: str, checkpoint_arg: _queries.Checkpoint | str | None, as_json: b
                 problem, table, row_id = cp_problem.problem, cp_problem.table, cp_problem.row_id
         ok = problem is None
         if as_json:
-            _echo_json(
+            echo_json(
                 {
                     "ok": ok,
                     "inbox_rows": report.inbox_rows,
@@ -780,7 +677,7 @@ def verify(db: str, checkpoint_arg: _queries.Checkpoint | str | None, as_json: b
             sys.exit(EXIT_PROBLEM)
 
 
-@cli.command()
+@click.command()
 @db_option
 @click.option(
     "--output",
@@ -797,10 +694,10 @@ def checkpoint(db: str, output: Path | None, as_json: bool) -> None:
     the database (a ticket, a log line, an email to the auditor). Later,
     `kplus-fsm verify --checkpoint` proves the log still holds that exact prefix.
     """
-    with _reading(db) as store:
-        report = _verify(store, bar=_interactive(as_json))
+    with reading(db) as store:
+        report = _verify(store, bar=_output.interactive(as_json))
     if not report.ok:
-        _fail(f"the log does not verify, so no checkpoint: {report.problem}", EXIT_PROBLEM)
+        fail(f"the log does not verify, so no checkpoint: {report.problem}", EXIT_PROBLEM)
     cp = _queries.Checkpoint(
         inbox_id=report.inbox_rows,
         inbox_hash=report.inbox_head,
@@ -814,24 +711,24 @@ def checkpoint(db: str, output: Path | None, as_json: bool) -> None:
             with atomic_write(output) as target_file:
                 target_file.file.write(json.dumps(cp.to_json(), indent=2) + "\n")
         except OSError as exc:
-            _fail(f"cannot write {output}: {exc.strerror or exc}; nothing was replaced", EXIT_STORE)
+            fail(f"cannot write {output}: {exc.strerror or exc}; nothing was replaced", EXIT_STORE)
     if as_json:
-        _echo_json(cp.to_json())
+        echo_json(cp.to_json())
         return
-    click.echo(f"checkpoint of {shown(db)} (verified first):")
+    click.echo(f"checkpoint of {redact(db)} (verified first):")
     for key, value in cp.to_json().items():
         click.echo(f"  {key:<15} {value}")
     click.echo("Keep this line outside the database (a ticket, a log line, an email):")
     click.echo(json.dumps(cp.to_json(), separators=(",", ":")))
     if output is not None and str(output) != "-":
         click.echo(f"Written to {output}.")
-    click.echo(f"Later: kplus-fsm verify --db {shown(db)} --checkpoint '<that line>'")
+    click.echo(f"Later: kplus-fsm verify --db {redact(db)} --checkpoint '<that line>'")
 
 
 # ------------------------------------------------------------------------ replay
 
 
-@cli.command()
+@click.command()
 @db_option
 @click.option(
     "--check",
@@ -842,26 +739,26 @@ def checkpoint(db: str, output: Path | None, as_json: bool) -> None:
 def replay(db: str, check: bool, as_json: bool) -> None:
     """Rebuild the payments projection from the events and compare it."""
     found = target(db, Access.READ if check else Access.WRITE)
-    store = _open(db, read_only=check, found=found)
+    store = open_reader(db, found) if check else open_writer(db)
     folded = [0]
     try:
         events = _head(store)[1]
         total = events if events < _queries.MAX_ROW_ID else 0
-        with _progress("replay", total, _interactive(as_json)) as update:
+        with progress("replay", total, _output.interactive(as_json)) as update:
 
-            def progress(n: int) -> None:
+            def count(n: int) -> None:
                 folded[0] += n
                 update(n)
 
-            report = store.replay(repair=not check, progress=progress)
+            report = store.replay(repair=not check, progress=count)
     except DamagedLogError as exc:
-        _fail(
+        fail(
             f"replay stopped: {exc}; {folded[0]} events were folded before; "
             "nothing was repaired; see kplus-fsm verify",
             EXIT_PROBLEM,
         )
     except KplusFSMError as exc:
-        _fail(str(exc), EXIT_PROBLEM)
+        fail(str(exc), EXIT_PROBLEM)
     finally:
         store.close()
     diffs = [
@@ -869,7 +766,7 @@ def replay(db: str, check: bool, as_json: bool) -> None:
         for d in report.differences
     ]
     if as_json:
-        _echo_json(
+        echo_json(
             {
                 "ok": report.ok,
                 "events": report.events,
@@ -894,4 +791,17 @@ def replay(db: str, check: bool, as_json: bool) -> None:
     damage_exit(found)
 
 
-__all__ = ["TIME", "TimeParam"]
+#: The commands of this module (all of them read the log; only ``replay`` may repair it).
+COMMANDS: Final = (show, list_, anomalies, stats, export, checkpoint, verify, replay)
+
+__all__ = [
+    "COMMANDS",
+    "anomalies",
+    "checkpoint",
+    "export",
+    "list_",
+    "replay",
+    "show",
+    "stats",
+    "verify",
+]

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import cast
 
-from ._classify import Access, Action, Classified, LogKind, classify, decide
-from ._exits import EXIT_PROBLEM, EXIT_STORE, EXIT_USAGE, fail
-from ._open import open_store
-from ._ports import SQLStore
-from ._tracker import Tracker
-from ._urls import redact
-from .exceptions import DamagedLogError, IntegrityError, KplusFSMError, StoreError
+from .._classify import Access, Action, Classified, LogKind, classify, decide
+from .._open import open_store
+from .._ports import SQLStore
+from .._tracker import Tracker
+from .._urls import is_postgres, redact, sqlite_path
+from ..exceptions import DamagedLogError, IntegrityError, KplusFSMError, StoreError
+from ._output import EXIT_PROBLEM, EXIT_STORE, EXIT_USAGE, fail
 
 #: What a row that SQLite reads but kplus_fsm cannot decode raises (a damaged or
 #: edited row): reported as damage, never as a traceback.
@@ -111,9 +112,37 @@ def open_tracker(db: str, access: Access) -> Tracker:
         fail(f"cannot open {found.location}: {exc.strerror or exc}", EXIT_STORE)
 
 
-def shown(db: str) -> str:
-    """``db`` as it may be printed: a URL without its password."""
-    return redact(db)
+def open_writer(db: str) -> SQLStore:
+    """
+    The log at ``db`` opened for writing (``replay`` without ``--check``),
+    already classified an existing log; refusals exit 4.
+    """
+    try:
+        return cast(SQLStore, open_store(db))
+    except ValueError as exc:  # a malformed sqlite:// URL
+        fail(str(exc), EXIT_USAGE)
+    except KplusFSMError as exc:
+        fail(str(exc), EXIT_STORE)
+    except OSError as exc:
+        fail(f"cannot open {redact(db)}: {exc.strerror or exc}", EXIT_STORE)
 
 
-__all__ = ["damage_exit", "open_reader", "open_tracker", "reading", "shown", "target"]
+def db_exists(db: str) -> bool:
+    """Whether the log at ``db`` may exist: a SQLite file that exists, or any server URL."""
+    if is_postgres(db):
+        return True
+    try:
+        return Path(sqlite_path(db)).exists()
+    except ValueError:
+        return False
+
+
+__all__ = [
+    "damage_exit",
+    "db_exists",
+    "open_reader",
+    "open_tracker",
+    "open_writer",
+    "reading",
+    "target",
+]

@@ -2,7 +2,7 @@
 Generate ``docs/state-machine.md`` from the transition table, so the docs can
 never drift from the rules: ``tests/test_docs.py`` fails when the file is stale.
 
-Regenerate with ``python -m kplus_fsm._diagram docs/state-machine.md``.
+Regenerate with ``python -m kplus_fsm.cli.diagram docs/state-machine.md``.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from ._machine import TRANSITIONS, Signal
-from ._model import EventKind, Outcome, Status
+from .._machine import TRANSITIONS, Signal
+from .._model import EventKind, Outcome, Status
 
 _INTRO = """\
 # The state machine
 
-<!-- Generated from kplus_fsm._machine.TRANSITIONS by kplus_fsm/_diagram.py.
-     Do not edit by hand: run `python -m kplus_fsm._diagram docs/state-machine.md`. -->
+<!-- Generated from kplus_fsm._machine.TRANSITIONS by kplus_fsm/cli/diagram.py.
+     Do not edit by hand: run `python -m kplus_fsm.cli.diagram docs/state-machine.md`. -->
 
 A K PLUS payment is `created` (recorded before the API call), becomes `pending`
 when Omise creates the charge, and ends `successful`, `failed` or `expired`.

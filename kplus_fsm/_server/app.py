@@ -6,11 +6,11 @@ on **uvicorn** (why uvicorn: docs/design.md, "The production server") with:
 
 - a listen socket with a real backlog (``backlog``), shared by ``workers``
   forked processes that all append to one log (the processes, the socket and
-  the signals: :mod:`kplus_fsm._serve_run`);
+  the signals: :mod:`kplus_fsm._server.run`);
 - bounded concurrency: at most ``max_connections`` open connections per process
   (uvicorn answers 503 beyond, which Omise retries) and at most ``threads``
   deliveries in the intake at once (the loop's default executor);
-- the head and body deadlines of :mod:`._serve_http` (slow-loris safe), and
+- the head and body deadlines of :mod:`.http` (slow-loris safe), and
   uvicorn's keep-alive timeout between requests;
 - chunked request bodies decoded by h11 (never read as empty);
 - a graceful stop on SIGTERM, SIGINT or SIGHUP: stop accepting, let in-flight deliveries
@@ -23,7 +23,7 @@ on **uvicorn** (why uvicorn: docs/design.md, "The production server") with:
   the consumers, each run by one process at a time through its lease;
 - ``GET /`` (liveness, ``{"ready": true}``), ``GET /ready`` (the log takes a
   write lock; unresolved hints and pending payments with their ages; 503 when
-  not ready) and ``GET /metrics`` (Prometheus text, :mod:`._serve_metrics`).
+  not ready) and ``GET /metrics`` (Prometheus text, :mod:`.metrics`).
 
 The metrics module (and with it ``prometheus_client``) is imported only once a
 serving process knows whether it is one of several (``PROMETHEUS_MULTIPROC_DIR``
@@ -57,15 +57,18 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 import attrs
 import structlog
 
-from . import ConsumerSpec, Tracker, Worker, open_store
-from ._imports import load_handler
-from ._ports import SQLStore, Store, dialect_of
-from ._time import utc_now
-from .adapters.webhooks import DEFAULT_PATH, MAX_BODY, WebhookIntake, asgi_app, intake_from_env
-from .exceptions import ConsumerStartError, StoreError
+from .._followup import ConsumerSpec, Worker
+from .._imports import load_handler
+from .._open import open_store
+from .._ports import SQLStore, Store, dialect_of
+from .._time import utc_now
+from .._tracker import Tracker
+from ..adapters.webhooks import WebhookIntake, asgi_app, intake_from_env
+from ..exceptions import ConsumerStartError, StoreError
+from .options import ConsumerRef, ServeOptions
 
 if TYPE_CHECKING:
-    from ._serve_metrics import LogFigures, ServeMetrics
+    from .metrics import LogFigures, ServeMetrics
 
 log = structlog.get_logger("kplus_fsm.serve")
 
@@ -73,74 +76,6 @@ _T = TypeVar("_T")
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[Mapping[str, Any]], Any]
-
-#: How a new consumer named with ``--consumer`` may start (``--consumer-start``).
-CONSUMER_STARTS: Final = ("beginning", "now")
-#: The log formats of ``--log-format``.
-LOG_FORMATS: Final = ("console", "json")
-
-
-@attrs.frozen(kw_only=True)
-class ConsumerRef:
-    """A consumer to run inside ``serve``: its name and ``module:function``."""
-
-    name: str
-    reference: str
-
-
-@attrs.frozen(kw_only=True)
-class ServeOptions:
-    """
-    Everything ``kplus-fsm serve`` is told (durations in seconds). The
-    environment supplies the rest (``OMISE_*``, see
-    :func:`~kplus_fsm.adapters.webhooks.intake_from_env`).
-    """
-
-    db: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    path: str = DEFAULT_PATH
-    workers: int = 1
-    reconcile_every: float | None = 60.0
-    consumers: tuple[ConsumerRef, ...] = ()
-    consumer_start: str | None = None
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    keep_alive_timeout: float = 5.0
-    graceful_timeout: float = 10.0
-    max_connections: int = 1000
-    backlog: int = 2048
-    threads: int = 8
-    max_body: int = MAX_BODY
-    ready_timeout: float = 2.0
-    lease_ttl: float = 30.0
-    log_format: str = "console"
-    log_level: int = logging.ERROR
-
-    def check(self) -> None:
-        """
-        Raises:
-            ValueError: an option out of its range.
-        """
-        if self.workers < 1 or self.threads < 1 or self.max_connections < 1 or self.backlog < 1:
-            raise ValueError("workers, threads, max connections and backlog must be 1 or more")
-        for name in ("header_timeout", "body_timeout", "keep_alive_timeout", "ready_timeout"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name.replace('_', ' ')} must be positive")
-        if self.lease_ttl < 5:
-            raise ValueError("the lease time must be 5 s or more (the follow-up polls every 2 s)")
-        if self.graceful_timeout < 0:
-            raise ValueError("graceful timeout must be 0 or more")
-        if self.reconcile_every is not None and self.reconcile_every <= 0:
-            raise ValueError("the reconcile period must be positive")
-        if self.consumer_start is not None and self.consumer_start not in CONSUMER_STARTS:
-            raise ValueError(f"a consumer starts at one of {', '.join(CONSUMER_STARTS)}")
-        if self.log_format not in LOG_FORMATS:
-            raise ValueError(f"the log format is one of {', '.join(LOG_FORMATS)}")
-        names = [c.name for c in self.consumers]
-        if len(set(names)) != len(names):
-            raise ValueError("each --consumer needs its own name")
-
 
 # --------------------------------------------------------------------- logging
 
@@ -291,7 +226,7 @@ class Runtime:
         """Open everything; ``with_metrics``: import and make the metrics too."""
         metrics: ServeMetrics | None = None
         if with_metrics:
-            from ._serve_metrics import ServeMetrics  # noqa: PLC0415 (see the module docstring)
+            from .metrics import ServeMetrics  # noqa: PLC0415 (see the module docstring)
 
             metrics = ServeMetrics(multiprocess_dir=metrics_dir)
         opened: list[Callable[[], None]] = []
@@ -350,7 +285,7 @@ class Runtime:
     # ----------------------------------------------------------- /ready
 
     def log_figures(self) -> LogFigures:
-        from ._serve_metrics import read_log_figures  # noqa: PLC0415
+        from .metrics import read_log_figures  # noqa: PLC0415
 
         return read_log_figures(self.reader, now=utc_now())
 
@@ -512,7 +447,7 @@ class ServeApp:
         return 200, payload
 
     async def _metrics(self, send: Send, *, head: bool) -> None:
-        from ._serve_metrics import CONTENT_TYPE  # noqa: PLC0415
+        from .metrics import CONTENT_TYPE  # noqa: PLC0415
 
         if self.runtime.metrics is None:
             await _respond(send, 404, _json({"reason": "Not Found"}))
@@ -568,50 +503,10 @@ async def _respond(
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
-def parse_consumer(text: str) -> ConsumerRef:
-    """
-    ``NAME=module:function`` as ``--consumer`` takes it.
-
-    Raises:
-        ValueError: not of that form.
-    """
-    name, sep, reference = text.partition("=")
-    if not sep or not name.strip() or not reference.strip():
-        raise ValueError(f"{text!r} is not NAME=module:function (e.g. shipping=myshop.fulfil:ship)")
-    return ConsumerRef(name=name.strip(), reference=reference.strip())
-
-
-def parse_duration(text: str) -> float:
-    """
-    Seconds from ``90``, ``1.5s``, ``500ms``, ``5m`` or ``1h``.
-
-    Raises:
-        ValueError: another form, or not positive.
-    """
-    raw = str(text).strip().lower()
-    number, scale = raw, 1.0
-    for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-        if raw.endswith(suffix):
-            number, scale = raw[: -len(suffix)], factor
-            break
-    try:
-        seconds = float(number) * scale
-    except ValueError:
-        raise ValueError(f"{text!r} is not a duration (e.g. 30s, 5m, 1h, 500ms)") from None
-    if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"{text!r}: a duration must be positive")
-    return seconds
-
-
 __all__ = [
-    "CONSUMER_STARTS",
-    "LOG_FORMATS",
     "OVERDUE",
-    "ConsumerRef",
     "Runtime",
     "ServeApp",
-    "ServeOptions",
     "configure_logging",
-    "parse_consumer",
-    "parse_duration",
+    "prepare_consumers",
 ]
