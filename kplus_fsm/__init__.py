@@ -46,10 +46,11 @@ from ._model import (
     WebhookEvent,
     WebhookHint,
 )
-from ._open import open_store
-from ._ops import Lease, UnresolvedHint
-from ._ports import ChargeAPI, Store
-from ._store import (
+from ._store import open_store
+from ._store._log import Lease, UnresolvedHint
+from ._store._urls import redact
+from ._store.postgres import PostgresStore
+from ._store.sqlite import (
     InboxDraft,
     InboxRow,
     Recorded,
@@ -59,7 +60,6 @@ from ._store import (
     TimelineEntry,
     VerifyReport,
 )
-from ._store_pg import PostgresStore
 from ._tracker import (
     Clock,
     ImportReport,
@@ -69,7 +69,7 @@ from ._tracker import (
     parse_time,
     utc_now,
 )
-from ._urls import redact
+from .typing import ChargeAPI, Store
 
 try:
     __version__ = version("kplus-fsm")

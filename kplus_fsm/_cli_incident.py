@@ -31,14 +31,13 @@ import click
 
 from . import _export, _params, _queries
 from ._atomic import atomic_write
-from ._classify import Access, Classified, LogKind
 from ._cli_open import damage_exit, open_reader, reading, target
 from ._exits import EXIT_NOT_FOUND, EXIT_PROBLEM, EXIT_STORE, EXIT_USAGE
 from ._model import Payment, Status
-from ._open import open_store
 from ._params import TIME, TimeParam
-from ._ports import SQLStore
-from ._store import SQLiteStore, TimelineEntry, VerifyReport
+from ._store import open_store
+from ._store._classify import Access, Classified, LogKind
+from ._store.sqlite import SQLiteStore, TimelineEntry, VerifyReport
 from ._time import format_time, utc_now
 from ._tracker import Tracker
 from .cli import (
@@ -50,6 +49,7 @@ from .cli import (
     shown,
 )
 from .exceptions import DamagedLogError, KplusFSMError, PaymentNotFoundError
+from .typing import SQLStore
 
 since_option = click.option(
     "--since",

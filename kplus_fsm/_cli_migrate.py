@@ -16,12 +16,13 @@ from collections.abc import Callable, Iterator
 
 import click
 
-from . import _migrate, _params
-from ._classify import Access
+from . import _params
 from ._cli_open import target as classified
 from ._exits import EXIT_PROBLEM, EXIT_STORE, EXIT_USAGE
-from ._open import open_store
-from ._urls import is_postgres, sqlite_path
+from ._store import migrate as _migrate
+from ._store import open_store
+from ._store._classify import Access
+from ._store._urls import is_postgres, sqlite_path
 from .cli import _echo_json, _fail, cli, json_option
 from .exceptions import KplusFSMError
 

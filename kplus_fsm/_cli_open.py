@@ -20,13 +20,13 @@ import contextlib
 from collections.abc import Iterator
 from typing import cast
 
-from ._classify import Access, Action, Classified, LogKind, classify, decide
 from ._exits import EXIT_PROBLEM, EXIT_STORE, EXIT_USAGE, fail
-from ._open import open_store
-from ._ports import SQLStore
+from ._store import open_store
+from ._store._classify import Access, Action, Classified, LogKind, classify, decide
+from ._store._urls import redact
 from ._tracker import Tracker
-from ._urls import redact
 from .exceptions import DamagedLogError, IntegrityError, KplusFSMError, StoreError
+from .typing import SQLStore
 
 #: What a row that SQLite reads but kplus_fsm cannot decode raises (a damaged or
 #: edited row): reported as damage, never as a traceback.

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import _params
-from ._classify import Access
 from ._cli_open import target
 from ._exits import EXIT_STORE, EXIT_USAGE
 from ._serve import (
@@ -31,6 +30,7 @@ from ._serve import (
     parse_duration,
 )
 from ._serve_run import ListenError, run_serve
+from ._store._classify import Access
 from .cli import _fail, cli, db_option, shown
 from .exceptions import KplusFSMError
 

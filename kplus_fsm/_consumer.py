@@ -48,14 +48,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import structlog
 
 from ._model import StoredEvent
-from ._ops import Lease, holder_id
+from ._store._log import Lease, holder_id
 from ._time import format_time, parse_time
 from .exceptions import ConsumerStartError, LeaseLostError
 from .failpoints import failpoint
 
 if TYPE_CHECKING:
-    from ._ports import TransactionHandle
     from ._tracker import Tracker
+    from .typing import TransactionHandle
 
 log = structlog.get_logger("kplus_fsm")
 

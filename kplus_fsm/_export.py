@@ -28,8 +28,8 @@ from typing import IO, Any, Final
 import attrs
 
 from . import _codec, _queries
-from ._ports import SQLStore
 from .exceptions import StoreError
+from .typing import SQLStore
 
 #: The ``table`` value of the trailer line (JSON lines) or row (CSV).
 TRAILER: Final = "trailer"

@@ -42,15 +42,15 @@ import attrs
 import structlog
 
 from ._model import InputKind, Origin, Outcome, Payment, PaymentRequest, Status
-from ._ops import Check
+from ._store._log import Check
 from ._time import format_time, parse_time
 from .exceptions import GatewayError, GatewayRefusedError, GatewayUnavailableError
 from .failpoints import failpoint
 
 if TYPE_CHECKING:
-    from ._ports import ChargeAPI
-    from ._rows import InboxRow
+    from ._store._rows import InboxRow
     from ._tracker import Result, Tracker
+    from .typing import ChargeAPI
 
 log = structlog.get_logger("kplus_fsm")
 

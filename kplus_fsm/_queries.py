@@ -31,9 +31,10 @@ import attrs
 
 from . import _codec
 from ._model import Payment, Status
-from ._ports import SQLStore, dialect_of
-from ._rows import INBOX_COLUMNS
-from ._schema import (
+from ._store import _rows
+from ._store._rows import INBOX_COLUMNS
+from ._store._schema_pg import LAG_SECONDS_SQL
+from ._store._schema_sqlite import (
     ANOMALIES_SINCE_PARAMS,
     ANOMALY_CATEGORY_V3,
     HINTS_FROM,
@@ -47,9 +48,9 @@ from ._schema import (
     paid_twice_orders,
     stuck_reason_sql,
 )
-from ._schema_pg import LAG_SECONDS_SQL
 from ._time import format_time, parse_time, utc_now
 from .exceptions import DamagedLogError, InvalidTimeError
+from .typing import SQLStore, dialect_of
 
 # ------------------------------------------------------------------------ times
 
@@ -120,8 +121,8 @@ STUCK_REASONS: Final = (
     STUCK_UNRESOLVED_HINT,
 )
 
-_PAYMENT_SELECT: Final = f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments"
-_PAYMENTS_P: Final = ", ".join(f"p.{c}" for c in _codec.PAYMENT_COLUMNS)
+_PAYMENT_SELECT: Final = f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments"
+_PAYMENTS_P: Final = ", ".join(f"p.{c}" for c in _rows.PAYMENT_COLUMNS)
 
 
 def no_answer_cutoff(now: dt.datetime) -> str:
@@ -200,10 +201,8 @@ def list_payments(
     sql += " ORDER BY created_at DESC, payment_id DESC LIMIT ?"
     params.append(limit + 1)
     rows = store.query(sql, params)
-    n = len(_codec.PAYMENT_COLUMNS)
-    listed = [
-        Listed(payment=_codec.payment_from_row(row[:n]), stuck=row[n]) for row in rows[:limit]
-    ]
+    n = len(_rows.PAYMENT_COLUMNS)
+    listed = [Listed(payment=_rows.payment_from_row(row[:n]), stuck=row[n]) for row in rows[:limit]]
     return listed, len(rows) > limit
 
 
@@ -525,22 +524,22 @@ def iter_audit(
     )
     events = _keyset(
         store,
-        f"SELECT {', '.join(_codec.EVENT_COLUMNS)} FROM events WHERE position > ? "
+        f"SELECT {', '.join(_rows.EVENT_COLUMNS)} FROM events WHERE position > ? "
         f"AND causation <= ?{e_since} ORDER BY position LIMIT ?",
         [last_inbox, *extra],
     )
-    causation = _codec.EVENT_COLUMNS.index("causation")
+    causation = _rows.EVENT_COLUMNS.index("causation")
     pending = next(events, None)
     for row in inbox:
         while pending is not None and pending[causation] < row[0]:
-            yield {"table": "events", **dict(zip(_codec.EVENT_COLUMNS, pending, strict=True))}
+            yield {"table": "events", **dict(zip(_rows.EVENT_COLUMNS, pending, strict=True))}
             pending = next(events, None)
         yield {"table": "inbox", **dict(zip(INBOX_COLUMNS, row, strict=True))}
         while pending is not None and pending[causation] == row[0]:
-            yield {"table": "events", **dict(zip(_codec.EVENT_COLUMNS, pending, strict=True))}
+            yield {"table": "events", **dict(zip(_rows.EVENT_COLUMNS, pending, strict=True))}
             pending = next(events, None)
     while pending is not None:
-        yield {"table": "events", **dict(zip(_codec.EVENT_COLUMNS, pending, strict=True))}
+        yield {"table": "events", **dict(zip(_rows.EVENT_COLUMNS, pending, strict=True))}
         pending = next(events, None)
 
 

@@ -59,10 +59,10 @@ import structlog
 
 from . import ConsumerSpec, Tracker, Worker, open_store
 from ._imports import load_handler
-from ._ports import SQLStore, Store, dialect_of
 from ._time import utc_now
 from .adapters.webhooks import DEFAULT_PATH, MAX_BODY, WebhookIntake, asgi_app, intake_from_env
 from .exceptions import ConsumerStartError, StoreError
+from .typing import SQLStore, Store, dialect_of
 
 if TYPE_CHECKING:
     from ._serve_metrics import LogFigures, ServeMetrics

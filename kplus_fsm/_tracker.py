@@ -42,10 +42,9 @@ from ._model import (
     WebhookHint,
     is_text,
 )
-from ._open import open_store
-from ._ops import UnresolvedHint
-from ._ports import ChargeAPI, Store
-from ._store import InboxDraft, Recorded, ReplayReport, TimelineEntry, VerifyReport
+from ._store import open_store
+from ._store._log import UnresolvedHint
+from ._store.sqlite import InboxDraft, Recorded, ReplayReport, TimelineEntry, VerifyReport
 from ._time import format_time, parse_time, utc_now
 from .exceptions import (
     InvalidInputError,
@@ -57,6 +56,7 @@ from .exceptions import (
     PaymentNotFoundError,
     RefundNotSupportedError,
 )
+from .typing import ChargeAPI, Store
 
 log = structlog.get_logger("kplus_fsm")
 

@@ -34,7 +34,6 @@ import click
 import structlog
 
 from . import __version__, _params, validate_payment_request
-from ._classify import Access
 from ._cli_open import open_tracker, target
 from ._demo import run_demo, run_offline_demo
 from ._exits import (
@@ -48,8 +47,9 @@ from ._exits import (
 )
 from ._flow import ReconcileItem, ReconcileReport
 from ._model import NOT_CREATED_CODE, Outcome, Status
+from ._store._classify import Access
+from ._store._urls import is_postgres, redact, sqlite_path
 from ._tracker import Result, Tracker
-from ._urls import is_postgres, redact, sqlite_path
 from .adapters.fake import FakeOptions
 from .adapters.fake import run_server as run_fake_server
 from .adapters.omise import DEFAULT_BASE_URL as DEFAULT_API_URL

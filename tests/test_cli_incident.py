@@ -25,6 +25,7 @@ import structlog
 from click.testing import CliRunner, Result
 
 from kplus_fsm import Origin, SQLiteStore, Tracker, _cli_incident, _codec, _queries, _schema
+from kplus_fsm._store import _rows
 from kplus_fsm.adapters.signatures import signature_headers
 from kplus_fsm.adapters.webhooks import WebhookIntake
 from kplus_fsm.cli import cli
@@ -520,11 +521,11 @@ class TestExport:
         last_inbox = 0
         for r in rows:
             if r["table"] == "inbox":
-                heads["inbox"] = _codec.chain_hash(heads["inbox"], r, _codec.INBOX_HASHED)
+                heads["inbox"] = _codec.chain_hash(heads["inbox"], r, _rows.INBOX_HASHED)
                 assert heads["inbox"] == r["hash"]
                 last_inbox = r["id"]
             else:
-                heads["events"] = _codec.chain_hash(heads["events"], r, _codec.EVENT_HASHED)
+                heads["events"] = _codec.chain_hash(heads["events"], r, _rows.EVENT_HASHED)
                 assert heads["events"] == r["hash"]
                 assert r["causation"] == last_inbox  # each input is followed by its events
         assert (heads["inbox"], heads["events"]) == (report["inbox_head"], report["events_head"])
@@ -621,7 +622,7 @@ class TestVerifyAndCheckpoint:
         """An edit with every hash recomputed passes plain verify, not the checkpoint."""
         cp = run("checkpoint", "--db", str(world), "--json").stdout
         edit(world, "UPDATE inbox SET reason = 'all good' WHERE id = 3")
-        rewrite_chain(world, "inbox", "id", _codec.INBOX_HASHED)
+        rewrite_chain(world, "inbox", "id", _rows.INBOX_HASHED)
         assert run("verify", "--db", str(world)).exit_code == 0  # the chain alone is fooled
         res = run("verify", "--db", str(world), "--checkpoint", cp)
         assert res.exit_code == 1

@@ -26,6 +26,7 @@ from kplus_fsm import (
     _codec,
     decide,
 )
+from kplus_fsm._store import _rows
 from kplus_fsm.exceptions import SchemaVersionError, StoreError
 from kplus_fsm.testing import FakeClock, charge_json, webhook_json
 
@@ -169,9 +170,9 @@ class TestTamperDetection:
     def test_rewritten_row_hash_breaks_the_next_row(self, built: Path, tmp_path: Path) -> None:
         with SQLiteStore(built) as store:
             rows = list(store.iter_inbox())
-        values = {c: getattr(rows[1], c) for c in _codec.INBOX_HASHED}
+        values = {c: getattr(rows[1], c) for c in _rows.INBOX_HASHED}
         values["reason"] = "forged"
-        forged = _codec.chain_hash(rows[0].hash, values, _codec.INBOX_HASHED)
+        forged = _codec.chain_hash(rows[0].hash, values, _rows.INBOX_HASHED)
         copy = tampered_copy(
             built,
             tmp_path / "copy.db",

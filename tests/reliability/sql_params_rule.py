@@ -9,7 +9,7 @@ The rule "SQL is built only with parameters", checked on the source (AST).
 
 - string (and number) literals;
 - module-level constants, in this module or imported from the package
-  (``_codec.EVENT_COLUMNS``, ``INBOX_COLUMNS``): table and column names;
+  (``_rows.EVENT_COLUMNS``, ``INBOX_COLUMNS``): table and column names;
 - ``int(...)`` and ``len(...)`` (a number cannot inject anything);
 - ``str.join``, ``str.format``, ``lower``, ``upper``, ``strip``, ``+``, ``*``,
   f-strings and conditional expressions over values allowed here;

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 
-from ._ports import Store
-from ._store import SQLiteStore
-from ._store_pg import PostgresStore
+from ..typing import Store
 from ._urls import is_postgres, sqlite_path
+from .postgres import PostgresStore
+from .sqlite import SQLiteStore
 
 
 def open_store(

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 if TYPE_CHECKING:
     from ._machine import Decision
     from ._model import Payment, StoredEvent
-    from ._ops import Check, Lease, UnresolvedHint
-    from ._store import (
+    from ._store._log import Check, Lease, UnresolvedHint
+    from ._store.sqlite import (
         InboxDraft,
         InboxRow,
         Recorded,

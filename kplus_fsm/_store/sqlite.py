@@ -27,12 +27,16 @@ from typing import Any, Final, Literal, TypeVar
 import attrs
 import sqlite_utils
 
-from . import _classify, _codec, _schema
-from ._machine import Decision
-from ._model import Payment, StoredEvent
-from ._ops import Cursor, Operations
+from .. import _codec
+from .._machine import Decision
+from .._model import Payment, StoredEvent
+from ..exceptions import ConcurrencyError, DamagedLogError, SchemaVersionError, StoreError
+from . import _audit, _classify, _rows
+from . import _schema_sqlite as _schema
+from ._audit import timeline_sql
+from ._log import Cursor, Operations
+from ._reports import ReplayDifference, ReplayReport, TimelineEntry, VerifyReport
 from ._rows import INBOX_COLUMNS, Heads, InboxDraft, InboxRow, Plan, Recorded, inbox_row, plan
-from .exceptions import ConcurrencyError, DamagedLogError, SchemaVersionError, StoreError
 
 __all__ = [
     "INBOX_COLUMNS",
@@ -59,75 +63,6 @@ _CACHE_PAYMENTS: Final = 4096
 #: A thread that recorded within this many seconds counts as a producer to wait for.
 _PRODUCER_WINDOW: Final = 0.05
 _PROGRESS_EVERY: Final = 5000
-
-
-@attrs.frozen(kw_only=True)
-class TimelineEntry:
-    """
-    One line of a payment's timeline: an input (``type="input"``) or one of the
-    events it caused (``type="event"``), in commit order.
-    """
-
-    type: Literal["input", "event"]
-    at: str
-    inbox_id: int
-    kind: str
-    position: int | None = None
-    version: int | None = None
-    origin: str | None = None
-    outcome: str | None = None
-    reason: str | None = None
-    external_id: str | None = None
-    verification: str | None = None
-    data: Any = None
-
-    def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-
-@attrs.frozen(kw_only=True)
-class VerifyReport:
-    """
-    The result of :meth:`SQLiteStore.verify`. ``ok`` is false when ``problem``
-    names the first bad row (``table``, ``row_id``) or a missing guard.
-    """
-
-    ok: bool
-    inbox_rows: int
-    events: int
-    inbox_head: str
-    events_head: str
-    schema_version: str | None
-    problem: str | None = None
-    table: str | None = None
-    row_id: int | None = None
-    damaged: bool = False
-    """The file is damaged: ``problem`` says how far each chain could be read."""
-
-
-@attrs.frozen(kw_only=True)
-class ReplayDifference:
-    payment_id: str
-    field: str
-    stored: Any
-    replayed: Any
-
-
-@attrs.frozen(kw_only=True)
-class ReplayReport:
-    """
-    The result of :meth:`SQLiteStore.replay`: how many events and payments were
-    replayed, and every difference between the replayed and stored projection.
-    """
-
-    events: int
-    payments: int
-    differences: tuple[ReplayDifference, ...]
-    repaired: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return not self.differences
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -352,10 +287,10 @@ class SQLiteStore(Operations):
                 raise _read_error(exc, "cannot open the event log") from exc
             raise
         self._lookup_sql = (
-            f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments WHERE payment_id = ?"
+            f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments WHERE payment_id = ?"
         )
         self._lookup_charge_sql = (
-            f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments WHERE charge_id = ? "
+            f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments WHERE charge_id = ? "
             "ORDER BY created_at LIMIT 1"
         )
         self._insert_inbox_sql = (
@@ -363,12 +298,12 @@ class SQLiteStore(Operations):
             f"VALUES ({', '.join('?' * len(INBOX_COLUMNS))})"
         )
         self._insert_event_sql = (
-            f"INSERT INTO events ({', '.join(_codec.EVENT_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(_codec.EVENT_COLUMNS))})"
+            f"INSERT INTO events ({', '.join(_rows.EVENT_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_rows.EVENT_COLUMNS))})"
         )
         self._upsert_payment_sql = (
-            f"INSERT OR REPLACE INTO payments ({', '.join(_codec.PAYMENT_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(_codec.PAYMENT_COLUMNS))})"
+            f"INSERT OR REPLACE INTO payments ({', '.join(_rows.PAYMENT_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_rows.PAYMENT_COLUMNS))})"
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -647,7 +582,7 @@ class SQLiteStore(Operations):
                 before = self._lookup(owner, staged)
             else:
                 row = self.conn.execute(self._lookup_charge_sql, (item.charge_id,)).fetchone()
-                before = _codec.payment_from_row(row) if row else None
+                before = _rows.payment_from_row(row) if row else None
         return plan(
             item.draft,
             item.decide(before),
@@ -685,7 +620,7 @@ class SQLiteStore(Operations):
 
     def _load(self, payment_id: str) -> Payment | None:
         row = self.conn.execute(self._lookup_sql, (payment_id,)).fetchone()
-        return _codec.payment_from_row(row) if row else None
+        return _rows.payment_from_row(row) if row else None
 
     def get(self, payment_id: str) -> Payment | None:
         """The current state of a payment, or ``None``."""
@@ -698,7 +633,7 @@ class SQLiteStore(Operations):
             found = self._load(id_)
             if found is None:
                 row = self.conn.execute(self._lookup_charge_sql, (id_,)).fetchone()
-                found = _codec.payment_from_row(row) if row else None
+                found = _rows.payment_from_row(row) if row else None
             return found
 
         return self._read(work)
@@ -734,26 +669,24 @@ class SQLiteStore(Operations):
 
     def stream(self, payment_id: str, *, until: str | None = None) -> list[StoredEvent]:
         """A payment's events in order (only those recorded at or before ``until``)."""
-        sql = f"SELECT {', '.join(_codec.EVENT_COLUMNS)} FROM events WHERE stream = ?"
+        sql = f"SELECT {', '.join(_rows.EVENT_COLUMNS)} FROM events WHERE stream = ?"
         params: list[Any] = [payment_id]
         if until is not None:
             sql += " AND recorded_at <= ?"
             params.append(until)
         sql += " ORDER BY version"
-        return self._read(
-            lambda: [_codec.event_from_row(r) for r in self.conn.execute(sql, params)]
-        )
+        return self._read(lambda: [_rows.event_from_row(r) for r in self.conn.execute(sql, params)])
 
     def iter_events(self, after: int = 0, *, batch: int = 1000) -> Iterator[StoredEvent]:
         """Every event after global position ``after``, in order, streamed in batches."""
         sql = (
-            f"SELECT {', '.join(_codec.EVENT_COLUMNS)} FROM events "
+            f"SELECT {', '.join(_rows.EVENT_COLUMNS)} FROM events "
             "WHERE position > ? ORDER BY position LIMIT ?"
         )
         while True:
             rows = self._read(partial(self._rows, sql, (after, batch)))
             for row in rows:
-                yield _codec.event_from_row(row)
+                yield _rows.event_from_row(row)
             if len(rows) < batch:
                 return
             after = rows[-1][0]
@@ -917,10 +850,10 @@ class SQLiteStore(Operations):
     def _replay(
         self, *, repair: bool, progress: Callable[[int], None] | None = None
     ) -> ReplayReport:
-        sql = f"SELECT {', '.join(_codec.EVENT_COLUMNS)} FROM events ORDER BY stream, version"
+        sql = f"SELECT {', '.join(_rows.EVENT_COLUMNS)} FROM events ORDER BY stream, version"
         try:
             stored = self.conn.cursor().execute(
-                f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments ORDER BY payment_id"
+                f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments ORDER BY payment_id"
             )
             n_events, n_payments, differences, rebuilt = _audit.fold_streams(
                 self.conn.cursor().execute(sql), self._load, progress=progress, stored=stored
@@ -939,7 +872,7 @@ class SQLiteStore(Operations):
 
             def fix() -> None:
                 for p in rebuilt:
-                    self.conn.execute(self._upsert_payment_sql, _codec.payment_to_row(p))
+                    self.conn.execute(self._upsert_payment_sql, _rows.payment_to_row(p))
                 for o in orphans:
                     self.conn.execute("DELETE FROM payments WHERE payment_id = ?", (o,))
 
@@ -966,9 +899,3 @@ class SQLiteStore(Operations):
             "event_position": ev[0] if ev else 0,
             "event_hash": ev[1] if ev else _codec.GENESIS,
         }
-
-
-# The database-independent half of verify, replay and timeline (shared with the
-# PostgreSQL store). Imported last: it imports this module's report classes.
-from . import _audit  # noqa: E402
-from ._audit import timeline_sql  # noqa: E402

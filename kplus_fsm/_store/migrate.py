@@ -27,14 +27,13 @@ from typing import Any, Final, cast
 
 import attrs
 
-from . import _codec
-from ._open import open_store
-from ._ports import SQLStore
+from ..exceptions import StoreError
+from ..typing import SQLStore
+from . import _rows, open_store
 from ._rows import INBOX_COLUMNS
-from ._store import SQLiteStore
-from ._store_pg import PostgresStore
 from ._urls import redact
-from .exceptions import StoreError
+from .postgres import PostgresStore
+from .sqlite import SQLiteStore
 
 BATCH: Final = 2000
 CONSUMER_COLUMNS: Final = ("name", "position", "updated_at")
@@ -97,8 +96,8 @@ def _keyset(source: SQLStore, sql: str, last: int | None, batch: int) -> Iterato
 #: What is copied, in the order the target needs it (inbox before the events citing it).
 COPIED: Final = (
     ("inbox", INBOX_COLUMNS),
-    ("events", _codec.EVENT_COLUMNS),
-    ("payments", _codec.PAYMENT_COLUMNS),
+    ("events", _rows.EVENT_COLUMNS),
+    ("payments", _rows.PAYMENT_COLUMNS),
     ("consumers", CONSUMER_COLUMNS),
 )
 
@@ -118,7 +117,7 @@ def _source_rows(
     if table == "events":
         return _keyset(
             source,
-            f"SELECT {', '.join(_codec.EVENT_COLUMNS)} FROM events"
+            f"SELECT {', '.join(_rows.EVENT_COLUMNS)} FROM events"
             " WHERE position > ? AND position <= ? ORDER BY position LIMIT ?",
             int(head["event_position"]),
             batch,
@@ -126,7 +125,7 @@ def _source_rows(
     if table == "payments":
         return _keyset(
             source,
-            f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments"
+            f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments"
             " WHERE payment_id > ? ORDER BY payment_id LIMIT ?",
             None,
             batch,

@@ -1,25 +1,165 @@
 """
-What one input writes, independent of the database: the inbox row, the event
-rows, the projection row and the hash-chain links, computed from the payment
-before the input, the machine's decision and the heads of the two chains.
+How the log's rows look, in one place: every column list (by name; the hashed
+ones are a contract with every log ever written), the mapping between rows and
+values, and what one input writes, independent of the database (:func:`plan`:
+the inbox row, the event rows, the projection row and the hash-chain links,
+from the payment before the input, the machine's decision and the chain heads).
 
 Every store (SQLite, PostgreSQL) reads the heads and the payment inside its
 write transaction, calls :func:`plan`, and inserts the rows it returns: the
-stored bytes and hashes are therefore the same whatever the database.
+stored bytes and hashes are therefore the same whatever the database. Rows are
+decoded by column name, never by position.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import attrs
 
-from . import _codec
-from ._machine import Decision, evolve
-from ._model import EVENT_VERSIONS, Payment, StoredEvent
+from .. import _codec
+from .._machine import Decision, evolve
+from .._model import EVENT_VERSIONS, Payment, Status, StoredEvent
 
-INBOX_COLUMNS: Final = (*_codec.INBOX_HASHED, "hash")
+# ------------------------------------------------------------------ row layouts
+# Every column list of the log, by name. The hashed lists are a contract with
+# every log ever written: a row's hash covers exactly these values, in this order.
+
+INBOX_HASHED: Final = (
+    "id",
+    "received_at",
+    "kind",
+    "origin",
+    "payment_id",
+    "charge_id",
+    "external_id",
+    "body",
+    "body_encoding",
+    "headers",
+    "verification",
+    "outcome",
+    "reason",
+)
+EVENT_HASHED: Final = (
+    "position",
+    "stream",
+    "version",
+    "kind",
+    "event_version",
+    "data",
+    "recorded_at",
+    "causation",
+)
+INBOX_COLUMNS: Final = (*INBOX_HASHED, "hash")
+EVENT_COLUMNS: Final = (*EVENT_HASHED, "hash")
+
+
+# ------------------------------------------------------------- rows and values
+
+
+def event_from_row(row: Mapping[str, Any] | Sequence[Any]) -> StoredEvent:
+    """A :class:`StoredEvent` from an ``events`` row (a mapping, or :data:`EVENT_COLUMNS`)."""
+    fields = row if isinstance(row, Mapping) else dict(zip(EVENT_COLUMNS, row, strict=False))
+    kind, event_version = fields["kind"], fields["event_version"]
+    payload = _codec.loads(fields["data"])
+    if EVENT_VERSIONS.get(kind) != event_version:
+        event_version, payload = _codec.upcast(kind, event_version, payload)
+    return StoredEvent(
+        position=fields["position"],
+        stream=fields["stream"],
+        version=fields["version"],
+        kind=kind,
+        event_version=event_version,
+        data=payload,
+        recorded_at=fields["recorded_at"],
+        causation=fields["causation"],
+    )
+
+
+# ---------------------------------------------------------------------- payments
+
+PAYMENT_COLUMNS: Final = (
+    "payment_id",
+    "status",
+    "amount",
+    "currency",
+    "return_uri",
+    "platform_type",
+    "description",
+    "metadata",
+    "charge_id",
+    "livemode",
+    "authorize_uri",
+    "expires_at",
+    "failure_code",
+    "failure_message",
+    "create_unknown",
+    "flags",
+    "webhook_event_ids",
+    "version",
+    "created_at",
+    "updated_at",
+    "order_ref",
+)
+"""The ``payments`` columns; ``order_ref`` was added by migration ``0003_followup``."""
+
+
+def payment_to_row(p: Payment) -> tuple[Any, ...]:
+    """The ``payments`` row of a payment, in :data:`PAYMENT_COLUMNS` order."""
+    return (
+        p.payment_id,
+        p.status.value,
+        p.amount,
+        p.currency,
+        p.return_uri,
+        p.platform_type,
+        p.description,
+        _codec.dumps(dict(p.metadata)),
+        p.charge_id,
+        None if p.livemode is None else int(p.livemode),
+        p.authorize_uri,
+        p.expires_at,
+        p.failure_code,
+        p.failure_message,
+        int(p.create_unknown),
+        _codec.dumps(sorted(p.flags)),
+        _codec.dumps(sorted(p.webhook_event_ids)),
+        p.version,
+        p.created_at,
+        p.updated_at,
+        p.order_ref,
+    )
+
+
+def payment_from_row(row: Mapping[str, Any] | tuple[Any, ...]) -> Payment:
+    """The inverse of :func:`payment_to_row`."""
+    if not isinstance(row, Mapping):
+        row = dict(zip(PAYMENT_COLUMNS, row, strict=True))
+    livemode = row["livemode"]
+    return Payment(
+        payment_id=row["payment_id"],
+        status=Status(row["status"]),
+        amount=row["amount"],
+        currency=row["currency"],
+        return_uri=row["return_uri"],
+        platform_type=row["platform_type"],
+        description=row["description"],
+        metadata=_codec.loads(row["metadata"]),
+        charge_id=row["charge_id"],
+        livemode=None if livemode is None else bool(livemode),
+        authorize_uri=row["authorize_uri"],
+        expires_at=row["expires_at"],
+        failure_code=row["failure_code"],
+        failure_message=row["failure_message"],
+        create_unknown=bool(row["create_unknown"]),
+        flags=frozenset(_codec.loads(row["flags"])),
+        webhook_event_ids=frozenset(_codec.loads(row["webhook_event_ids"])),
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        order_ref=row.get("order_ref"),
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -60,23 +200,8 @@ class InboxRow:
 
 
 def inbox_row(row: Sequence[Any]) -> InboxRow:
-    """An :class:`InboxRow` from an ``inbox`` row in :data:`INBOX_COLUMNS` order."""
-    return InboxRow(
-        id=row[0],
-        received_at=row[1],
-        kind=row[2],
-        origin=row[3],
-        payment_id=row[4],
-        charge_id=row[5],
-        external_id=row[6],
-        body=row[7],
-        body_encoding=row[8],
-        headers=row[9],
-        verification=row[10],
-        outcome=row[11],
-        reason=row[12],
-        hash=row[13],
-    )
+    """An :class:`InboxRow` from an ``inbox`` row selected as :data:`INBOX_COLUMNS`."""
+    return InboxRow(**dict(zip(INBOX_COLUMNS, row, strict=True)))
 
 
 @attrs.frozen(kw_only=True)
@@ -127,7 +252,7 @@ def plan(
     following ``before.version``), and the payment's projection after them.
     """
     inbox_id = heads.inbox_id + 1
-    # In _codec.INBOX_HASHED order (the hash covers exactly these values).
+    # In INBOX_HASHED order (the hash covers exactly these values).
     hashed = (
         inbox_id,
         now,
@@ -159,7 +284,7 @@ def plan(
             position += 1
             version += 1
             kind, event_version = new.kind.value, EVENT_VERSIONS[new.kind]
-            # In _codec.EVENT_HASHED order.
+            # In EVENT_HASHED order.
             ev = (
                 position,
                 stream,
@@ -185,7 +310,7 @@ def plan(
             stored.append(event)
             after = evolve(after, event)
         assert after is not None
-        payment_row = _codec.payment_to_row(after)
+        payment_row = payment_to_row(after)
     return Plan(
         inbox_row=inbox_row,
         event_rows=tuple(rows),

@@ -14,7 +14,7 @@ from typing import Final
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from .exceptions import SchemaVersionError
+from ..exceptions import SchemaVersionError
 
 MIGRATION_SET: Final = "kplus_fsm"
 

@@ -34,20 +34,21 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
-from . import _audit, _codec, _schema_pg
-from ._audit import timeline_sql
-from ._machine import Decision
-from ._model import Outcome, Payment, StoredEvent
-from ._ops import Cursor, Operations
-from ._rows import INBOX_COLUMNS, Heads, InboxDraft, InboxRow, Plan, Recorded, plan
-from ._store import ReplayReport, TimelineEntry, VerifyReport
-from ._urls import redact, scrub
-from .exceptions import (
+from .. import _codec
+from .._machine import Decision
+from .._model import Outcome, Payment, StoredEvent
+from ..exceptions import (
     ConcurrencyError,
     PostgresUnavailableError,
     SchemaVersionError,
     StoreError,
 )
+from . import _audit, _rows, _schema_pg
+from ._audit import timeline_sql
+from ._log import Cursor, Operations
+from ._reports import ReplayReport, TimelineEntry, VerifyReport
+from ._rows import INBOX_COLUMNS, Heads, InboxDraft, InboxRow, Plan, Recorded, plan
+from ._urls import redact, scrub
 
 if TYPE_CHECKING:
     import psycopg
@@ -136,8 +137,8 @@ def _storable(draft: InboxDraft) -> InboxDraft:
 
 
 _COLS_INBOX: Final = ", ".join(INBOX_COLUMNS)
-_COLS_EVENTS: Final = ", ".join(_codec.EVENT_COLUMNS)
-_COLS_PAYMENTS: Final = ", ".join(_codec.PAYMENT_COLUMNS)
+_COLS_EVENTS: Final = ", ".join(_rows.EVENT_COLUMNS)
+_COLS_PAYMENTS: Final = ", ".join(_rows.PAYMENT_COLUMNS)
 
 
 _VERIFY_INBOX_SQL: Final = _audit.VERIFY_INBOX_TEMPLATE.format(p="%s")
@@ -232,12 +233,12 @@ class PostgresStore(Operations):
         )
         self._insert_event_sql = (
             f"INSERT INTO events ({_COLS_EVENTS}) "
-            f"VALUES ({_placeholders(len(_codec.EVENT_COLUMNS))})"
+            f"VALUES ({_placeholders(len(_rows.EVENT_COLUMNS))})"
         )
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _codec.PAYMENT_COLUMNS[1:])
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _rows.PAYMENT_COLUMNS[1:])
         self._upsert_payment_sql = (
             f"INSERT INTO payments ({_COLS_PAYMENTS}) "
-            f"VALUES ({_placeholders(len(_codec.PAYMENT_COLUMNS))}) "
+            f"VALUES ({_placeholders(len(_rows.PAYMENT_COLUMNS))}) "
             f"ON CONFLICT (payment_id) DO UPDATE SET {updates}"
         )
 
@@ -508,7 +509,7 @@ class PostgresStore(Operations):
         row = by_id.fetchone() if by_id is not None else None
         if row is None and by_charge is not None:
             row = by_charge.fetchone()
-        before = _codec.payment_from_row(row) if row else None
+        before = _rows.payment_from_row(row) if row else None
         heads = _heads_of(at_heads.fetchone())
         decision = decide(before)
         planned = plan(
@@ -557,7 +558,7 @@ class PostgresStore(Operations):
 
     def _load(self, payment_id: str) -> Payment | None:
         row = self.conn.execute(self._lookup_sql, (payment_id,)).fetchone()
-        return _codec.payment_from_row(row) if row else None
+        return _rows.payment_from_row(row) if row else None
 
     def get(self, payment_id: str) -> Payment | None:
         """The current state of a payment, or ``None``."""
@@ -570,7 +571,7 @@ class PostgresStore(Operations):
             found = self._load(id_)
             if found is None:
                 row = self.conn.execute(self._lookup_charge_sql, (id_,)).fetchone()
-                found = _codec.payment_from_row(row) if row else None
+                found = _rows.payment_from_row(row) if row else None
             return found
 
         return self._read(work)
@@ -596,7 +597,7 @@ class PostgresStore(Operations):
             sql += " AND recorded_at <= %s"
             params.append(until)
         sql += " ORDER BY version"
-        return [_codec.event_from_row(r) for r in self._rows(sql, params)]
+        return [_rows.event_from_row(r) for r in self._rows(sql, params)]
 
     def iter_events(self, after: int = 0, *, batch: int = 1000) -> Iterator[StoredEvent]:
         """Every event after global position ``after``, in order, streamed in batches."""
@@ -604,7 +605,7 @@ class PostgresStore(Operations):
         while True:
             rows = self._rows(sql, (after, batch))
             for row in rows:
-                yield _codec.event_from_row(row)
+                yield _rows.event_from_row(row)
             if len(rows) < batch:
                 return
             after = rows[-1][0]
@@ -764,7 +765,7 @@ class PostgresStore(Operations):
             def fix() -> None:
                 with self.conn.cursor() as cur:
                     for p in rebuilt:
-                        cur.execute(self._upsert_payment_sql, _codec.payment_to_row(p))
+                        cur.execute(self._upsert_payment_sql, _rows.payment_to_row(p))
                     for o in orphans:
                         cur.execute("DELETE FROM payments WHERE payment_id = %s", (o,))
 

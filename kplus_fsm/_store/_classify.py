@@ -43,7 +43,7 @@ from typing import Final
 
 import attrs
 
-from . import _schema
+from . import _schema_sqlite as _schema
 from ._urls import is_postgres, redact, sqlite_path
 
 #: The first 16 bytes of every SQLite database file.

@@ -27,15 +27,15 @@ from typing import Any, Final, Protocol, TypeVar
 
 import attrs
 
-from . import _codec
-from ._model import Payment
-from ._schema import (
+from .._model import Payment
+from ..exceptions import LeaseLostError
+from . import _rows
+from ._schema_sqlite import (
     HINTS_FROM,
     HINTS_FROM_SQLITE,
     HINTS_FROM_SQLITE_AFTER,
     unresolved_hint_select,
 )
-from .exceptions import LeaseLostError
 
 T = TypeVar("T")
 
@@ -243,7 +243,7 @@ def unresolved_hints(
 
 # ------------------------------------------------------------- reconciliation
 
-_PAYMENTS_P: Final = ", ".join(f"p.{c}" for c in _codec.PAYMENT_COLUMNS)
+_PAYMENTS_P: Final = ", ".join(f"p.{c}" for c in _rows.PAYMENT_COLUMNS)
 
 #: Due payments, the least recently checked first: a payment reconciliation
 #: looked at moves to the back of the queue, so successive bounded runs reach
@@ -265,7 +265,7 @@ def reconcile_candidates(
 ) -> list[Payment]:
     """See :meth:`Operations.reconcile_candidates`."""
     rows = execute(_CANDIDATES_SQL, (now, cutoff, cutoff, stored_now, limit)).fetchall()
-    return [_codec.payment_from_row(r) for r in rows]
+    return [_rows.payment_from_row(r) for r in rows]
 
 
 @attrs.frozen(kw_only=True)
@@ -322,11 +322,11 @@ def check_attempts(execute: Execute, payment_ids: Sequence[str]) -> dict[str, in
 def payments_for_order(execute: Execute, order_ref: str) -> list[Payment]:
     """Every attempt of an order, oldest first."""
     rows = execute(
-        f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments WHERE order_ref = ?"
+        f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments WHERE order_ref = ?"
         " ORDER BY created_at, payment_id",
         (order_ref,),
     ).fetchall()
-    return [_codec.payment_from_row(r) for r in rows]
+    return [_rows.payment_from_row(r) for r in rows]
 
 
 # ----------------------------------------------------------- the stores' half

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ._schema import (
+from ._schema_sqlite import (
     ANOMALY_CATEGORY,
     APPEND_ONLY_TABLES,
     HINT_INDEXES,
