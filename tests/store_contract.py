@@ -819,7 +819,7 @@ class OperationsContract(_ContractBase):
     def test_reconcile_queue_least_recently_checked_first(
         self, store: Store, tracker: Tracker
     ) -> None:
-        from kplus_fsm._ops import Check
+        from kplus_fsm._store._log import Check
 
         for pid in ("pay-a", "pay-b", "pay-c"):
             request(tracker, pid)

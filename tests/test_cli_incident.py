@@ -24,8 +24,9 @@ import pytest
 import structlog
 from click.testing import CliRunner, Result
 
-from kplus_fsm import Origin, SQLiteStore, Tracker, _cli_incident, _codec, _queries, _schema
+from kplus_fsm import Origin, SQLiteStore, Tracker, _cli_incident, _codec, _queries
 from kplus_fsm._store import _rows
+from kplus_fsm._store import _schema_sqlite as _schema
 from kplus_fsm.adapters.signatures import signature_headers
 from kplus_fsm.adapters.webhooks import WebhookIntake
 from kplus_fsm.cli import cli

@@ -47,7 +47,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kplus_fsm import cli as cli_module
-from kplus_fsm._classify import Access, Action, LogKind, classify, decide
+from kplus_fsm._store._classify import Access, Action, LogKind, classify, decide
 from kplus_fsm.adapters.fake import FakeOmise, start_server
 
 SK, PK = "skey_test_hostile000000000000000", "pkey_test_hostile000000000000000"

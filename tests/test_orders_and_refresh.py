@@ -40,7 +40,7 @@ from kplus_fsm import (
 )
 from kplus_fsm._codec import dumps
 from kplus_fsm._machine import decide
-from kplus_fsm._rows import InboxDraft
+from kplus_fsm._store._rows import InboxDraft
 from kplus_fsm.adapters.fake import FakeOmise, FakeOmiseServer, start_server
 from kplus_fsm.adapters.omise import OmiseClient
 from kplus_fsm.testing import charge_json

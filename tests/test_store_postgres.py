@@ -30,8 +30,8 @@ from kplus_fsm import (
     open_store,
     redact,
 )
-from kplus_fsm._store_pg import CHAIN_LOCK, NUL_REASON, to_pg
-from kplus_fsm._urls import scrub, sqlite_path
+from kplus_fsm._store._urls import scrub, sqlite_path
+from kplus_fsm._store.postgres import CHAIN_LOCK, NUL_REASON, to_pg
 from kplus_fsm.cli import cli
 from kplus_fsm.exceptions import (
     MalformedInputError,

@@ -225,6 +225,17 @@ class Heads:
     events_hash: str = _codec.GENESIS
 
 
+def heads_from_row(row: Sequence[Any] | None) -> Heads:
+    """The chain heads from a row of ``_sql.HEADS`` (NULLs: an empty chain)."""
+    assert row is not None
+    return Heads(
+        inbox_id=row[0] or 0,
+        inbox_hash=row[1] or _codec.GENESIS,
+        position=row[2] or 0,
+        events_hash=row[3] or _codec.GENESIS,
+    )
+
+
 @attrs.frozen(kw_only=True)
 class Plan:
     """The rows one input writes, in column order, and the chain heads after them."""

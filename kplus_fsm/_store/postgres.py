@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import random
 import threading
 import time
@@ -34,20 +35,18 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
-from .. import _codec
 from .._machine import Decision
-from .._model import Outcome, Payment, StoredEvent
+from .._model import Outcome, Payment
 from ..exceptions import (
     ConcurrencyError,
     PostgresUnavailableError,
     SchemaVersionError,
     StoreError,
 )
-from . import _audit, _rows, _schema_pg
-from ._audit import timeline_sql
-from ._log import Cursor, Operations
-from ._reports import ReplayReport, TimelineEntry, VerifyReport
-from ._rows import INBOX_COLUMNS, Heads, InboxDraft, InboxRow, Plan, Recorded, plan
+from . import _audit, _rows, _schema_pg, _sql
+from ._log import Cursor, Log
+from ._reports import ReplayReport, VerifyReport
+from ._rows import InboxDraft, Plan, Recorded, plan
 from ._urls import redact, scrub
 
 if TYPE_CHECKING:
@@ -77,6 +76,7 @@ def _psycopg() -> Any:
     return psycopg
 
 
+@functools.lru_cache(maxsize=1024)
 def to_pg(sql: str) -> str:
     """
     A statement written with ``?`` placeholders (SQLite's style) in psycopg's
@@ -136,38 +136,11 @@ def _storable(draft: InboxDraft) -> InboxDraft:
     )
 
 
-_COLS_INBOX: Final = ", ".join(INBOX_COLUMNS)
-_COLS_EVENTS: Final = ", ".join(_rows.EVENT_COLUMNS)
-_COLS_PAYMENTS: Final = ", ".join(_rows.PAYMENT_COLUMNS)
+#: A portable statement (:mod:`kplus_fsm._store._sql`) in psycopg's style (cached).
+_pg: Final = to_pg
 
 
-_VERIFY_INBOX_SQL: Final = _audit.VERIFY_INBOX_TEMPLATE.format(p="%s")
-_VERIFY_EVENTS_SQL: Final = _audit.VERIFY_EVENTS_TEMPLATE.format(p="%s")
-
-_HEADS_SQL: Final = (
-    "SELECT i.id, i.hash, e.position, e.hash FROM (SELECT 1) AS one"
-    " LEFT JOIN (SELECT id, hash FROM inbox ORDER BY id DESC LIMIT 1) AS i ON true"
-    " LEFT JOIN (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1)"
-    " AS e ON true"
-)
-
-
-def _heads_of(row: tuple[Any, ...] | None) -> Heads:
-    """The chain heads from a row of :data:`_HEADS_SQL`."""
-    assert row is not None
-    return Heads(
-        inbox_id=row[0] or 0,
-        inbox_hash=row[1] or _codec.GENESIS,
-        position=row[2] or 0,
-        events_hash=row[3] or _codec.GENESIS,
-    )
-
-
-def _placeholders(n: int) -> str:
-    return ", ".join(["%s"] * n)
-
-
-class PostgresStore(Operations):
+class PostgresStore(Log):
     """
     The event log in a PostgreSQL database.
 
@@ -223,24 +196,6 @@ class PostgresStore(Operations):
             if isinstance(exc, self._pg.Error):
                 raise StoreError(f"cannot open the event log: {self._scrub(exc)}") from None
             raise
-        self._lookup_sql = f"SELECT {_COLS_PAYMENTS} FROM payments WHERE payment_id = %s"
-        self._lookup_charge_sql = (
-            f"SELECT {_COLS_PAYMENTS} FROM payments WHERE charge_id = %s "
-            "ORDER BY created_at LIMIT 1"
-        )
-        self._insert_inbox_sql = (
-            f"INSERT INTO inbox ({_COLS_INBOX}) VALUES ({_placeholders(len(INBOX_COLUMNS))})"
-        )
-        self._insert_event_sql = (
-            f"INSERT INTO events ({_COLS_EVENTS}) "
-            f"VALUES ({_placeholders(len(_rows.EVENT_COLUMNS))})"
-        )
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _rows.PAYMENT_COLUMNS[1:])
-        self._upsert_payment_sql = (
-            f"INSERT INTO payments ({_COLS_PAYMENTS}) "
-            f"VALUES ({_placeholders(len(_rows.PAYMENT_COLUMNS))}) "
-            f"ON CONFLICT (payment_id) DO UPDATE SET {updates}"
-        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -487,9 +442,6 @@ class PostgresStore(Operations):
 
         return self._retrying(work) if items else []
 
-    def _heads(self) -> Heads:
-        return _heads_of(self.conn.execute(_HEADS_SQL).fetchone())
-
     def _record(
         self,
         draft: InboxDraft,
@@ -501,16 +453,16 @@ class PostgresStore(Operations):
     ) -> Recorded:
         conn = self.conn
         # Queue every read before the first fetch: one round trip in pipeline mode.
-        by_id = conn.execute(self._lookup_sql, (payment_id,)) if payment_id is not None else None
+        by_id = conn.execute(_pg(_sql.LOOKUP), (payment_id,)) if payment_id is not None else None
         by_charge = (
-            conn.execute(self._lookup_charge_sql, (charge_id,)) if charge_id is not None else None
+            conn.execute(_pg(_sql.LOOKUP_CHARGE), (charge_id,)) if charge_id is not None else None
         )
-        at_heads = conn.execute(_HEADS_SQL)
+        at_heads = conn.execute(_pg(_sql.HEADS))
         row = by_id.fetchone() if by_id is not None else None
         if row is None and by_charge is not None:
             row = by_charge.fetchone()
         before = _rows.payment_from_row(row) if row else None
-        heads = _heads_of(at_heads.fetchone())
+        heads = _rows.heads_from_row(at_heads.fetchone())
         decision = decide(before)
         planned = plan(
             draft, decision, before, heads, now=now, payment_id=payment_id, charge_id=charge_id
@@ -533,11 +485,11 @@ class PostgresStore(Operations):
                 charge_id=None,
             )
         with conn.cursor() as cur:
-            cur.execute(self._insert_inbox_sql, planned.inbox_row)
+            cur.execute(_pg(_sql.INSERT_INBOX), planned.inbox_row)
             if planned.event_rows:
-                cur.executemany(self._insert_event_sql, planned.event_rows)
+                cur.executemany(_pg(_sql.INSERT_EVENT), planned.event_rows)
             if planned.payment_row is not None:
-                cur.execute(self._upsert_payment_sql, planned.payment_row)
+                cur.execute(_pg(_sql.UPSERT_PAYMENT), planned.payment_row)
         return planned.recorded
 
     # ---------------------------------------------------------------------- reads
@@ -549,140 +501,20 @@ class PostgresStore(Operations):
         except self._pg.Error as exc:
             raise StoreError(f"event log read failed: {self._scrub(exc)}") from None
 
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._read(lambda: self.conn.execute(sql, tuple(params)).fetchall())
-
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         """Run a portable statement (``?`` placeholders) on the connection."""
         return self.conn.execute(to_pg(sql), tuple(params))
-
-    def _load(self, payment_id: str) -> Payment | None:
-        row = self.conn.execute(self._lookup_sql, (payment_id,)).fetchone()
-        return _rows.payment_from_row(row) if row else None
-
-    def get(self, payment_id: str) -> Payment | None:
-        """The current state of a payment, or ``None``."""
-        return self._read(lambda: self._load(payment_id))
-
-    def find(self, id_: str) -> Payment | None:
-        """A payment by payment id, else by charge id, or ``None``."""
-
-        def work() -> Payment | None:
-            found = self._load(id_)
-            if found is None:
-                row = self.conn.execute(self._lookup_charge_sql, (id_,)).fetchone()
-                found = _rows.payment_from_row(row) if row else None
-            return found
-
-        return self._read(work)
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """
-        Run one read-only ``SELECT`` written with ``?`` placeholders (as for the
-        SQLite store: :func:`to_pg` translates them) and return its rows.
-
-        Raises:
-            ValueError: ``sql`` is not a ``SELECT`` (or ``WITH`` ... ``SELECT``).
-            StoreError: the read failed.
-        """
-        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
-            raise ValueError("query() runs SELECT statements only")
-        return self._rows(to_pg(sql), params)
-
-    def stream(self, payment_id: str, *, until: str | None = None) -> list[StoredEvent]:
-        """A payment's events in order (only those recorded at or before ``until``)."""
-        sql = f"SELECT {_COLS_EVENTS} FROM events WHERE stream = %s"
-        params: list[Any] = [payment_id]
-        if until is not None:
-            sql += " AND recorded_at <= %s"
-            params.append(until)
-        sql += " ORDER BY version"
-        return [_rows.event_from_row(r) for r in self._rows(sql, params)]
-
-    def iter_events(self, after: int = 0, *, batch: int = 1000) -> Iterator[StoredEvent]:
-        """Every event after global position ``after``, in order, streamed in batches."""
-        sql = f"SELECT {_COLS_EVENTS} FROM events WHERE position > %s ORDER BY position LIMIT %s"
-        while True:
-            rows = self._rows(sql, (after, batch))
-            for row in rows:
-                yield _rows.event_from_row(row)
-            if len(rows) < batch:
-                return
-            after = rows[-1][0]
-
-    def iter_inbox(self, after: int = 0, *, batch: int = 1000) -> Iterator[InboxRow]:
-        """Every inbox row after id ``after``, in order, streamed in batches."""
-        sql = f"SELECT {_COLS_INBOX} FROM inbox WHERE id > %s ORDER BY id LIMIT %s"
-        while True:
-            rows = self._rows(sql, (after, batch))
-            for row in rows:
-                yield InboxRow(**dict(zip(INBOX_COLUMNS, row, strict=True)))
-            if len(rows) < batch:
-                return
-            after = rows[-1][0]
-
-    def inbox_for(self, payment_id: str, *, until: str | None = None) -> list[InboxRow]:
-        """Every input attributed to a payment (its charge id included), in order."""
-        payment = self.get(payment_id)
-        charge_id = payment.charge_id if payment is not None else None
-        sql = (
-            f"SELECT {_COLS_INBOX} FROM inbox WHERE (payment_id = %s"
-            " OR (payment_id IS NULL AND charge_id = %s))"
-        )
-        params: list[Any] = [payment_id, charge_id]
-        if until is not None:
-            sql += " AND received_at <= %s"
-            params.append(until)
-        sql += " ORDER BY id"
-        return [
-            InboxRow(**dict(zip(INBOX_COLUMNS, r, strict=True))) for r in self._rows(sql, params)
-        ]
-
-    def timeline(self, payment_id: str, *, until: str | None = None) -> list[TimelineEntry]:
-        """
-        Every input about a payment and every event it caused, interleaved in
-        commit order (each input followed by its events).
-        """
-        inbox_sql, events_sql = timeline_sql(until is not None)
-        bounds = [] if until is None else [until]
-        return _audit.timeline_from_rows(
-            self._rows(to_pg(inbox_sql), [payment_id, payment_id, *bounds]),
-            self._rows(to_pg(events_sql), [payment_id, *bounds]),
-        )
-
-    def counts(self) -> dict[str, int]:
-        """Row counts of the log's tables."""
-        row = self._rows(
-            "SELECT (SELECT count(*) FROM inbox), (SELECT count(*) FROM events),"
-            " (SELECT count(*) FROM payments)"
-        )[0]
-        return {"inbox": int(row[0]), "events": int(row[1]), "payments": int(row[2])}
-
-    # ------------------------------------------------------------------ consumers
-
-    def consumer_position(self, name: str) -> int:
-        """The last event position the named consumer has processed (0: none)."""
-        rows = self._rows("SELECT position FROM consumers WHERE name = %s", (name,))
-        return int(rows[0][0]) if rows else 0
-
-    def set_consumer_position(self, name: str, position: int, *, now: str) -> None:
-        """Record the consumer's progress (inside the caller's transaction, if any)."""
-        with self._lock:
-            self.conn.execute(
-                "INSERT INTO consumers (name, position, updated_at) VALUES (%s, %s, %s) "
-                "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, "
-                "updated_at = EXCLUDED.updated_at",
-                (name, position, now),
-            )
 
     # --------------------------------------------------------------------- audit
 
     def triggers(self) -> dict[str, bool]:
         """The kplus_fsm triggers on ``inbox`` and ``events``: name -> enabled."""
-        rows = self._rows(
-            "SELECT t.tgname, t.tgenabled <> 'D' FROM pg_trigger t"
-            " WHERE NOT t.tgisinternal"
-            " AND t.tgrelid IN (to_regclass('inbox'), to_regclass('events'))"
+        rows = self._read(
+            lambda: self._rows(
+                "SELECT t.tgname, t.tgenabled <> 'D' FROM pg_trigger t"
+                " WHERE NOT t.tgisinternal"
+                " AND t.tgrelid IN (to_regclass('inbox'), to_regclass('events'))"
+            )
         )
         return {str(name): bool(enabled) for name, enabled in rows}
 
@@ -709,12 +541,8 @@ class PostgresStore(Operations):
                     elif disabled:
                         problem = f"append-only triggers disabled: {', '.join(disabled)}"
 
-                def fetch(table: str, after: int) -> list[tuple[Any, ...]]:
-                    sql = _VERIFY_INBOX_SQL if table == "inbox" else _VERIFY_EVENTS_SQL
-                    return self.conn.execute(sql, (after,)).fetchall()
-
                 return _audit.verify_chains(
-                    fetch, schema_version=version, problem=problem, progress=progress
+                    self._verify_rows, schema_version=version, problem=problem, progress=progress
                 )
             except self._pg.Error as exc:
                 raise StoreError(f"verify failed: {self._scrub(exc)}") from None
@@ -740,20 +568,11 @@ class PostgresStore(Operations):
                     with conn.transaction():
                         with conn.cursor(name="kplus_fsm_replay") as cur:
                             cur.itersize = _BATCH
-                            cur.execute(
-                                f"SELECT {_COLS_EVENTS} FROM events ORDER BY stream, version"
-                            )
+                            cur.execute(_pg(_sql.EVENTS_BY_STREAM))
                             n_events, n_payments, differences, rebuilt = _audit.fold_streams(
                                 cur, self._load, progress=progress
                             )
-                        orphans = [
-                            str(r[0])
-                            for r in conn.execute(
-                                "SELECT payment_id FROM payments p WHERE NOT EXISTS"
-                                " (SELECT 1 FROM events e WHERE e.stream = p.payment_id)"
-                                " ORDER BY payment_id"
-                            )
-                        ]
+                        orphans = [str(r[0]) for r in conn.execute(_pg(_sql.ORPHANS))]
                 finally:
                     if not conn.broken and not conn.closed:
                         conn.isolation_level = pg.IsolationLevel.READ_COMMITTED
@@ -761,15 +580,7 @@ class PostgresStore(Operations):
                 raise StoreError(f"replay failed: {self._scrub(exc)}") from None
         differences.extend(_audit.orphan_differences(orphans))
         if repair and (rebuilt or orphans):
-
-            def fix() -> None:
-                with self.conn.cursor() as cur:
-                    for p in rebuilt:
-                        cur.execute(self._upsert_payment_sql, _rows.payment_to_row(p))
-                    for o in orphans:
-                        cur.execute("DELETE FROM payments WHERE payment_id = %s", (o,))
-
-            self._retrying(fix)
+            self._repair(rebuilt, orphans)
         return ReplayReport(
             events=n_events,
             payments=n_payments,
@@ -777,23 +588,15 @@ class PostgresStore(Operations):
             repaired=repair and bool(differences),
         )
 
-    def head(self) -> dict[str, Any]:
-        """The position and hash of the last inbox row and the last event."""
-        heads = self._read(self._heads)
-        return {
-            "inbox_id": heads.inbox_id,
-            "inbox_hash": heads.inbox_hash,
-            "event_position": heads.position,
-            "event_hash": heads.events_hash,
-        }
-
     # ------------------------------------------------------------------- imports
 
     def is_empty(self) -> bool:
         """Whether the log holds no row at all (a target ``migrate-log`` may fill)."""
-        rows = self._rows(
-            "SELECT EXISTS (SELECT 1 FROM inbox) OR EXISTS (SELECT 1 FROM events)"
-            " OR EXISTS (SELECT 1 FROM payments) OR EXISTS (SELECT 1 FROM consumers)"
+        rows = self._read(
+            lambda: self._rows(
+                "SELECT EXISTS (SELECT 1 FROM inbox) OR EXISTS (SELECT 1 FROM events)"
+                " OR EXISTS (SELECT 1 FROM payments) OR EXISTS (SELECT 1 FROM consumers)"
+            )
         )
         return not rows[0][0]
 

@@ -27,16 +27,14 @@ from typing import Any, Final, Literal, TypeVar
 import attrs
 import sqlite_utils
 
-from .. import _codec
 from .._machine import Decision
-from .._model import Payment, StoredEvent
+from .._model import Payment
 from ..exceptions import ConcurrencyError, DamagedLogError, SchemaVersionError, StoreError
-from . import _audit, _classify, _rows
+from . import _audit, _classify, _rows, _sql
 from . import _schema_sqlite as _schema
-from ._audit import timeline_sql
-from ._log import Cursor, Operations
+from ._log import Cursor, Log
 from ._reports import ReplayDifference, ReplayReport, TimelineEntry, VerifyReport
-from ._rows import INBOX_COLUMNS, Heads, InboxDraft, InboxRow, Plan, Recorded, inbox_row, plan
+from ._rows import INBOX_COLUMNS, Heads, InboxDraft, InboxRow, Plan, Recorded, plan
 
 __all__ = [
     "INBOX_COLUMNS",
@@ -178,7 +176,7 @@ class _Staged:
             self.charges.setdefault(after.charge_id, after.payment_id)
 
 
-class SQLiteStore(Operations):
+class SQLiteStore(Log):
     """
     The event log in one SQLite file.
 
@@ -286,25 +284,6 @@ class SQLiteStore(Operations):
             if isinstance(exc, sqlite3.Error):
                 raise _read_error(exc, "cannot open the event log") from exc
             raise
-        self._lookup_sql = (
-            f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments WHERE payment_id = ?"
-        )
-        self._lookup_charge_sql = (
-            f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments WHERE charge_id = ? "
-            "ORDER BY created_at LIMIT 1"
-        )
-        self._insert_inbox_sql = (
-            f"INSERT INTO inbox ({', '.join(INBOX_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(INBOX_COLUMNS))})"
-        )
-        self._insert_event_sql = (
-            f"INSERT INTO events ({', '.join(_rows.EVENT_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(_rows.EVENT_COLUMNS))})"
-        )
-        self._upsert_payment_sql = (
-            f"INSERT OR REPLACE INTO payments ({', '.join(_rows.PAYMENT_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(_rows.PAYMENT_COLUMNS))})"
-        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -526,9 +505,9 @@ class SQLiteStore(Operations):
             staged.add(plan_)
             heads = plan_.heads
             item.result = plan_.recorded
-        self.conn.executemany(self._insert_inbox_sql, inbox_rows)
-        self.conn.executemany(self._insert_event_sql, event_rows)
-        self.conn.executemany(self._upsert_payment_sql, staged.rows.values())
+        self.conn.executemany(_sql.INSERT_INBOX, inbox_rows)
+        self.conn.executemany(_sql.INSERT_EVENT, event_rows)
+        self.conn.executemany(_sql.UPSERT_PAYMENT, staged.rows.values())
         return heads
 
     def _write_careful(self, batch: list[_Pending], heads: Heads, staged: _Staged) -> Heads:
@@ -538,10 +517,10 @@ class SQLiteStore(Operations):
             conn.execute("SAVEPOINT input")
             try:
                 plan_ = self._plan(item, heads, staged)
-                conn.execute(self._insert_inbox_sql, plan_.inbox_row)
-                conn.executemany(self._insert_event_sql, plan_.event_rows)
+                conn.execute(_sql.INSERT_INBOX, plan_.inbox_row)
+                conn.executemany(_sql.INSERT_EVENT, plan_.event_rows)
                 if plan_.payment_row is not None:
-                    conn.execute(self._upsert_payment_sql, plan_.payment_row)
+                    conn.execute(_sql.UPSERT_PAYMENT, plan_.payment_row)
             except sqlite3.Error as exc:
                 conn.execute("ROLLBACK TO input")
                 conn.execute("RELEASE input")
@@ -560,18 +539,6 @@ class SQLiteStore(Operations):
             item.result = plan_.recorded
         return heads
 
-    def _heads(self) -> Heads:
-        last = self.conn.execute("SELECT id, hash FROM inbox ORDER BY id DESC LIMIT 1").fetchone()
-        last_ev = self.conn.execute(
-            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
-        ).fetchone()
-        return Heads(
-            inbox_id=last[0] if last else 0,
-            inbox_hash=last[1] if last else _codec.GENESIS,
-            position=last_ev[0] if last_ev else 0,
-            events_hash=last_ev[1] if last_ev else _codec.GENESIS,
-        )
-
     def _plan(self, item: _Pending, heads: Heads, staged: _Staged) -> Plan:
         before = None
         if item.payment_id is not None:
@@ -581,7 +548,7 @@ class SQLiteStore(Operations):
             if owner is not None:
                 before = self._lookup(owner, staged)
             else:
-                row = self.conn.execute(self._lookup_charge_sql, (item.charge_id,)).fetchone()
+                row = self.conn.execute(_sql.LOOKUP_CHARGE, (item.charge_id,)).fetchone()
                 before = _rows.payment_from_row(row) if row else None
         return plan(
             item.draft,
@@ -618,34 +585,8 @@ class SQLiteStore(Operations):
 
     # ---------------------------------------------------------------------- reads
 
-    def _load(self, payment_id: str) -> Payment | None:
-        row = self.conn.execute(self._lookup_sql, (payment_id,)).fetchone()
-        return _rows.payment_from_row(row) if row else None
-
-    def get(self, payment_id: str) -> Payment | None:
-        """The current state of a payment, or ``None``."""
-        return self._read(lambda: self._load(payment_id))
-
-    def find(self, id_: str) -> Payment | None:
-        """A payment by payment id, else by charge id, or ``None``."""
-
-        def work() -> Payment | None:
-            found = self._load(id_)
-            if found is None:
-                row = self.conn.execute(self._lookup_charge_sql, (id_,)).fetchone()
-                found = _rows.payment_from_row(row) if row else None
-            return found
-
-        return self._read(work)
-
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         return self.conn.execute(sql, tuple(params))
-
-    def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        return self.conn.execute(sql, params).fetchone()[0]
-
-    def _rows(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
-        return self.conn.execute(sql, params).fetchall()
 
     def _read(self, work: Callable[[], T]) -> T:
         try:
@@ -654,105 +595,7 @@ class SQLiteStore(Operations):
         except sqlite3.Error as exc:
             raise _read_error(exc) from exc
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """
-        Run one read-only ``SELECT`` (values only as ``params``, never in ``sql``)
-        and return its rows. The incident queries of ``kplus-fsm`` use it.
-
-        Raises:
-            ValueError: ``sql`` is not a ``SELECT`` (or ``WITH`` ... ``SELECT``).
-            StoreError: the read failed.
-        """
-        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
-            raise ValueError("query() runs SELECT statements only")
-        return self._read(partial(self._rows, sql, tuple(params)))
-
-    def stream(self, payment_id: str, *, until: str | None = None) -> list[StoredEvent]:
-        """A payment's events in order (only those recorded at or before ``until``)."""
-        sql = f"SELECT {', '.join(_rows.EVENT_COLUMNS)} FROM events WHERE stream = ?"
-        params: list[Any] = [payment_id]
-        if until is not None:
-            sql += " AND recorded_at <= ?"
-            params.append(until)
-        sql += " ORDER BY version"
-        return self._read(lambda: [_rows.event_from_row(r) for r in self.conn.execute(sql, params)])
-
-    def iter_events(self, after: int = 0, *, batch: int = 1000) -> Iterator[StoredEvent]:
-        """Every event after global position ``after``, in order, streamed in batches."""
-        sql = (
-            f"SELECT {', '.join(_rows.EVENT_COLUMNS)} FROM events "
-            "WHERE position > ? ORDER BY position LIMIT ?"
-        )
-        while True:
-            rows = self._read(partial(self._rows, sql, (after, batch)))
-            for row in rows:
-                yield _rows.event_from_row(row)
-            if len(rows) < batch:
-                return
-            after = rows[-1][0]
-
-    def iter_inbox(self, after: int = 0, *, batch: int = 1000) -> Iterator[InboxRow]:
-        """Every inbox row after id ``after``, in order, streamed in batches."""
-        sql = f"SELECT {', '.join(INBOX_COLUMNS)} FROM inbox WHERE id > ? ORDER BY id LIMIT ?"
-        while True:
-            rows = self._read(partial(self._rows, sql, (after, batch)))
-            for row in rows:
-                yield inbox_row(row)
-            if len(rows) < batch:
-                return
-            after = rows[-1][0]
-
-    def inbox_for(self, payment_id: str, *, until: str | None = None) -> list[InboxRow]:
-        """Every input attributed to a payment (its charge id included), in order."""
-        sql = (
-            f"SELECT {', '.join(INBOX_COLUMNS)} FROM inbox WHERE (payment_id = ?"
-            " OR (payment_id IS NULL AND charge_id ="
-            " (SELECT charge_id FROM payments WHERE payment_id = ?)))"
-        )
-        params: list[Any] = [payment_id, payment_id]
-        if until is not None:
-            sql += " AND received_at <= ?"
-            params.append(until)
-        sql += " ORDER BY id"
-        return self._read(lambda: [inbox_row(r) for r in self.conn.execute(sql, params)])
-
-    def timeline(self, payment_id: str, *, until: str | None = None) -> list[TimelineEntry]:
-        """
-        Every input about a payment and every event it caused, interleaved in
-        commit order (each input followed by its events).
-        """
-        inbox_sql, events_sql = timeline_sql(until is not None)
-        bounds = [] if until is None else [until]
-        inputs = self._read(partial(self._rows, inbox_sql, [payment_id, payment_id, *bounds]))
-        events = self._read(partial(self._rows, events_sql, [payment_id, *bounds]))
-        return _audit.timeline_from_rows(inputs, events)
-
-    def counts(self) -> dict[str, int]:
-        """Row counts of the log's tables."""
-        return {
-            t: int(self._read(partial(self._scalar, f"SELECT count(*) FROM {t}")))
-            for t in ("inbox", "events", "payments")
-        }
-
     # ------------------------------------------------------------------ consumers
-
-    def consumer_position(self, name: str) -> int:
-        """The last event position the named consumer has processed (0: none)."""
-        row = self._read(
-            lambda: self.conn.execute(
-                "SELECT position FROM consumers WHERE name = ?", (name,)
-            ).fetchone()
-        )
-        return int(row[0]) if row else 0
-
-    def set_consumer_position(self, name: str, position: int, *, now: str) -> None:
-        """Record the consumer's progress (inside the caller's transaction, if any)."""
-        self.conn.execute(
-            "INSERT INTO consumers (name, position, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET position = excluded.position, "
-            "updated_at = excluded.updated_at",
-            (name, position, now),
-        )
 
     def write_transaction(self, work: Callable[[sqlite_utils.Database], Any]) -> Any:
         """
@@ -796,10 +639,6 @@ class SQLiteStore(Operations):
             if missing:
                 problem = f"append-only triggers missing: {', '.join(missing)}"
 
-        def fetch(table: str, after: int) -> list[tuple[Any, ...]]:
-            sql = _audit.VERIFY_INBOX_SQL if table == "inbox" else _audit.VERIFY_EVENTS_SQL
-            return self._read(partial(self._rows, sql, (after,)))
-
         def probe(table: str, after: int) -> tuple[Any, ...] | None:
             sql = (
                 _audit.VERIFY_INBOX_PROBE_SQL
@@ -810,7 +649,11 @@ class SQLiteStore(Operations):
             return rows[0] if rows else None
 
         return _audit.verify_chains(
-            fetch, schema_version=version, problem=problem, progress=progress, probe=probe
+            self._verify_rows,
+            schema_version=version,
+            problem=problem,
+            progress=progress,
+            probe=probe,
         )
 
     def integrity_check(self, *, max_errors: int = 20) -> tuple[str, ...]:
@@ -850,52 +693,25 @@ class SQLiteStore(Operations):
     def _replay(
         self, *, repair: bool, progress: Callable[[int], None] | None = None
     ) -> ReplayReport:
-        sql = f"SELECT {', '.join(_rows.EVENT_COLUMNS)} FROM events ORDER BY stream, version"
         try:
-            stored = self.conn.cursor().execute(
-                f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments ORDER BY payment_id"
-            )
+            # Two cursors read side by side: the events stream by stream, and the
+            # stored rows in the same order (one sorted pass, constant memory).
+            stored = self.conn.cursor().execute(_sql.PAYMENTS_BY_ID)
             n_events, n_payments, differences, rebuilt = _audit.fold_streams(
-                self.conn.cursor().execute(sql), self._load, progress=progress, stored=stored
+                self.conn.cursor().execute(_sql.EVENTS_BY_STREAM),
+                self._load,
+                progress=progress,
+                stored=stored,
             )
-            orphans = [
-                str(o[0])
-                for o in self.conn.execute(
-                    "SELECT payment_id FROM payments WHERE payment_id NOT IN "
-                    "(SELECT DISTINCT stream FROM events)"
-                )
-            ]
+            orphans = [str(o[0]) for o in self.conn.execute(_sql.ORPHANS)]
         except sqlite3.Error as exc:
             raise _read_error(exc, "replay failed") from exc
         differences.extend(_audit.orphan_differences(orphans))
         if repair and (rebuilt or orphans):
-
-            def fix() -> None:
-                for p in rebuilt:
-                    self.conn.execute(self._upsert_payment_sql, _rows.payment_to_row(p))
-                for o in orphans:
-                    self.conn.execute("DELETE FROM payments WHERE payment_id = ?", (o,))
-
-            self._retrying(fix)
+            self._repair(rebuilt, orphans)
         return ReplayReport(
             events=n_events,
             payments=n_payments,
             differences=tuple(differences),
             repaired=repair and bool(differences),
         )
-
-    def head(self) -> dict[str, Any]:
-        """The position and hash of the last inbox row and the last event."""
-        return self._read(self._head)
-
-    def _head(self) -> dict[str, Any]:
-        inbox = self.conn.execute("SELECT id, hash FROM inbox ORDER BY id DESC LIMIT 1").fetchone()
-        ev = self.conn.execute(
-            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
-        ).fetchone()
-        return {
-            "inbox_id": inbox[0] if inbox else 0,
-            "inbox_hash": inbox[1] if inbox else _codec.GENESIS,
-            "event_position": ev[0] if ev else 0,
-            "event_hash": ev[1] if ev else _codec.GENESIS,
-        }

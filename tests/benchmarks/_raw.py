@@ -23,7 +23,8 @@ from typing import Any, Final
 from _workload import Step
 
 from kplus_fsm import SQLiteStore, _codec
-from kplus_fsm._store import INBOX_COLUMNS, _rows
+from kplus_fsm._store import _rows
+from kplus_fsm._store._rows import INBOX_COLUMNS
 
 LEVELS: Final = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
 NO_HASH: Final = "0" * 64

@@ -38,7 +38,7 @@ import structlog
 from kplus_fsm import Origin, SQLiteStore, Tracker
 from kplus_fsm._machine import Decision
 from kplus_fsm._model import Payment
-from kplus_fsm._store import InboxDraft, Recorded, _Pending, _Staged
+from kplus_fsm._store.sqlite import InboxDraft, Recorded, _Pending, _Staged
 from kplus_fsm.adapters.signatures import signature_headers
 from kplus_fsm.exceptions import MalformedInputError
 from kplus_fsm.testing import FakeClock, charge_json, error_json, webhook_json
