@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import click
 
@@ -70,7 +70,7 @@ def _open(db: str, *, read_only: bool = True, found: Classified | None = None) -
     if read_only:
         return open_reader(db, found)
     try:
-        return cast(SQLStore, open_store(db))
+        return open_store(db)
     except ValueError as exc:  # a malformed sqlite:// URL
         _fail(str(exc), EXIT_USAGE)
     except KplusFSMError as exc:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import cast
 
 from ._exits import EXIT_PROBLEM, EXIT_STORE, EXIT_USAGE, fail
 from ._store import open_store
@@ -61,7 +60,7 @@ def damage_exit(found: Classified) -> None:
 def open_reader(db: str, found: Classified) -> SQLStore:
     """The log at ``db`` opened read-only (already classified readable)."""
     try:
-        return cast(SQLStore, open_store(db, read_only=True))
+        return open_store(db, read_only=True)
     except ValueError as exc:  # a malformed sqlite:// URL
         fail(str(exc), EXIT_USAGE)
     except DamagedLogError as exc:

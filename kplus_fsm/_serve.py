@@ -52,7 +52,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 import structlog
@@ -326,7 +326,7 @@ class Runtime:
             for close in reversed(opened):
                 close()
             raise
-        return cls(options, intake, worker, probe, cast(SQLStore, reader), metrics, opened)
+        return cls(options, intake, worker, probe, reader, metrics, opened)
 
     def start(self) -> None:
         """Start the background jobs."""

@@ -56,7 +56,7 @@ from .exceptions import (
     PaymentNotFoundError,
     RefundNotSupportedError,
 )
-from .typing import ChargeAPI, Store
+from .typing import ChargeAPI, RecordItem, Store
 
 log = structlog.get_logger("kplus_fsm")
 
@@ -600,7 +600,16 @@ class Tracker:
         def flush() -> None:
             now = format_time(self.clock())
             results = self.store.record_many(
-                [(it.draft, it.decide, now, it.payment_id, it.charge_id) for it in batch]
+                [
+                    RecordItem(
+                        draft=it.draft,
+                        decide=it.decide,
+                        now=now,
+                        payment_id=it.payment_id,
+                        charge_id=it.charge_id,
+                    )
+                    for it in batch
+                ]
             )
             batch.clear()
             failure = None

@@ -35,6 +35,7 @@ from kplus_fsm import (
 )
 from kplus_fsm.exceptions import MalformedInputError, StoreError
 from kplus_fsm.testing import FakeClock, charge_json, webhook_json
+from kplus_fsm.typing import RecordItem
 
 RETURN_URI = "https://shop.example/return"
 NOW = "2026-01-01T00:00:00.000000Z"
@@ -676,9 +677,9 @@ class ImportContract(_ContractBase):
 
         out = store.record_many(
             [
-                (draft(), ok, NOW, "pay-0", None),
-                (draft(), boom, NOW, "pay-0", None),
-                (draft(), ok, NOW, "pay-0", None),
+                RecordItem(draft=draft(), decide=ok, now=NOW, payment_id="pay-0"),
+                RecordItem(draft=draft(), decide=boom, now=NOW, payment_id="pay-0"),
+                RecordItem(draft=draft(), decide=ok, now=NOW, payment_id="pay-0"),
             ]
         )
         assert isinstance(out[1], Boom)

@@ -42,6 +42,7 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("kplus_fsm._store._audit", 6),
     ("kplus_fsm._store._log", 7),
     ("kplus_fsm._store._group_commit", 7),
+    ("kplus_fsm._store._write_cache", 7),
     ("kplus_fsm._store.sqlite", 8),
     ("kplus_fsm._store.postgres", 8),
     ("kplus_fsm._store.migrate", 9),

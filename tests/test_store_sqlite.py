@@ -9,8 +9,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from store_contract import RETURN_URI, StoreContract, request, snapshot
@@ -19,6 +20,7 @@ from kplus_fsm import (
     Decision,
     InboxDraft,
     Outcome,
+    Payment,
     PaymentRequest,
     SQLiteStore,
     Store,
@@ -29,6 +31,7 @@ from kplus_fsm import (
 from kplus_fsm._store import _rows
 from kplus_fsm.exceptions import SchemaVersionError, StoreError
 from kplus_fsm.testing import FakeClock, charge_json, webhook_json
+from kplus_fsm.typing import RecordItem
 
 
 def connect(path: Path) -> closing[sqlite3.Connection]:
@@ -422,9 +425,9 @@ class TestGroupCommit:
             for t in threads[1:]:
                 t.start()
             deadline = time.monotonic() + 10
-            while len(store._queue) < 3 and time.monotonic() < deadline:
+            while store._group.queued < 3 and time.monotonic() < deadline:
                 time.sleep(0.001)
-            assert len(store._queue) == 3
+            assert store._group.queued == 3
             assert results == {}, "an input was acknowledged before its commit"
             go_on.set()
             for t in threads:
@@ -445,32 +448,15 @@ class TestGroupCommit:
 
             draft = InboxDraft(kind="payment_request", body="{}", body_encoding="json")
             now = "2026-01-01T00:00:01.000000Z"
+
+            def request_for(pid: str) -> Callable[[Payment | None], Decision]:
+                req = PaymentRequest.create(payment_id=pid, amount=10_000, return_uri=RETURN_URI)
+                return cast(Callable[[Payment | None], Decision], partial(decide, inp=req))
+
             items = [
-                (
-                    draft,
-                    lambda p: decide(
-                        p,
-                        PaymentRequest.create(
-                            payment_id="pay-1", amount=10_000, return_uri=RETURN_URI
-                        ),
-                    ),
-                    now,
-                    "pay-1",
-                    None,
-                ),
-                (draft, boom, now, "pay-x", None),
-                (
-                    draft,
-                    lambda p: decide(
-                        p,
-                        PaymentRequest.create(
-                            payment_id="pay-2", amount=10_000, return_uri=RETURN_URI
-                        ),
-                    ),
-                    now,
-                    "pay-2",
-                    None,
-                ),
+                RecordItem(draft=draft, decide=request_for("pay-1"), now=now, payment_id="pay-1"),
+                RecordItem(draft=draft, decide=boom, now=now, payment_id="pay-x"),
+                RecordItem(draft=draft, decide=request_for("pay-2"), now=now, payment_id="pay-2"),
             ]
             out = store.record_many(items)
             assert isinstance(out[1], RuntimeError)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from ..typing import Store
+from ..typing import SQLStore
 from ._urls import is_postgres, sqlite_path
 from .postgres import PostgresStore
 from .sqlite import SQLiteStore
@@ -18,7 +18,7 @@ def open_store(
     *,
     read_only: bool = False,
     synchronous: str = "FULL",
-) -> Store:
+) -> SQLStore:
     """
     Open the event log at ``location``: a ``postgresql://`` URL (a
     :class:`~kplus_fsm.PostgresStore`), a ``sqlite:///`` URL or a file path (a

@@ -30,6 +30,7 @@ import attrs
 
 from .._model import Payment, StoredEvent
 from ..exceptions import LeaseLostError
+from ..typing import Cursor, Dialect
 from . import _audit, _rows, _sql
 from ._reports import TimelineEntry
 from ._rows import Heads, InboxRow
@@ -41,17 +42,6 @@ from ._schema_sqlite import (
 )
 
 T = TypeVar("T")
-
-
-class Cursor(Protocol):
-    """What both drivers' cursors offer."""
-
-    @property
-    def rowcount(self) -> int: ...
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
 
 
 #: Runs one statement (``?`` placeholders) with its parameters.
@@ -339,7 +329,7 @@ class _Driven(Protocol):
     """What a store supplies to the shared half: its dialect, transactions and driver."""
 
     @property
-    def dialect(self) -> str: ...
+    def dialect(self) -> Dialect: ...
 
     def _retrying(self, work: Callable[[], T]) -> T: ...
 
@@ -350,6 +340,41 @@ class _Driven(Protocol):
     def _load(self, payment_id: str) -> Payment | None: ...
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+
+class LogTransaction:
+    """
+    The :class:`kplus_fsm.typing.Transaction` a store's ``write_transaction``
+    hands its work: portable statements (``?`` placeholders) run through the
+    store's driver, inside the open write transaction.
+
+    Any other attribute is the ``native`` object's: on SQLite the
+    ``sqlite_utils.Database`` that round-1 handlers were promised
+    (``tx.table("shipments").insert(...)`` still works there), on PostgreSQL
+    the psycopg connection.
+    """
+
+    __slots__ = ("_native", "_store", "connection")
+
+    def __init__(self, store: _Driven, connection: Any, native: Any = None) -> None:
+        self._store = store
+        #: The driver's own connection (``sqlite3.Connection`` / ``psycopg.Connection``).
+        self.connection = connection
+        self._native = connection if native is None else native
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._native, name)
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._store.dialect
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        """Run one statement (``?`` placeholders) in the transaction."""
+        return self._store._exec(sql, params)
+
+    def __repr__(self) -> str:
+        return f"<transaction on a {self.dialect} log>"
 
 
 class Log:
@@ -458,6 +483,10 @@ class Log:
             )
 
         return self._read(work)
+
+    def is_empty(self: _Driven) -> bool:
+        """Whether the log holds no row at all (a target ``migrate-log`` may fill)."""
+        return not self._read(lambda: self._rows(_sql.ANY_ROW))
 
     def counts(self: _Driven) -> dict[str, int]:
         """Row counts of the log's tables."""
@@ -617,10 +646,10 @@ class Log:
 
 __all__ = [
     "Check",
-    "Cursor",
     "Execute",
     "Lease",
     "Log",
+    "LogTransaction",
     "UnresolvedHint",
     "acquire_lease",
     "check_attempts",

@@ -111,3 +111,9 @@ __all__ = [
     "STREAM_UNTIL",
     "UPSERT_PAYMENT",
 ]
+
+#: One row if the log holds any row at all (``is_empty``: a ``migrate-log`` target).
+ANY_ROW: Final = (
+    "SELECT 1 WHERE EXISTS (SELECT 1 FROM inbox) OR EXISTS (SELECT 1 FROM events)"
+    " OR EXISTS (SELECT 1 FROM payments) OR EXISTS (SELECT 1 FROM consumers)"
+)

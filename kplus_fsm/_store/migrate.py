@@ -23,24 +23,18 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import attrs
 
-from ..exceptions import StoreError
+from ..exceptions import MigrationRefused
 from ..typing import SQLStore
 from . import _rows, open_store
 from ._rows import INBOX_COLUMNS
 from ._urls import redact
-from .postgres import PostgresStore
-from .sqlite import SQLiteStore
 
 BATCH: Final = 2000
 CONSUMER_COLUMNS: Final = ("name", "position", "updated_at")
-
-
-class MigrationRefused(StoreError):
-    """The move was not attempted (or not committed): the reason says why."""
 
 
 @attrs.frozen(kw_only=True)
@@ -138,13 +132,6 @@ def _source_rows(
     )
 
 
-def _is_empty(target: SQLStore) -> bool:
-    return not any(
-        target.query(f"SELECT 1 FROM {t} LIMIT 1")
-        for t in ("inbox", "events", "payments", "consumers")
-    )
-
-
 def _copy(
     target: SQLStore,
     table: str,
@@ -161,23 +148,7 @@ def _copy(
                 progress(1000)
         progress(n % 1000)
 
-    if isinstance(target, PostgresStore):
-        return target.copy_rows(table, columns, counted())
-    if isinstance(target, SQLiteStore):
-        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        n = 0
-        chunk: list[tuple[Any, ...]] = []
-        for row in counted():
-            chunk.append(row)
-            if len(chunk) >= BATCH:
-                target.conn.executemany(sql, chunk)
-                n += len(chunk)
-                chunk.clear()
-        if chunk:
-            target.conn.executemany(sql, chunk)
-            n += len(chunk)
-        return n
-    raise MigrationRefused(f"cannot write to a {type(target).__name__}")
+    return target.copy_rows(table, columns, counted())
 
 
 def migrate_log(
@@ -200,7 +171,7 @@ def migrate_log(
     started = time.monotonic()
     tick = progress or (lambda _stage, _n: None)
     src_name, dst_name = redact(source_location), redact(target_location)
-    source = cast(SQLStore, open_store(source_location, read_only=True))
+    source = open_store(source_location, read_only=True)
     try:
         checked = source.verify(progress=lambda n: tick("verify source", n))
         if not checked.ok:
@@ -215,9 +186,9 @@ def migrate_log(
             raise MigrationRefused(
                 "the source was written to while it was verified: stop its writers"
             )
-        target = cast(SQLStore, open_store(target_location))
+        target = open_store(target_location)
         try:
-            if not _is_empty(target):
+            if not target.is_empty():
                 raise MigrationRefused(
                     f"the target {dst_name} is not empty: migrate-log only fills an empty log"
                 )

@@ -43,8 +43,9 @@ from ..exceptions import (
     SchemaVersionError,
     StoreError,
 )
+from ..typing import Cursor, RecordItem, Transaction
 from . import _audit, _rows, _schema_pg, _sql
-from ._log import Cursor, Log
+from ._log import Log, LogTransaction
 from ._reports import ReplayReport, VerifyReport
 from ._rows import InboxDraft, Plan, Recorded, plan
 from ._urls import redact, scrub
@@ -374,14 +375,13 @@ class PostgresStore(Log):
             f"the event log write kept failing through {_MAX_ATTEMPTS} attempts"
         ) from last
 
-    def write_transaction(self, work: Callable[[Any], T]) -> T:
+    def write_transaction(self, work: Callable[[Transaction], T]) -> T:
         """
-        Run ``work(conn)`` inside one write transaction (holding the chain lock;
-        retried on serialization failures). ``conn`` is the store's
-        ``psycopg.Connection``: a handler may run its own statements on it (with
-        ``%s`` placeholders), and they commit together with the consumer's position.
+        Run ``work(transaction)`` inside one write transaction (holding the chain
+        lock; retried on serialization failures): its statements commit together
+        with the consumer's position.
         """
-        return self._retrying(lambda: work(self.conn))
+        return self._retrying(lambda: work(LogTransaction(self, self.conn)))
 
     # --------------------------------------------------------------------- writes
 
@@ -409,16 +409,10 @@ class PostgresStore(Log):
             pipeline=True,
         )
 
-    def record_many(
-        self,
-        items: Sequence[
-            tuple[InboxDraft, Callable[[Payment | None], Decision], str, str | None, str | None]
-        ],
-    ) -> list[Recorded | Exception]:
+    def record_many(self, items: Sequence[RecordItem]) -> list[Recorded | Exception]:
         """
         Record several inputs in one transaction, in order (each in a savepoint:
         an input that fails, its own error in the list, leaves the others).
-        Each item is ``(draft, decide, now, payment_id, charge_id)``.
 
         Raises:
             StoreError: nothing was written (the commit itself failed).
@@ -426,12 +420,16 @@ class PostgresStore(Log):
 
         def work() -> list[Recorded | Exception]:
             out: list[Recorded | Exception] = []
-            for draft, decide, now, payment_id, charge_id in items:
+            for item in items:
                 try:
                     with self.conn.transaction():
                         out.append(
                             self._record(
-                                draft, decide, now=now, payment_id=payment_id, charge_id=charge_id
+                                item.draft,
+                                item.decide,
+                                now=item.now,
+                                payment_id=item.payment_id,
+                                charge_id=item.charge_id,
                             )
                         )
                 except self._pg.Error as exc:
@@ -590,20 +588,10 @@ class PostgresStore(Log):
 
     # ------------------------------------------------------------------- imports
 
-    def is_empty(self) -> bool:
-        """Whether the log holds no row at all (a target ``migrate-log`` may fill)."""
-        rows = self._read(
-            lambda: self._rows(
-                "SELECT EXISTS (SELECT 1 FROM inbox) OR EXISTS (SELECT 1 FROM events)"
-                " OR EXISTS (SELECT 1 FROM payments) OR EXISTS (SELECT 1 FROM consumers)"
-            )
-        )
-        return not rows[0][0]
-
     def copy_rows(self, table: str, columns: Sequence[str], rows: Iterator[Sequence[Any]]) -> int:
         """
         Append ``rows`` to ``table`` verbatim with ``COPY``, inside the caller's
-        :meth:`write_transaction`. Used by ``kplus-fsm migrate-log``.
+        :meth:`write_transaction`; the number of rows. Used by ``kplus-fsm migrate-log``.
         """
         n = 0
         with (

@@ -14,6 +14,7 @@ path uses prepared statements on the connection directly.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import sqlite3
@@ -24,17 +25,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
-import attrs
 import sqlite_utils
 
 from .._machine import Decision
 from .._model import Payment
 from ..exceptions import ConcurrencyError, DamagedLogError, SchemaVersionError, StoreError
+from ..typing import Cursor, RecordItem, Transaction
 from . import _audit, _classify, _rows, _sql
 from . import _schema_sqlite as _schema
-from ._log import Cursor, Log
+from ._group_commit import GroupCommit, Pending
+from ._log import Log, LogTransaction
 from ._reports import ReplayDifference, ReplayReport, TimelineEntry, VerifyReport
 from ._rows import INBOX_COLUMNS, Heads, InboxDraft, InboxRow, Plan, Recorded, plan
+from ._write_cache import Staged, WriteCache
 
 __all__ = [
     "INBOX_COLUMNS",
@@ -61,6 +64,7 @@ _CACHE_PAYMENTS: Final = 4096
 #: A thread that recorded within this many seconds counts as a producer to wait for.
 _PRODUCER_WINDOW: Final = 0.05
 _PROGRESS_EVERY: Final = 5000
+_COPY_CHUNK: Final = 2000  # rows per executemany when a log is copied in
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -117,63 +121,54 @@ def _read_error(exc: sqlite3.Error, what: str = "event log read failed") -> Stor
     return StoreError(f"{what}: {exc}")
 
 
-#: What :meth:`SQLiteStore.record_many` takes per input.
-Input = tuple[InboxDraft, Callable[[Payment | None], Decision], str, str | None, str | None]
+def _connect(
+    path: str | os.PathLike[str] | sqlite3.Connection, *, read_only: bool
+) -> tuple[sqlite3.Connection, Path | None, bool]:
+    """The log's connection (opened here, or the caller's), its file, whether it was opened here."""
+    if isinstance(path, sqlite3.Connection):
+        path.isolation_level = None
+        return path, None, False
+    file = Path(path)
+    if read_only:
+        if not file.exists():
+            raise StoreError(f"no database at {file}")
+        # immutable=1 on read-only storage (nothing can write there):
+        # SQLite then needs no -shm; see kplus_fsm._store._classify.
+        uri = _classify.read_only_uri(file)
+        return (
+            sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False),
+            file,
+            True,
+        )
+    if str(path) != ":memory:":
+        _create_private(file)
+    return sqlite3.connect(str(path), isolation_level=None, check_same_thread=False), file, True
 
 
-@attrs.define(eq=False)
-class _Pending:
-    """One input on its way into a (group) commit."""
-
-    draft: InboxDraft
-    decide: Callable[[Payment | None], Decision]
-    now: str
-    payment_id: str | None
-    charge_id: str | None
-    result: Recorded | None = None
-    error: BaseException | None = None
-    done: bool = False
-    thread: int = attrs.field(factory=threading.get_ident)
-
-    def failure(self) -> Exception:
-        if isinstance(self.error, Exception):
-            return self.error
-        return StoreError("the input was not recorded")
-
-    def outcome(self) -> Recorded:
-        """The recorded input, or raise what kept it out of the log."""
-        if self.result is not None:
-            return self.result
-        error = self.error
-        if isinstance(error, StoreError) and not isinstance(error, ConcurrencyError):
-            # The batch's shared error: a fresh instance per waiting thread.
-            raise type(error)(str(error)) from error
-        raise self.failure() if error is None else error
-
-
-@attrs.define(eq=False)
-class _Staged:
-    """What a batch has written so far: payments after it, their rows, charge ids, heads."""
-
-    payments: dict[str, Payment] = attrs.field(factory=dict)
-    rows: dict[str, tuple[Any, ...]] = attrs.field(factory=dict)
-    charges: dict[str, str] = attrs.field(factory=dict)
-    heads: Heads | None = None
-
-    def clear(self) -> None:
-        self.payments.clear()
-        self.rows.clear()
-        self.charges.clear()
-        self.heads = None
-
-    def add(self, planned: Plan) -> None:
-        after = planned.recorded.after
-        if planned.payment_row is None or after is None:
-            return
-        self.payments[after.payment_id] = after
-        self.rows[after.payment_id] = planned.payment_row
-        if after.charge_id is not None:
-            self.charges.setdefault(after.charge_id, after.payment_id)
+def _configure(
+    conn: sqlite3.Connection, *, busy_timeout: float, read_only: bool, level: str, where: object
+) -> sqlite_utils.Database:
+    """
+    Set the connection up: busy timeout, then either read-only (the version
+    checked, the pre-0003 shim, ``query_only``) or writable (the version
+    checked before anything changes, WAL, ``synchronous``).
+    """
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    db = sqlite_utils.Database(conn, execute_plugins=False)
+    if read_only:
+        if not db["events"].exists():
+            raise SchemaVersionError(f"{where} is not a kplus_fsm event log")
+        _schema.check_version(db)
+        _shim_old_schema(conn)  # in memory only; before query_only forbids it
+        conn.execute("PRAGMA query_only = ON")
+        return db
+    # The version first: a newer log is refused before anything changes (not
+    # even its journal mode).
+    _schema.check_version(db)
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {int(SYNCHRONOUS_LEVELS[level])}")
+    return db
 
 
 class SQLiteStore(Log):
@@ -221,66 +216,25 @@ class SQLiteStore(Log):
         # every transaction and every read holds this lock.
         self._lock = threading.RLock()
         # Group commit: inputs queued while a leader thread commits go in its next batch.
-        self._queue: list[_Pending] = []
-        self._queue_cond = threading.Condition(threading.Lock())
-        self._leading = False
-        self._gathering = False
-        self._producers: dict[int, float] = {}  # thread -> when it last recorded
-        self.max_batch = max_batch
-        self.group_wait = group_wait
-        self._cache_version: int | None = None
-        self._cached_heads: Heads | None = None
-        self._cached_payments: dict[str, Payment] = {}
-        self._cached_charges: dict[str, str] = {}
+        self._group = GroupCommit(self._write_locked, max_batch=max_batch, group_wait=group_wait)
+        self._cache = WriteCache()
         #: Write transactions committed and inputs they held (group commit: inputs >= commits).
         self.commits = 0
         self.committed_inputs = 0
-        self.path: Path | None
-        opened: sqlite3.Connection | None = None  # closed again if the open fails
+        self.path: Path | None = None
+        conn: sqlite3.Connection | None = None
+        owned = False  # closed again if the open fails
         try:
-            if isinstance(path, sqlite3.Connection):
-                conn = path
-                self.path = None
-            else:
-                self.path = Path(path)
-                if read_only:
-                    if not self.path.exists():
-                        raise StoreError(f"no database at {self.path}")
-                    # immutable=1 on read-only storage (nothing can write there):
-                    # SQLite then needs no -shm; see kplus_fsm._classify.
-                    conn = opened = sqlite3.connect(
-                        _classify.read_only_uri(self.path),
-                        uri=True,
-                        isolation_level=None,
-                        check_same_thread=False,
-                    )
-                else:
-                    if str(path) != ":memory:":
-                        _create_private(self.path)
-                    conn = opened = sqlite3.connect(
-                        str(path), isolation_level=None, check_same_thread=False
-                    )
-            conn.isolation_level = None
+            conn, self.path, owned = _connect(path, read_only=read_only)
             self.conn = conn
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            self.db = sqlite_utils.Database(conn, execute_plugins=False)
-            if read_only:
-                if not self.db["events"].exists():
-                    raise SchemaVersionError(f"{path} is not a kplus_fsm event log")
-                _schema.check_version(self.db)
-                _shim_old_schema(conn)  # in memory only; before query_only forbids it
-                conn.execute("PRAGMA query_only = ON")
-            else:
-                # The version first: a newer log is refused before anything changes
-                # (not even its journal mode).
-                _schema.check_version(self.db)
-                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute(f"PRAGMA synchronous = {int(SYNCHRONOUS_LEVELS[level])}")
+            self.db = _configure(
+                conn, busy_timeout=busy_timeout, read_only=read_only, level=level, where=path
+            )
+            if not read_only:
                 self._migrate()
         except BaseException as exc:
-            if opened is not None:
-                opened.close()
+            if owned and conn is not None:
+                conn.close()
             if isinstance(exc, sqlite3.Error):
                 raise _read_error(exc, "cannot open the event log") from exc
             raise
@@ -367,82 +321,46 @@ class SQLiteStore(Log):
         Raises:
             StoreError: nothing was written for this input.
         """
-        item = _Pending(draft, decide, now, payment_id, charge_id)
-        with self._queue_cond:
-            self._queue.append(item)
-            if self._gathering:
-                self._queue_cond.notify_all()  # the leader is waiting for company
-            while self._leading and not item.done:
-                self._queue_cond.wait()
-            if item.done:
-                return item.outcome()
-            # Lead: commit everything queued so far (this input included).
-            self._leading = True
-            self._gather()
-            batch = self._queue[: self.max_batch]
-            del self._queue[: self.max_batch]
-        try:
-            with self._lock:
-                self._write(batch)
-        finally:
-            with self._queue_cond:
-                self._leading = False
-                self._queue_cond.notify_all()
-        return item.outcome()
+        item = RecordItem(
+            draft=draft, decide=decide, now=now, payment_id=payment_id, charge_id=charge_id
+        )
+        return self._group.submit(Pending(item))
 
-    def _gather(self) -> None:
-        """
-        Commit delay (held ``_queue_cond``): when other threads have been recording
-        lately, wait up to ``group_wait`` seconds for them to queue their next
-        input, so that one fsync serves them all instead of a batch of one
-        starting the moment the last commit ended. A lone producer never waits.
-        """
-        now = time.monotonic()
-        me = threading.get_ident()
-        self._producers[me] = now
-        horizon = now - _PRODUCER_WINDOW
-        for ident, seen in list(self._producers.items()):
-            if seen < horizon:
-                del self._producers[ident]
-        for queued in self._queue:
-            self._producers[queued.thread] = now
-        expected = min(len(self._producers), self.max_batch)
-        if expected <= 1 or self.group_wait <= 0:
-            return
-        deadline = now + self.group_wait
-        self._gathering = True
-        try:
-            while len(self._queue) < expected:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._queue_cond.wait(remaining)
-        finally:
-            self._gathering = False
+    @property
+    def max_batch(self) -> int:
+        """The most inputs one group commit holds."""
+        return self._group.max_batch
 
-    def record_many(self, items: Sequence[Input]) -> list[Recorded | Exception]:
+    @property
+    def group_wait(self) -> float:
+        """The longest a commit waits (seconds) for other threads' inputs."""
+        return self._group.group_wait
+
+    def record_many(self, items: Sequence[RecordItem]) -> list[Recorded | Exception]:
         """
         Record several inputs in one transaction (one durable commit), in order;
-        for a backfill or an import. Each item is ``(draft, decide, now,
-        payment_id, charge_id)`` as for :meth:`record`. An input that fails
-        (its own error, in the list) does not stop the others.
+        for a backfill or an import. An input that fails (its own error, in the
+        list) does not stop the others.
 
         Raises:
             StoreError: nothing was written (the commit itself failed).
         """
-        batch = [_Pending(*item) for item in items]
+        batch = [Pending(item) for item in items]
         if batch:
-            with self._lock:  # one writer of this connection at a time, as for record()
-                self._write(batch)
+            self._write_locked(batch)
         return [item.result if item.result is not None else item.failure() for item in batch]
 
-    def _write(self, batch: list[_Pending]) -> None:
+    def _write_locked(self, batch: list[Pending]) -> None:
         """Commit ``batch`` in one transaction and hand each item its result."""
-        staged = _Staged()
+        with self._lock:  # one writer of this connection at a time
+            self._write(batch)
+
+    def _write(self, batch: list[Pending]) -> None:
+        staged = Staged()
         try:
             self._retrying(partial(self._record_batch, batch, staged))
         except BaseException as exc:
-            self._forget()
+            self._cache.forget()
             for item in batch:
                 item.result = None
                 item.error = exc
@@ -450,13 +368,13 @@ class SQLiteStore(Log):
             if not isinstance(exc, Exception):
                 raise
             return
-        self._remember(staged)
+        self._cache.remember(staged)
         self.commits += 1
         self.committed_inputs += sum(item.result is not None for item in batch)
         for item in batch:
             item.done = True
 
-    def _record_batch(self, batch: list[_Pending], staged: _Staged) -> None:
+    def _record_batch(self, batch: list[Pending], staged: Staged) -> None:
         """
         Write ``batch`` inside the open transaction. Fast path: decide every
         input in memory (each seeing the ones before it), then insert the rows
@@ -466,11 +384,9 @@ class SQLiteStore(Log):
         only the input at fault fails.
         """
         conn = self.conn
-        version = conn.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._cache_version:  # another connection wrote: cached state is stale
-            self._forget()
-            self._cache_version = version
-        start = self._cached_heads or self._heads()
+        # Another connection wrote (data_version moved): the cached state is stale.
+        self._cache.check(conn.execute("PRAGMA data_version").fetchone()[0])
+        start = self._cache.heads or self._heads()
         staged.clear()
         if len(batch) == 1:  # its failure is the transaction's: no savepoint needed
             staged.heads = self._write_fast(batch, start, staged)
@@ -488,7 +404,7 @@ class SQLiteStore(Log):
         else:
             conn.execute("RELEASE batch")
 
-    def _write_fast(self, batch: list[_Pending], heads: Heads, staged: _Staged) -> Heads:
+    def _write_fast(self, batch: list[Pending], heads: Heads, staged: Staged) -> Heads:
         inbox_rows: list[tuple[Any, ...]] = []
         event_rows: list[tuple[Any, ...]] = []
         for item in batch:
@@ -510,7 +426,7 @@ class SQLiteStore(Log):
         self.conn.executemany(_sql.UPSERT_PAYMENT, staged.rows.values())
         return heads
 
-    def _write_careful(self, batch: list[_Pending], heads: Heads, staged: _Staged) -> Heads:
+    def _write_careful(self, batch: list[Pending], heads: Heads, staged: Staged) -> Heads:
         conn = self.conn
         for item in batch:
             item.result = item.error = None
@@ -539,12 +455,13 @@ class SQLiteStore(Log):
             item.result = plan_.recorded
         return heads
 
-    def _plan(self, item: _Pending, heads: Heads, staged: _Staged) -> Plan:
+    def _plan(self, pending: Pending, heads: Heads, staged: Staged) -> Plan:
+        item = pending.item
         before = None
         if item.payment_id is not None:
             before = self._lookup(item.payment_id, staged)
         if before is None and item.charge_id is not None:
-            owner = staged.charges.get(item.charge_id) or self._cached_charges.get(item.charge_id)
+            owner = self._cache.charge_owner(item.charge_id, staged)
             if owner is not None:
                 before = self._lookup(owner, staged)
             else:
@@ -560,28 +477,12 @@ class SQLiteStore(Log):
             charge_id=item.charge_id,
         )
 
-    # The write cache: the chain heads and recently written payments, valid while
-    # no other connection has committed (``PRAGMA data_version`` unchanged). It
-    # saves the writer its reads; the rows written are the same either way.
-
-    def _lookup(self, payment_id: str, staged: _Staged) -> Payment | None:
-        found = staged.payments.get(payment_id) or self._cached_payments.get(payment_id)
+    def _lookup(self, payment_id: str, staged: Staged) -> Payment | None:
+        found = self._cache.payment(payment_id, staged)
         return found if found is not None else self._load(payment_id)
 
-    def _remember(self, staged: _Staged) -> None:
-        if len(self._cached_payments) + len(staged.payments) > _CACHE_PAYMENTS:
-            self._cached_payments.clear()
-            self._cached_charges.clear()
-        self._cached_payments.update(staged.payments)
-        for charge_id, payment_id in staged.charges.items():
-            self._cached_charges.setdefault(charge_id, payment_id)
-        self._cached_heads = staged.heads
-
     def _forget(self) -> None:
-        self._cache_version = None
-        self._cached_heads = None
-        self._cached_payments.clear()
-        self._cached_charges.clear()
+        self._cache.forget()
 
     # ---------------------------------------------------------------------- reads
 
@@ -597,18 +498,31 @@ class SQLiteStore(Log):
 
     # ------------------------------------------------------------------ consumers
 
-    def write_transaction(self, work: Callable[[sqlite_utils.Database], Any]) -> Any:
+    def write_transaction(self, work: Callable[[Transaction], T]) -> T:
         """
-        Run ``work(db)`` inside one write transaction (retried when busy). Used by
-        exactly-once consumers: their own writes and the consumer's position
-        commit together.
+        Run ``work(transaction)`` inside one write transaction (retried when
+        busy). Used by exactly-once consumers: their own writes and the
+        consumer's position commit together.
         """
         with self._lock:
             self._forget()  # the work may write anything
             try:
-                return self._retrying(lambda: work(self.db))
+                return self._retrying(lambda: work(LogTransaction(self, self.conn, self.db)))
             finally:
                 self._forget()
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Iterator[Sequence[Any]]) -> int:
+        """
+        Append ``rows`` to ``table`` verbatim (``executemany`` in chunks), inside
+        the caller's :meth:`write_transaction`; the number of rows. Used by
+        ``kplus-fsm migrate-log``.
+        """
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        n = 0
+        while chunk := list(itertools.islice(rows, _COPY_CHUNK)):
+            self.conn.executemany(sql, chunk)
+            n += len(chunk)
+        return n
 
     # --------------------------------------------------------------------- audit
 
