@@ -36,7 +36,7 @@ from ._store._rows import INBOX_COLUMNS
 from ._store._schema_pg import LAG_SECONDS_SQL
 from ._store._schema_sqlite import (
     ANOMALIES_SINCE_PARAMS,
-    ANOMALY_CATEGORY_V3,
+    ANOMALY_CATEGORY_V4,
     HINTS_FROM,
     HINTS_FROM_SQLITE,
     LAG_SECONDS_SQLITE,
@@ -208,11 +208,7 @@ def list_payments(
 
 def hints_from_sql(store: SQLStore) -> str:
     """Where the whole-log hint questions read hints from, for this store (see _schema)."""
-    if dialect_of(store) == "sqlite" and store.query(
-        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'inbox_hints'"
-    ):
-        return HINTS_FROM_SQLITE
-    return HINTS_FROM
+    return HINTS_FROM_SQLITE if store.hints_indexed else HINTS_FROM
 
 
 def unresolved_summary(store: SQLStore, *, now: dt.datetime) -> dict[str, Any]:
@@ -230,9 +226,10 @@ def unresolved_summary(store: SQLStore, *, now: dt.datetime) -> dict[str, Any]:
 
 # --------------------------------------------------------------------- anomalies
 
-#: How an inbox row is classified, as the ``anomalies`` view of 0003_followup
-#: does (a test checks that both classify every row alike).
-ANOMALY_CATEGORY_SQL: Final = ANOMALY_CATEGORY_V3.format(like="LIKE")
+#: How an inbox row is classified, as the ``anomalies`` view of 0004_reason_code
+#: does (a test checks that both classify every row alike): by outcome, then by
+#: ``reason_code``, never by the wording of ``reason``.
+ANOMALY_CATEGORY_SQL: Final = ANOMALY_CATEGORY_V4
 
 ANOMALY_CATEGORIES: Final = (
     "conflict",
@@ -267,16 +264,6 @@ ANOMALY_COLUMNS: Final = (
     "outcome",
     "reason",
 )
-
-
-#: :data:`ANOMALY_CATEGORY_SQL` for PostgreSQL: SQLite's ``LIKE`` ignores ASCII
-#: case, PostgreSQL's does not, so it gets ``ILIKE``.
-ANOMALY_CATEGORY_SQL_PG: Final = ANOMALY_CATEGORY_V3.format(like="ILIKE")
-
-
-def category_sql(dialect: str) -> str:
-    """The anomaly classification for a dialect (``sqlite`` or ``postgresql``)."""
-    return ANOMALY_CATEGORY_SQL_PG if dialect == "postgresql" else ANOMALY_CATEGORY_SQL
 
 
 def _anomaly_sql(
@@ -463,12 +450,16 @@ def stats(
 EVENT_ONLY: Final = ("position", "stream", "version", "event_version", "data", "recorded_at")
 EXPORT_COLUMNS: Final = (
     "table",
-    *(c for c in INBOX_COLUMNS if c != "hash"),
+    *_rows.INBOX_HASHED,
     *EVENT_ONLY,
     "causation",
     "hash",
+    "reason_code",
 )
-"""The CSV header of ``kplus-fsm export --format csv``: every stored column of both tables."""
+"""
+The CSV header of ``kplus-fsm export --format csv``: every stored column of both
+tables (``reason_code``, added in 0.4, last, so the columns before it keep their places).
+"""
 
 _BATCH: Final = 2000
 

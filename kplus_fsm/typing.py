@@ -212,6 +212,11 @@ class SQLStore(Store, Protocol):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
+    @property
+    def hints_indexed(self) -> bool:
+        """Whether :meth:`query` may name SQLite's partial indexes of hints (``INDEXED BY``)."""
+        ...
+
     def is_empty(self) -> bool:
         """Whether the log holds no row at all (a log ``migrate-log`` may fill)."""
         ...

@@ -230,7 +230,7 @@ class TestClassify:
         assert "secret" not in found.location
 
     def test_versions(self, log: Path) -> None:
-        assert classify(str(log)).schema_version == "0003_followup"
+        assert classify(str(log)).schema_version == "0004_reason_code"
         make_older(log)
         assert classify(str(log)).schema_version == "0001_initial"
 

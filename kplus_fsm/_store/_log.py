@@ -207,11 +207,15 @@ def unresolved_hints(
     after: int = 0,
     limit: int = 1000,
     charge_id: str | None = None,
-    dialect: str = "sqlite",
+    indexed: bool = False,
 ) -> list[UnresolvedHint]:
-    """Unresolved hints with inbox id above ``after``, oldest first (at most ``limit``)."""
+    """
+    Unresolved hints with inbox id above ``after``, oldest first (at most
+    ``limit``). ``indexed``: the SQLite indexes of hints may be named (see
+    :data:`HINTS_FROM_SQLITE`).
+    """
     source_sql = HINTS_FROM
-    if dialect == "sqlite" and charge_id is None:
+    if indexed and charge_id is None:
         source_sql = HINTS_FROM_SQLITE_AFTER if after else HINTS_FROM_SQLITE
     sql = unresolved_hint_select(source_sql) + " AND h.id > ?"
     params: list[Any] = [after]
@@ -331,6 +335,9 @@ class _Driven(Protocol):
     @property
     def dialect(self) -> Dialect: ...
 
+    @property
+    def hints_indexed(self) -> bool: ...
+
     def _retrying(self, work: Callable[[], T]) -> T: ...
 
     def _read(self, work: Callable[[], T]) -> T: ...
@@ -388,6 +395,10 @@ class Log:
     transaction, retried when the database asks); it keeps only its connection
     handling, its concurrency and its dialect.
     """
+
+    #: Whether the statements may name SQLite's partial indexes of hints
+    #: (``INDEXED BY``): a current SQLite log; never PostgreSQL.
+    hints_indexed: bool = False
 
     # ------------------------------------------------------------------ reads
 
@@ -603,7 +614,11 @@ class Log:
         """Accepted webhooks not followed by a read of their charge, oldest first."""
         return self._read(
             lambda: unresolved_hints(
-                self._exec, after=after, limit=limit, charge_id=charge_id, dialect=self.dialect
+                self._exec,
+                after=after,
+                limit=limit,
+                charge_id=charge_id,
+                indexed=self.hints_indexed,
             )
         )
 

@@ -51,7 +51,9 @@ EVENT_HASHED: Final = (
     "recorded_at",
     "causation",
 )
-INBOX_COLUMNS: Final = (*INBOX_HASHED, "hash")
+#: Every column of ``inbox``, in table order: the hashed ones, the hash, and
+#: ``reason_code`` (0004; outside the hash, so no old row's hash changes).
+INBOX_COLUMNS: Final = (*INBOX_HASHED, "hash", "reason_code")
 EVENT_COLUMNS: Final = (*EVENT_HASHED, "hash")
 
 
@@ -193,6 +195,9 @@ class InboxRow:
     outcome: str
     reason: str
     hash: str
+    #: Why the input was refused, as a :class:`~kplus_fsm.ReasonCode` value
+    #: (``None`` unless refused; a log written before 0.4 has it classified from ``reason``).
+    reason_code: str | None = None
 
     def raw(self) -> Any:
         """The input as it was received (bytes, text or a JSON value)."""
@@ -280,7 +285,8 @@ def plan(
         decision.reason,
     )
     inbox_hash = _codec.hash_values(heads.inbox_hash, hashed)
-    inbox_row = (*hashed, inbox_hash)
+    code = decision.reason_code.value if decision.reason_code is not None else None
+    stored_inbox = (*hashed, inbox_hash, code)
     position, events_hash = heads.position, heads.events_hash
     rows: list[tuple[Any, ...]] = []
     stored: list[StoredEvent] = []
@@ -323,26 +329,11 @@ def plan(
         assert after is not None
         payment_row = payment_to_row(after)
     return Plan(
-        inbox_row=inbox_row,
+        inbox_row=stored_inbox,
         event_rows=tuple(rows),
         payment_row=payment_row,
         recorded=Recorded(
-            inbox=InboxRow(
-                id=inbox_id,
-                received_at=now,
-                kind=draft.kind,
-                origin=draft.origin,
-                payment_id=hashed[4],
-                charge_id=hashed[5],
-                external_id=draft.external_id,
-                body=draft.body,
-                body_encoding=draft.body_encoding,
-                headers=draft.headers,
-                verification=draft.verification,
-                outcome=decision.outcome.value,
-                reason=decision.reason,
-                hash=inbox_hash,
-            ),
+            inbox=inbox_row(stored_inbox),
             decision=decision,
             events=tuple(stored),
             before=before,

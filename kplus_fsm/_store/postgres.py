@@ -48,6 +48,7 @@ from . import _audit, _rows, _schema_pg, _sql
 from ._log import Log, LogTransaction
 from ._reports import ReplayReport, VerifyReport
 from ._rows import InboxDraft, Plan, Recorded, plan
+from ._schema_sqlite import LEGACY_REASON_CODE
 from ._urls import redact, scrub
 
 if TYPE_CHECKING:
@@ -181,7 +182,7 @@ class PostgresStore(Log):
         self._connect_timeout = connect_timeout
         self._application_name = application_name
         self._lock = threading.RLock()
-        self._needs_shim = False  # an old log read here needs the shim (see _shim_old_schema)
+        self._shims: tuple[str, ...] = ()  # what an old log read here needs (_shim_old_schema)
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._conn = self._connect()
         try:
@@ -205,28 +206,47 @@ class PostgresStore(Log):
 
     def _shim_old_schema(self) -> None:
         """
-        Let a log opened read-only before migration ``0003_followup`` answer like
-        a current one: a temporary view (this session only, nothing written to
-        the database) gives its ``payments`` the later column, empty. PostgreSQL
-        binds the view's ``payments`` to the table when the view is created, so
-        the view shadows the table without naming its schema.
+        Let a log opened read-only before a later migration answer like a
+        current one: temporary views (this session only, nothing written to the
+        database) give its ``payments`` the column of ``0003_followup`` (empty)
+        and its ``inbox`` the ``reason_code`` of ``0004_reason_code``
+        (classified as that migration would). PostgreSQL binds a view's table
+        when the view is created, so the view shadows the table without naming
+        its schema.
         """
-        row = self.conn.execute(
-            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
-            " AND table_name = 'payments' AND column_name = 'order_ref'"
-        ).fetchone()
-        if row is not None:
-            return
-        self._needs_shim = True
+        present = {
+            (table, column)
+            for table, column in self.conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema()"
+                " AND column_name IN ('order_ref', 'reason_code')"
+            ).fetchall()
+        }
+        self._shims = tuple(
+            statement
+            for needed, statement in (
+                (
+                    ("payments", "order_ref"),
+                    "CREATE TEMP VIEW payments AS"
+                    " SELECT *, CAST(NULL AS TEXT) AS order_ref FROM payments",
+                ),
+                (
+                    ("inbox", "reason_code"),
+                    "CREATE TEMP VIEW inbox AS SELECT *, "
+                    + LEGACY_REASON_CODE.format(like="ILIKE")
+                    + " AS reason_code FROM inbox",
+                ),
+            )
+            if needed not in present
+        )
         self._apply_shim(self.conn)
 
     def _apply_shim(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-        if not self._needs_shim:
+        if not self._shims:
             return
         conn.execute("SET default_transaction_read_only = off")
-        conn.execute(
-            "CREATE TEMP VIEW payments AS SELECT *, CAST(NULL AS TEXT) AS order_ref FROM payments"
-        )
+        for statement in self._shims:
+            conn.execute(statement)
         conn.execute("SET default_transaction_read_only = on")
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:

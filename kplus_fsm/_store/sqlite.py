@@ -83,18 +83,37 @@ def _create_private(path: Path) -> None:
         os.close(fd)
 
 
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA main.table_info({table})")}
+
+
 def _shim_old_schema(conn: sqlite3.Connection) -> None:
     """
-    Let a log opened read-only before migration ``0003_followup`` answer like a
-    current one: a temporary view (in memory, never in the file) gives its
-    ``payments`` the later column, empty.
+    Let a log opened read-only before a later migration answer like a current
+    one: temporary views (in memory, never in the file) give its ``payments``
+    the column of ``0003_followup`` (empty) and its ``inbox`` the
+    ``reason_code`` of ``0004_reason_code`` (classified as that migration
+    would).
     """
-    columns = {row[1] for row in conn.execute("PRAGMA main.table_info(payments)")}
-    if "order_ref" not in columns:
+    if "order_ref" not in _columns(conn, "payments"):
         conn.execute(
             "CREATE TEMP VIEW payments AS SELECT *, CAST(NULL AS TEXT) AS order_ref"
             " FROM main.payments"
         )
+    if "reason_code" not in _columns(conn, "inbox"):
+        code = _schema.LEGACY_REASON_CODE.format(like="LIKE")
+        conn.execute(f"CREATE TEMP VIEW inbox AS SELECT *, {code} AS reason_code FROM main.inbox")
+
+
+def _has_hint_indexes(conn: sqlite3.Connection) -> bool:
+    """Whether the log has the partial indexes of hints (0003) on a real ``inbox``."""
+    if conn.execute("SELECT 1 FROM sqlite_temp_master WHERE name = 'inbox'").fetchone():
+        return False
+    return bool(
+        conn.execute(
+            "SELECT 1 FROM main.sqlite_master WHERE type = 'index' AND name = 'inbox_hints'"
+        ).fetchone()
+    )
 
 
 def _retryable(exc: sqlite3.Error) -> Exception | None:
@@ -232,6 +251,7 @@ class SQLiteStore(Log):
             )
             if not read_only:
                 self._migrate()
+            self.hints_indexed = _has_hint_indexes(conn)
         except BaseException as exc:
             if owned and conn is not None:
                 conn.close()
