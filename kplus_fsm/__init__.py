@@ -49,28 +49,14 @@ from ._model import (
 )
 from ._store import open_store
 from ._store._log import Lease, UnresolvedHint
+from ._store._reports import ReplayDifference, ReplayReport, TimelineEntry, VerifyReport
+from ._store._rows import InboxDraft, InboxRow, Recorded
 from ._store._urls import redact
 from ._store.postgres import PostgresStore
-from ._store.sqlite import (
-    InboxDraft,
-    InboxRow,
-    Recorded,
-    ReplayDifference,
-    ReplayReport,
-    SQLiteStore,
-    TimelineEntry,
-    VerifyReport,
-)
-from ._tracker import (
-    Clock,
-    ImportReport,
-    Result,
-    Tracker,
-    format_time,
-    parse_time,
-    utc_now,
-)
-from .typing import ChargeAPI, Store
+from ._store.sqlite import SQLiteStore
+from ._time import format_time, omise_time, parse_time, utc_now
+from ._tracker import ImportReport, Result, Tracker
+from .typing import ChargeAPI, Clock, Store
 
 try:
     __version__ = version("kplus-fsm")
@@ -152,6 +138,7 @@ __all__ = [
     "exceptions",
     "fold",
     "format_time",
+    "omise_time",
     "open_store",
     "parse_json",
     "parse_time",

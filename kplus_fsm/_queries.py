@@ -48,7 +48,7 @@ from ._store._schema_sqlite import (
     paid_twice_orders,
     stuck_reason_sql,
 )
-from ._time import format_time, parse_time, utc_now
+from ._time import format_time, omise_time, parse_time, utc_now
 from .exceptions import DamagedLogError, InvalidTimeError
 from .typing import SQLStore, dialect_of
 
@@ -100,11 +100,6 @@ def parse_when(text: str, *, now: dt.datetime) -> str:
         ) from None
     except (ValueError, OverflowError):
         raise ValueError(f"not a time: {_quoted(text)} ({_ACCEPTED})") from None
-
-
-def omise_time(when: dt.datetime) -> str:
-    """``when`` in Omise's ``expires_at`` form (``YYYY-MM-DDTHH:MM:SSZ``)."""
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---------------------------------------------------------------------- payments
@@ -220,7 +215,7 @@ def unresolved_summary(store: SQLStore, *, now: dt.datetime) -> dict[str, Any]:
     oldest = row[1]
     age = None
     if oldest is not None:
-        age = round((now - parse_time(str(oldest).replace("Z", "+00:00"))).total_seconds(), 3)
+        age = round((now - parse_time(str(oldest))).total_seconds(), 3)
     return {"count": int(row[0]), "oldest_at": oldest, "oldest_age_seconds": age}
 
 

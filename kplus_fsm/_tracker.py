@@ -47,7 +47,7 @@ from ._store import open_store
 from ._store._log import UnresolvedHint
 from ._store._reports import ReplayReport, TimelineEntry, VerifyReport
 from ._store._rows import InboxDraft, Recorded
-from ._time import format_time, parse_time, utc_now
+from ._time import format_time, omise_time, parse_time, utc_now
 from .exceptions import (
     InvalidInputError,
     InvalidPaymentRequestError,
@@ -58,11 +58,10 @@ from .exceptions import (
     PaymentNotFoundError,
     RefundNotSupportedError,
 )
-from .typing import ChargeAPI, RecordItem, Store
+from .typing import ChargeAPI, Clock, RecordItem, Store
 
 log = structlog.get_logger("kplus_fsm")
 
-Clock = Callable[[], dt.datetime]
 """A function returning the current time as an aware ``datetime``."""
 
 #: Headers never stored, whatever their value: they carry credentials.
@@ -864,7 +863,7 @@ class Tracker:
                 f"pending_threshold {pending_threshold} reaches before the year 1000"
             ) from None
         candidates = self.store.reconcile_candidates(
-            now=format_time(when)[:19] + "Z",
+            now=omise_time(when),
             cutoff=cutoff,
             limit=limit * 4,
             stored_now=format_time(when),

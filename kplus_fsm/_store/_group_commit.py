@@ -95,18 +95,27 @@ class GroupCommit:
                 self._cond.wait()
             if item.done:
                 return item.outcome()
-            # Lead: commit everything queued so far (this input included).
+            # Lead: commit what is queued, in order, up to and including this input
+            # (more than one batch when more than max_batch inputs wait before it).
             self._leading = True
             self._gather()
-            batch = self._queue[: self.max_batch]
-            del self._queue[: self.max_batch]
         try:
-            self._write(batch)
+            self._lead(item)
         finally:
             with self._cond:
                 self._leading = False
                 self._cond.notify_all()
         return item.outcome()
+
+    def _lead(self, item: Pending) -> None:
+        """Commit batches from the head of the queue until ``item`` is done."""
+        while not item.done:
+            with self._cond:
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+            if not batch:  # pragma: no cover - the item is queued until a leader takes it
+                return
+            self._write(batch)
 
     def _gather(self) -> None:
         """

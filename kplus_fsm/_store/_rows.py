@@ -109,29 +109,30 @@ PAYMENT_COLUMNS: Final = (
 
 def payment_to_row(p: Payment) -> tuple[Any, ...]:
     """The ``payments`` row of a payment, in :data:`PAYMENT_COLUMNS` order."""
-    return (
-        p.payment_id,
-        p.status.value,
-        p.amount,
-        p.currency,
-        p.return_uri,
-        p.platform_type,
-        p.description,
-        _codec.dumps(dict(p.metadata)),
-        p.charge_id,
-        None if p.livemode is None else int(p.livemode),
-        p.authorize_uri,
-        p.expires_at,
-        p.failure_code,
-        p.failure_message,
-        int(p.create_unknown),
-        _codec.dumps(sorted(p.flags)),
-        _codec.dumps(sorted(p.webhook_event_ids)),
-        p.version,
-        p.created_at,
-        p.updated_at,
-        p.order_ref,
-    )
+    values = {
+        "payment_id": p.payment_id,
+        "status": p.status.value,
+        "amount": p.amount,
+        "currency": p.currency,
+        "return_uri": p.return_uri,
+        "platform_type": p.platform_type,
+        "description": p.description,
+        "metadata": _codec.dumps(dict(p.metadata)),
+        "charge_id": p.charge_id,
+        "livemode": None if p.livemode is None else int(p.livemode),
+        "authorize_uri": p.authorize_uri,
+        "expires_at": p.expires_at,
+        "failure_code": p.failure_code,
+        "failure_message": p.failure_message,
+        "create_unknown": int(p.create_unknown),
+        "flags": _codec.dumps(sorted(p.flags)),
+        "webhook_event_ids": _codec.dumps(sorted(p.webhook_event_ids)),
+        "version": p.version,
+        "created_at": p.created_at,
+        "updated_at": p.updated_at,
+        "order_ref": p.order_ref,
+    }
+    return tuple(values[column] for column in PAYMENT_COLUMNS)
 
 
 def payment_from_row(row: Mapping[str, Any] | tuple[Any, ...]) -> Payment:
@@ -268,25 +269,26 @@ def plan(
     following ``before.version``), and the payment's projection after them.
     """
     inbox_id = heads.inbox_id + 1
-    # In INBOX_HASHED order (the hash covers exactly these values).
-    hashed = (
-        inbox_id,
-        now,
-        draft.kind,
-        draft.origin,
-        decision.payment_id if decision.payment_id is not None else payment_id,
-        decision.charge_id if decision.charge_id is not None else charge_id,
-        draft.external_id,
-        draft.body,
-        draft.body_encoding,
-        draft.headers,
-        draft.verification,
-        decision.outcome.value,
-        decision.reason,
-    )
-    inbox_hash = _codec.hash_values(heads.inbox_hash, hashed)
-    code = decision.reason_code.value if decision.reason_code is not None else None
-    stored_inbox = (*hashed, inbox_hash, code)
+    values: dict[str, Any] = {
+        "id": inbox_id,
+        "received_at": now,
+        "kind": draft.kind,
+        "origin": draft.origin,
+        "payment_id": decision.payment_id if decision.payment_id is not None else payment_id,
+        "charge_id": decision.charge_id if decision.charge_id is not None else charge_id,
+        "external_id": draft.external_id,
+        "body": draft.body,
+        "body_encoding": draft.body_encoding,
+        "headers": draft.headers,
+        "verification": draft.verification,
+        "outcome": decision.outcome.value,
+        "reason": decision.reason,
+        "reason_code": decision.reason_code.value if decision.reason_code is not None else None,
+    }
+    # The hash covers exactly the INBOX_HASHED values, in that order.
+    inbox_hash = _codec.hash_values(heads.inbox_hash, [values[c] for c in INBOX_HASHED])
+    values["hash"] = inbox_hash
+    stored_inbox = tuple(values[c] for c in INBOX_COLUMNS)
     position, events_hash = heads.position, heads.events_hash
     rows: list[tuple[Any, ...]] = []
     stored: list[StoredEvent] = []
@@ -300,30 +302,29 @@ def plan(
         for new in decision.events:
             position += 1
             version += 1
-            kind, event_version = new.kind.value, EVENT_VERSIONS[new.kind]
-            # In EVENT_HASHED order.
-            ev = (
-                position,
-                stream,
-                version,
-                kind,
-                event_version,
-                _codec.dumps(dict(new.data)),
-                now,
-                inbox_id,
-            )
-            events_hash = _codec.hash_values(events_hash, ev)
-            rows.append((*ev, events_hash))
             event = StoredEvent(
                 position=position,
                 stream=stream,
                 version=version,
-                kind=kind,
-                event_version=event_version,
+                kind=new.kind.value,
+                event_version=EVENT_VERSIONS[new.kind],
                 data=new.data,
                 recorded_at=now,
                 causation=inbox_id,
             )
+            columns = {
+                "position": position,
+                "stream": stream,
+                "version": version,
+                "kind": event.kind,
+                "event_version": event.event_version,
+                "data": _codec.dumps(dict(new.data)),
+                "recorded_at": now,
+                "causation": inbox_id,
+            }
+            hashed_event = [columns[c] for c in EVENT_HASHED]
+            events_hash = _codec.hash_values(events_hash, hashed_event)
+            rows.append((*hashed_event, events_hash))
             stored.append(event)
             after = evolve(after, event)
         assert after is not None

@@ -598,7 +598,9 @@ def _reason_code(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE VIEW anomalies AS {anomalies}")
 
 
-KNOWN: Final = frozenset(_NAMES)
+#: This version's migrations, in the order they apply.
+NAMES: Final = tuple(_NAMES)
+KNOWN: Final = frozenset(NAMES)
 TRIGGERS: Final = frozenset(
     f"{t}_no_{op}" for t in APPEND_ONLY_TABLES for op in ("update", "delete")
 )
