@@ -348,6 +348,8 @@ class _Driven(Protocol):
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
+    def _settle(self, rows: Sequence[Any]) -> None: ...
+
 
 class LogTransaction:
     """
@@ -402,6 +404,9 @@ class Log:
 
     # ------------------------------------------------------------------ reads
 
+    def _settle(self, rows: Sequence[Any]) -> None:
+        """Make rows just read durable before they are handed out (a store may need to)."""
+
     def _load(self: _Driven, payment_id: str) -> Payment | None:
         row = self._exec(_sql.LOOKUP, (payment_id,)).fetchone()
         return _rows.payment_from_row(row) if row else None
@@ -448,9 +453,14 @@ class Log:
         return [_rows.event_from_row(r) for r in rows]
 
     def iter_events(self: _Driven, after: int = 0, *, batch: int = 1000) -> Iterator[StoredEvent]:
-        """Every event after global position ``after``, in order, streamed in batches."""
+        """
+        Every event after global position ``after``, in order, streamed in
+        batches. Every event handed out is durable (a consumer may act on it).
+        """
         while True:
             rows = self._read(partial(self._rows, _sql.EVENTS_AFTER, (after, batch)))
+            if rows:
+                self._settle(rows)
             for row in rows:
                 yield _rows.event_from_row(row)
             if len(rows) < batch:

@@ -31,25 +31,29 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
 from .._machine import Decision
-from .._model import Outcome, Payment
+from .._model import Outcome, Payment, ReasonCode
 from ..exceptions import (
     ConcurrencyError,
     PostgresUnavailableError,
     SchemaVersionError,
     StoreError,
 )
+from ..failpoints import failpoint
 from ..typing import Cursor, RecordItem, Transaction
 from . import _audit, _rows, _schema_pg, _sql
+from ._group_commit import GroupCommit, Pending
 from ._log import Log, LogTransaction
 from ._reports import ReplayReport, VerifyReport
-from ._rows import InboxDraft, Plan, Recorded, plan
+from ._rows import Heads, InboxDraft, Plan, Recorded, plan
 from ._schema_sqlite import LEGACY_REASON_CODE
 from ._urls import redact, scrub
+from ._write_cache import Staged
 
 if TYPE_CHECKING:
     import psycopg
@@ -64,9 +68,21 @@ MIGRATION_LOCK: Final = CHAIN_LOCK + 1
 
 _MAX_ATTEMPTS: Final = 20
 _BATCH: Final = 2000
+#: The payments of a batch, by id and by charge id (one statement each, arrays bound).
+_PAYMENTS_IN: Final = (
+    f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments WHERE payment_id = ANY(%s)"
+)
+_CHARGES_IN: Final = (
+    f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments WHERE charge_id = ANY(%s)"
+    " ORDER BY created_at"
+)
 #: SQLSTATEs retried: serialization_failure, deadlock_detected.
 _RETRY_SQLSTATES: Final = frozenset({"40001", "40P01"})
 _VERSION_CONSTRAINT: Final = "events_stream_version"
+
+
+class _RowRefused(StoreError):
+    """The database refused a row (a constraint): the batch is written again input by input."""
 
 
 def _psycopg() -> Any:
@@ -154,6 +170,17 @@ class PostgresStore(Log):
             no migrations; writes fail.
         connect_timeout: seconds to wait for the server when connecting.
         application_name: shown in ``pg_stat_activity``.
+        shared_flush: commit the chain's transaction without waiting for the
+            WAL flush, so the chain lock is released at once, and confirm
+            durability with a following synchronous transaction before the
+            caller is answered (default). The ``fsync`` is then shared by the
+            writers of every process instead of being waited for under the
+            lock, one writer at a time. No acknowledged input can be lost: the
+            WAL is replayed in order, and the confirming commit lies after the
+            chain's. ``False``: every chain commit waits for its own flush.
+        max_batch: the most inputs one group commit holds.
+        group_wait: the longest a commit waits (seconds) for the inputs of other
+            threads that have been recording lately; 0 disables the wait.
 
     Raises:
         PostgresUnavailableError: psycopg is not installed.
@@ -172,8 +199,17 @@ class PostgresStore(Log):
         read_only: bool = False,
         connect_timeout: float = 10.0,
         application_name: str = "kplus_fsm",
+        shared_flush: bool = True,
+        max_batch: int = 256,
+        group_wait: float = 0.001,
     ) -> None:
         self._pg = _psycopg()
+        self.shared_flush = shared_flush
+        # Group commit: inputs queued while a leader thread commits go in its next batch.
+        self._group = GroupCommit(self._commit_batch, max_batch=max_batch, group_wait=group_wait)
+        #: Write transactions committed and inputs they held (group commit: inputs >= commits).
+        self.commits = 0
+        self.committed_inputs = 0
         self._url = url
         #: Where the log is, safe to print (the password replaced by ``***``).
         self.location = redact(url)
@@ -384,7 +420,7 @@ class PostgresStore(Log):
                 elif state == "23505" and constraint == _VERSION_CONSTRAINT:
                     last = ConcurrencyError(f"stream version taken: {self._scrub(exc)}")
                 elif state is not None and state.startswith("23"):
-                    raise StoreError(f"event log write refused: {self._scrub(exc)}") from exc
+                    raise _RowRefused(f"event log write refused: {self._scrub(exc)}") from exc
                 else:
                     raise StoreError(f"event log write failed: {self._scrub(exc)}") from exc
             time.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
@@ -419,46 +455,200 @@ class PostgresStore(Log):
         ``payment_id``, else by ``charge_id``), let ``decide`` decide, and write
         the inbox row, the events and the projection in one transaction.
 
+        Group commit: inputs recorded by several threads at once share one
+        transaction (one trip to the chain lock); each is decided on the state
+        the ones before it left. This call returns only once its input is
+        durable (see :attr:`shared_flush`).
+
         Raises:
-            StoreError: nothing was written.
+            StoreError: nothing was written for this input (or, if the
+                connection was lost after the commit, its durability is not
+                known: recording it again is deduplicated).
         """
-        return self._retrying(
-            lambda: self._record(
-                draft, decide, now=now, payment_id=payment_id, charge_id=charge_id
-            ),
-            pipeline=True,
+        item = RecordItem(
+            draft=draft, decide=decide, now=now, payment_id=payment_id, charge_id=charge_id
         )
+        return self._group.submit(Pending(item))
 
     def record_many(self, items: Sequence[RecordItem]) -> list[Recorded | Exception]:
         """
-        Record several inputs in one transaction, in order (each in a savepoint:
-        an input that fails, its own error in the list, leaves the others).
+        Record several inputs in one transaction, in order. An input that fails
+        (its own error, in the list) leaves the others alone.
 
         Raises:
             StoreError: nothing was written (the commit itself failed).
         """
+        batch = [Pending(item) for item in items]
+        if batch:
+            self._commit_batch(batch)
+        return [p.result if p.result is not None else p.failure() for p in batch]
 
-        def work() -> list[Recorded | Exception]:
-            out: list[Recorded | Exception] = []
-            for item in items:
+    @property
+    def max_batch(self) -> int:
+        """The most inputs one group commit holds."""
+        return self._group.max_batch
+
+    def _commit_batch(self, batch: list[Pending]) -> None:
+        """
+        Commit ``batch`` in one transaction under the chain lock and hand each
+        item its result. Fast path: one round trip for the reads, one for the
+        writes and the commit. If the database refuses a row of a batch of
+        several, the transaction is rolled back and the batch written again
+        input by input, each in a savepoint, so only the input at fault fails.
+        Then, with :attr:`shared_flush`, the flush that makes the commit durable.
+        """
+        with self._lock:
+            try:
                 try:
-                    with self.conn.transaction():
-                        out.append(
-                            self._record(
-                                item.draft,
-                                item.decide,
-                                now=item.now,
-                                payment_id=item.payment_id,
-                                charge_id=item.charge_id,
-                            )
-                        )
-                except self._pg.Error as exc:
-                    out.append(StoreError(f"event log write refused: {self._scrub(exc)}"))
-                except Exception as exc:
-                    out.append(exc)
-            return out
+                    self._retrying(partial(self._write_fast, batch), pipeline=True)
+                except _RowRefused:
+                    if len(batch) == 1:
+                        raise
+                    self._retrying(partial(self._write_careful, batch))
+                if self.shared_flush:
+                    failpoint("postgres.before_flush")
+                    self._flush_wal()
+            except BaseException as exc:
+                for p in batch:
+                    p.result = None
+                    p.error = exc
+                    p.done = True
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            self.commits += 1
+            self.committed_inputs += sum(p.result is not None for p in batch)
+            for p in batch:
+                p.done = True
 
-        return self._retrying(work) if items else []
+    def _begin_chain(self) -> None:
+        """The statements a chain transaction starts with, after the lock."""
+        if self.shared_flush:
+            # The chain's COMMIT does not wait for the WAL flush (the lock is
+            # released at once); _flush_wal waits for it before anyone is told.
+            self.conn.execute("SET LOCAL synchronous_commit = off")
+
+    def _flush_wal(self) -> None:
+        """
+        Return once the WAL is flushed past every commit made before this call.
+
+        A transaction that takes a transaction id commits with a commit record
+        of its own and, at the session's ``synchronous_commit`` (``on`` unless
+        the server is configured otherwise), waits for the WAL flush up to that
+        record, which lies after the chain commit before it. Flushes requested
+        by several processes at once are served by one ``fsync`` (the server's
+        group flush).
+        """
+        pg = self._pg
+        try:
+            self.conn.execute("SELECT pg_current_xact_id()")
+        except pg.Error as exc:
+            raise StoreError(
+                "the event log committed but its durability was not confirmed "
+                f"(recording the input again is deduplicated): {self._scrub(exc)}"
+            ) from None
+
+    def _settle(self, rows: Sequence[Any]) -> None:
+        """
+        With :attr:`shared_flush`, rows another writer committed may be visible
+        a moment before they are durable: flush before they are handed out, so
+        that no consumer acts on an event a server crash could still take back.
+        """
+        if self.shared_flush and not self.read_only:
+            self._read(self._flush_wal)
+
+    def _write_fast(self, batch: list[Pending]) -> None:
+        conn = self.conn
+        self._begin_chain()
+        payment_ids = sorted({p.item.payment_id for p in batch if p.item.payment_id is not None})
+        charge_ids = sorted({p.item.charge_id for p in batch if p.item.charge_id is not None})
+        # Queue every read before the first fetch: one round trip in pipeline mode.
+        by_id = conn.execute(_PAYMENTS_IN, (payment_ids,)) if payment_ids else None
+        by_charge = conn.execute(_CHARGES_IN, (charge_ids,)) if charge_ids else None
+        at_heads = conn.execute(_pg(_sql.HEADS))
+        known: dict[str, Payment] = {}
+        owners: dict[str, str] = {}  # charge id -> the first payment holding it
+        for cursor in (by_id, by_charge):
+            for row in cursor.fetchall() if cursor is not None else ():
+                payment = _rows.payment_from_row(row)
+                known[payment.payment_id] = payment
+                if cursor is by_charge and payment.charge_id is not None:
+                    owners.setdefault(payment.charge_id, payment.payment_id)
+        heads = _rows.heads_from_row(at_heads.fetchone())
+        staged = Staged()
+        inbox_rows: list[tuple[Any, ...]] = []
+        event_rows: list[tuple[Any, ...]] = []
+        for pending in batch:
+            pending.result = pending.error = None
+            item = pending.item
+            before = None
+            if item.payment_id is not None:
+                before = staged.payments.get(item.payment_id) or known.get(item.payment_id)
+            if before is None and item.charge_id is not None:
+                owner = staged.charges.get(item.charge_id) or owners.get(item.charge_id)
+                if owner is not None:
+                    before = staged.payments.get(owner) or known.get(owner)
+            try:
+                planned = self._plan(item, before, heads)
+            except Exception as exc:  # the decision failed: nothing of this input is written
+                pending.error = exc
+                continue
+            inbox_rows.append(planned.inbox_row)
+            event_rows.extend(planned.event_rows)
+            staged.add(planned)
+            heads = planned.heads
+            pending.result = planned.recorded
+        with conn.cursor() as cur:
+            if inbox_rows:
+                cur.executemany(_pg(_sql.INSERT_INBOX), inbox_rows)
+            if event_rows:
+                cur.executemany(_pg(_sql.INSERT_EVENT), event_rows)
+            if staged.rows:
+                cur.executemany(_pg(_sql.UPSERT_PAYMENT), list(staged.rows.values()))
+
+    def _write_careful(self, batch: list[Pending]) -> None:
+        self._begin_chain()
+        for pending in batch:
+            pending.result = pending.error = None
+            item = pending.item
+            try:
+                with self.conn.transaction():  # a savepoint: this input's rows, or none
+                    pending.result = self._record(
+                        item.draft,
+                        item.decide,
+                        now=item.now,
+                        payment_id=item.payment_id,
+                        charge_id=item.charge_id,
+                    )
+            except self._pg.Error as exc:
+                pending.error = StoreError(f"event log write refused: {self._scrub(exc)}")
+            except Exception as exc:
+                pending.error = exc
+
+    def _plan(self, item: RecordItem, before: Payment | None, heads: Heads) -> Plan:
+        """The rows of one input (an input holding NUL recorded refused, see NUL_REASON)."""
+        decision = item.decide(before)
+        ids = {"payment_id": item.payment_id, "charge_id": item.charge_id}
+        planned = plan(item.draft, decision, before, heads, now=item.now, **ids)
+        if not _holds_nul(planned):
+            return planned
+        # PostgreSQL text cannot hold U+0000 (SQLite can). Record the input
+        # anyway, refused, its body kept exactly as base64 of its UTF-8 bytes.
+        return plan(
+            _storable(item.draft),
+            Decision(
+                outcome=Outcome.REJECTED,
+                reason=NUL_REASON,
+                payment_id=_nul_free(decision.payment_id or item.payment_id),
+                charge_id=_nul_free(decision.charge_id or item.charge_id),
+                reason_code=ReasonCode.MALFORMED,
+            ),
+            before,
+            heads,
+            now=item.now,
+            payment_id=None,
+            charge_id=None,
+        )
 
     def _record(
         self,
@@ -469,8 +659,8 @@ class PostgresStore(Log):
         payment_id: str | None,
         charge_id: str | None,
     ) -> Recorded:
+        """One input, inside the open transaction (the careful path)."""
         conn = self.conn
-        # Queue every read before the first fetch: one round trip in pipeline mode.
         by_id = conn.execute(_pg(_sql.LOOKUP), (payment_id,)) if payment_id is not None else None
         by_charge = (
             conn.execute(_pg(_sql.LOOKUP_CHARGE), (charge_id,)) if charge_id is not None else None
@@ -481,27 +671,10 @@ class PostgresStore(Log):
             row = by_charge.fetchone()
         before = _rows.payment_from_row(row) if row else None
         heads = _rows.heads_from_row(at_heads.fetchone())
-        decision = decide(before)
-        planned = plan(
-            draft, decision, before, heads, now=now, payment_id=payment_id, charge_id=charge_id
+        item = RecordItem(
+            draft=draft, decide=decide, now=now, payment_id=payment_id, charge_id=charge_id
         )
-        if _holds_nul(planned):
-            # PostgreSQL text cannot hold U+0000 (SQLite can). Record the input
-            # anyway, refused, its body kept exactly as base64 of its UTF-8 bytes.
-            planned = plan(
-                _storable(draft),
-                Decision(
-                    outcome=Outcome.REJECTED,
-                    reason=NUL_REASON,
-                    payment_id=_nul_free(decision.payment_id or payment_id),
-                    charge_id=_nul_free(decision.charge_id or charge_id),
-                ),
-                before,
-                heads,
-                now=now,
-                payment_id=None,
-                charge_id=None,
-            )
+        planned = self._plan(item, before, heads)
         with conn.cursor() as cur:
             cur.execute(_pg(_sql.INSERT_INBOX), planned.inbox_row)
             if planned.event_rows:
