@@ -84,7 +84,7 @@ import attrs
 import httpx
 import structlog
 
-from kplus_fsm import __version__, parse_json
+from kplus_fsm import __version__, omise_time, parse_json
 from kplus_fsm.exceptions import GatewayRefusedError, GatewayUnavailableError, KplusFSMError
 
 __all__ = [
@@ -476,10 +476,7 @@ def _carries(item: Any, payment_id: str) -> bool:
 
 
 def _format_time(value: str | dt.datetime) -> str:
-    if isinstance(value, str):
-        return value
-    when = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value if isinstance(value, str) else omise_time(value)
 
 
 # ------------------------------------------------------------------------ client

@@ -77,12 +77,14 @@ class SignatureCheck:
     ``signed`` says whether a signature matched the webhook secret, whatever
     the timestamp: a delivery that is ``signed`` but not ``ok`` is genuine but
     outside the clock tolerance (stale, or from the future).
+    ``out_of_tolerance``: the timestamp is outside the tolerance, signed or not.
     """
 
     ok: bool
     reason: str
     timestamp: int | None = None
     signed: bool = False
+    out_of_tolerance: bool = False
 
     @property
     def verification(self) -> str:
@@ -148,6 +150,7 @@ def verify_signature(
             f"the signature timestamp is {int(skew)} s old (limit {int(tolerance)} s)",
             timestamp,
             signed,
+            out_of_tolerance=True,
         )
     if -skew > tolerance:
         return SignatureCheck(
@@ -155,6 +158,7 @@ def verify_signature(
             f"the signature timestamp is {int(-skew)} s in the future (limit {int(tolerance)} s)",
             timestamp,
             signed,
+            out_of_tolerance=True,
         )
     if signed:
         return SignatureCheck(True, "signature valid", timestamp, True)

@@ -87,7 +87,7 @@ import attrs
 import httpx
 import structlog
 
-from kplus_fsm import ChargeAPI, Outcome, Result, Tracker, WebhookEvent, parse_json
+from kplus_fsm import ChargeAPI, Outcome, ReasonCode, Result, Tracker, WebhookEvent, parse_json
 from kplus_fsm.exceptions import (
     GatewayError,
     InvalidInputError,
@@ -302,6 +302,11 @@ class WebhookIntake:
                     hdrs,
                     verification=verification,
                     reason=f"signature refused: {check.reason}",
+                    reason_code=(
+                        ReasonCode.SIGNATURE_STALE
+                        if check.out_of_tolerance
+                        else ReasonCode.SIGNATURE_INVALID
+                    ),
                     status=401 if forged else 400,
                 )
             elif not check.ok:
@@ -339,10 +344,18 @@ class WebhookIntake:
         """
         told = f"{size} bytes, over" if size is not None else "over"
         reason = f"body too large ({told} the {limit}-byte limit): not read, not stored"
-        return self.refuse_unread(b"", headers, reason=reason, status=413)
+        return self.refuse_unread(
+            b"", headers, reason=reason, status=413, reason_code=ReasonCode.BODY_TOO_LARGE
+        )
 
     def refuse_unread(
-        self, body: bytes, headers: Mapping[str, str], *, reason: str, status: int
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        reason: str,
+        status: int,
+        reason_code: ReasonCode = ReasonCode.MALFORMED,
     ) -> IntakeResult:
         """
         Record a delivery whose body could not be read whole (too large, cut off
@@ -357,6 +370,7 @@ class WebhookIntake:
             _plain_headers(headers),
             verification="not checked",
             reason=reason,
+            reason_code=reason_code,
             status=status,
         )
         return attrs.evolve(refused, status=status)
@@ -374,13 +388,18 @@ class WebhookIntake:
         *,
         verification: str,
         reason: str,
+        reason_code: ReasonCode,
         status: int,
     ) -> IntakeResult:
-        log.warning("webhook_refused", reason=reason, status=status)
+        log.warning("webhook_refused", reason=reason, reason_code=reason_code.value, status=status)
         try:
             recorded = self._locked(
                 lambda: self.tracker.refuse_webhook(
-                    body, headers=headers, verification=verification, reason=reason
+                    body,
+                    headers=headers,
+                    verification=verification,
+                    reason=reason,
+                    reason_code=reason_code,
                 )
             )
         except StoreError as exc:

@@ -47,38 +47,25 @@ from ._model import (
     Outcome,
     Payment,
     PaymentRequest,
+    ReasonCode,
     Status,
     StoredEvent,
     WebhookEvent,
     WebhookHint,
 )
-from ._open import open_store
-from ._ops import Lease, UnresolvedHint
-from ._ports import ChargeAPI, Store
-from ._store import (
-    InboxDraft,
-    InboxRow,
-    Recorded,
-    ReplayDifference,
-    ReplayReport,
-    SQLiteStore,
-    TimelineEntry,
-    VerifyReport,
-)
-from ._tracker import (
-    Clock,
-    ImportReport,
-    Result,
-    Tracker,
-    format_time,
-    parse_time,
-    utc_now,
-)
-from ._urls import redact
+from ._store import open_store
+from ._store._log import Lease, UnresolvedHint
+from ._store._reports import ReplayDifference, ReplayReport, TimelineEntry, VerifyReport
+from ._store._rows import InboxDraft, InboxRow, Recorded
+from ._store._urls import redact
+from ._store.sqlite import SQLiteStore
+from ._time import format_time, omise_time, parse_time, utc_now
+from ._tracker import ImportReport, Result, Tracker
+from .typing import ChargeAPI, Clock, Store
 
 if TYPE_CHECKING:
     from ._followup import ConsumerSpec, FollowUp, PeriodicReconciler, Worker
-    from ._store_pg import PostgresStore
+    from ._store.postgres import PostgresStore
 
     __version__: str
 
@@ -88,7 +75,7 @@ _LAZY: Final = {
     "FollowUp": "._followup",
     "PeriodicReconciler": "._followup",
     "Worker": "._followup",
-    "PostgresStore": "._store_pg",
+    "PostgresStore": "._store.postgres",
 }
 
 
@@ -163,6 +150,7 @@ __all__ = [
     "PaymentRequest",
     "PeriodicReconciler",
     "PostgresStore",
+    "ReasonCode",
     "ReconcileItem",
     "ReconcileReport",
     "Recorded",
@@ -190,6 +178,7 @@ __all__ = [
     "exceptions",
     "fold",
     "format_time",
+    "omise_time",
     "open_store",
     "parse_json",
     "parse_time",

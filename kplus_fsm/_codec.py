@@ -1,6 +1,7 @@
 """
-The only place that knows how stored rows look: canonical JSON, the hash chain,
-and the mapping between rows and values (with upcasters for old event versions).
+Stored bytes: canonical JSON, the hash-chain link, input bodies, and the
+upcasters that lift old event payloads. Which columns a row has, and which of
+them each hash covers, is :mod:`kplus_fsm._store._rows`.
 """
 
 from __future__ import annotations
@@ -13,37 +14,10 @@ from typing import Any, Final
 
 import orjson
 
-from ._model import EVENT_VERSIONS, EventKind, Payment, Status, StoredEvent
+from ._model import EVENT_VERSIONS, EventKind
 
 GENESIS: Final = "0" * 64
 """The ``previous hash`` of the first row of each chain."""
-
-INBOX_HASHED: Final = (
-    "id",
-    "received_at",
-    "kind",
-    "origin",
-    "payment_id",
-    "charge_id",
-    "external_id",
-    "body",
-    "body_encoding",
-    "headers",
-    "verification",
-    "outcome",
-    "reason",
-)
-EVENT_HASHED: Final = (
-    "position",
-    "stream",
-    "version",
-    "kind",
-    "event_version",
-    "data",
-    "recorded_at",
-    "causation",
-)
-
 
 _SORTED: Final = orjson.OPT_SORT_KEYS
 
@@ -176,121 +150,3 @@ def upcast(kind: str, event_version: int, data: dict[str, Any]) -> tuple[int, di
         data = UPCASTERS[kind, event_version](data)
         event_version += 1
     return event_version, data
-
-
-def event_from_row(row: Mapping[str, Any] | tuple[Any, ...]) -> StoredEvent:
-    """A :class:`StoredEvent` from an ``events`` row (mapping or tuple in column order)."""
-    if not isinstance(row, Mapping):
-        position, stream, version, kind, event_version, data, recorded_at, causation = row[:8]
-        if EVENT_VERSIONS.get(kind) != event_version:
-            event_version, payload = upcast(kind, event_version, loads(data))
-        else:
-            payload = loads(data)
-        return StoredEvent(
-            position=position,
-            stream=stream,
-            version=version,
-            kind=kind,
-            event_version=event_version,
-            data=payload,
-            recorded_at=recorded_at,
-            causation=causation,
-        )
-    version, data = upcast(row["kind"], row["event_version"], loads(row["data"]))
-    return StoredEvent(
-        position=row["position"],
-        stream=row["stream"],
-        version=row["version"],
-        kind=row["kind"],
-        event_version=version,
-        data=data,
-        recorded_at=row["recorded_at"],
-        causation=row["causation"],
-    )
-
-
-EVENT_COLUMNS: Final = (*EVENT_HASHED, "hash")
-
-# ---------------------------------------------------------------------- payments
-
-PAYMENT_COLUMNS: Final = (
-    "payment_id",
-    "status",
-    "amount",
-    "currency",
-    "return_uri",
-    "platform_type",
-    "description",
-    "metadata",
-    "charge_id",
-    "livemode",
-    "authorize_uri",
-    "expires_at",
-    "failure_code",
-    "failure_message",
-    "create_unknown",
-    "flags",
-    "webhook_event_ids",
-    "version",
-    "created_at",
-    "updated_at",
-    "order_ref",
-)
-"""The ``payments`` columns; ``order_ref`` was added by migration ``0003_followup``."""
-
-
-def payment_to_row(p: Payment) -> tuple[Any, ...]:
-    """The ``payments`` row of a payment, in :data:`PAYMENT_COLUMNS` order."""
-    return (
-        p.payment_id,
-        p.status.value,
-        p.amount,
-        p.currency,
-        p.return_uri,
-        p.platform_type,
-        p.description,
-        dumps(dict(p.metadata)),
-        p.charge_id,
-        None if p.livemode is None else int(p.livemode),
-        p.authorize_uri,
-        p.expires_at,
-        p.failure_code,
-        p.failure_message,
-        int(p.create_unknown),
-        dumps(sorted(p.flags)),
-        dumps(sorted(p.webhook_event_ids)),
-        p.version,
-        p.created_at,
-        p.updated_at,
-        p.order_ref,
-    )
-
-
-def payment_from_row(row: Mapping[str, Any] | tuple[Any, ...]) -> Payment:
-    """The inverse of :func:`payment_to_row`."""
-    if not isinstance(row, Mapping):
-        row = dict(zip(PAYMENT_COLUMNS, row, strict=True))
-    livemode = row["livemode"]
-    return Payment(
-        payment_id=row["payment_id"],
-        status=Status(row["status"]),
-        amount=row["amount"],
-        currency=row["currency"],
-        return_uri=row["return_uri"],
-        platform_type=row["platform_type"],
-        description=row["description"],
-        metadata=loads(row["metadata"]),
-        charge_id=row["charge_id"],
-        livemode=None if livemode is None else bool(livemode),
-        authorize_uri=row["authorize_uri"],
-        expires_at=row["expires_at"],
-        failure_code=row["failure_code"],
-        failure_message=row["failure_message"],
-        create_unknown=bool(row["create_unknown"]),
-        flags=frozenset(loads(row["flags"])),
-        webhook_event_ids=frozenset(loads(row["webhook_event_ids"])),
-        version=row["version"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        order_ref=row.get("order_ref"),
-    )

@@ -47,14 +47,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ._logging import get_logger
 from ._model import StoredEvent
-from ._ops import Lease, holder_id
+from ._store._log import Lease, holder_id
 from ._time import format_time, parse_time
 from .exceptions import ConsumerStartError, LeaseLostError
 from .failpoints import failpoint
 
 if TYPE_CHECKING:
-    from ._ports import TransactionHandle
     from ._tracker import Tracker
+    from .typing import TransactionHandle
 
 log = get_logger("kplus_fsm")
 

@@ -42,15 +42,15 @@ import attrs
 
 from ._logging import get_logger
 from ._model import InputKind, Origin, Outcome, Payment, PaymentRequest, Status
-from ._ops import Check
+from ._store._log import Check
 from ._time import format_time, parse_time
 from .exceptions import GatewayError, GatewayRefusedError, GatewayUnavailableError
 from .failpoints import failpoint
 
 if TYPE_CHECKING:
-    from ._ports import ChargeAPI
-    from ._rows import InboxRow
+    from ._store._rows import InboxRow
     from ._tracker import Result, Tracker
+    from .typing import ChargeAPI
 
 log = get_logger("kplus_fsm")
 
@@ -95,11 +95,7 @@ def charge_params(request: PaymentRequest) -> dict[str, Any]:
 
 
 def _age(payment: Payment, now: dt.datetime) -> dt.timedelta:
-    return now - _parse(payment.updated_at or payment.created_at)
-
-
-def _parse(text: str) -> dt.datetime:
-    return parse_time(text.replace("Z", "+00:00"))
+    return now - parse_time(payment.updated_at or payment.created_at)
 
 
 # ------------------------------------------------------------------ the history
@@ -137,13 +133,13 @@ def create_history(
             # A recorded request is a write-ahead: its POST may follow at once
             # (create_charge's own, or the caller's after request_payment).
             if not attempts and row.outcome in (Outcome.APPLIED, Outcome.DUPLICATE):
-                attempts.append(_parse(row.received_at))
+                attempts.append(parse_time(row.received_at))
         elif row.kind == InputKind.CREATE_UNKNOWN:
             if row.origin == "create_response" or not attempts:
-                attempts.append(_parse(row.received_at))
+                attempts.append(parse_time(row.received_at))
         elif row.kind == InputKind.CHARGE_LOOKUP and row.outcome == Outcome.UNKNOWN:
-            looks.append((row.id, _parse(row.received_at)))
-    created = _parse(payment.created_at)
+            looks.append((row.id, parse_time(row.received_at)))
+    created = parse_time(payment.created_at)
     return CreateHistory(
         posted=bool(attempts),
         first_attempt=min(attempts, default=created),
@@ -398,7 +394,7 @@ def is_due(payment: Payment, now: dt.datetime, *, pending_threshold: dt.timedelt
         return False
     if payment.expires_at is not None:
         try:
-            if now >= _parse(payment.expires_at):
+            if now >= parse_time(payment.expires_at):
                 return True
         except ValueError:
             return True  # an unreadable expiry: read the charge rather than guess

@@ -37,15 +37,15 @@ import attrs
 
 from ._logging import get_logger
 from ._model import Origin, StoredEvent
-from ._ops import Lease, UnresolvedHint, holder_id
+from ._store._log import Lease, UnresolvedHint, holder_id
 from ._time import format_time, parse_time
 from .exceptions import GatewayError, GatewayUnavailableError, KplusFSMError, StoreError
 from .failpoints import failpoint
 
 if TYPE_CHECKING:
     from ._flow import ReconcileReport
-    from ._ports import ChargeAPI, TransactionHandle
     from ._tracker import Tracker
+    from .typing import ChargeAPI, TransactionHandle
 
 log = get_logger("kplus_fsm")
 

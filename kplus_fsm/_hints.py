@@ -9,7 +9,7 @@ and by ``serve``'s ``GET /ready`` and ``GET /metrics``
 
 Invariants: read-only SQL through ``store.query``, every value a parameter; the
 text joined into a statement is one of the constant fragments of
-:mod:`kplus_fsm._schema`.
+:mod:`kplus_fsm._store._schema_sqlite`.
 """
 
 from __future__ import annotations
@@ -17,18 +17,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from ._ports import SQLStore, dialect_of
-from ._schema import HINTS_FROM, HINTS_FROM_SQLITE, UNRESOLVED_HINT_WHERE
+from ._store._schema_sqlite import HINTS_FROM, HINTS_FROM_SQLITE, UNRESOLVED_HINT_WHERE
 from ._time import parse_time
+from .typing import SQLStore
 
 
 def hints_from_sql(store: SQLStore) -> str:
     """Where the whole-log hint questions read hints from, for this store (see _schema)."""
-    if dialect_of(store) == "sqlite" and store.query(
-        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'inbox_hints'"
-    ):
-        return HINTS_FROM_SQLITE
-    return HINTS_FROM
+    return HINTS_FROM_SQLITE if store.hints_indexed else HINTS_FROM
 
 
 def unresolved_summary(store: SQLStore, *, now: dt.datetime) -> dict[str, Any]:
@@ -40,7 +36,7 @@ def unresolved_summary(store: SQLStore, *, now: dt.datetime) -> dict[str, Any]:
     oldest = row[1]
     age = None
     if oldest is not None:
-        age = round((now - parse_time(str(oldest).replace("Z", "+00:00"))).total_seconds(), 3)
+        age = round((now - parse_time(str(oldest))).total_seconds(), 3)
     return {"count": int(row[0]), "oldest_at": oldest, "oldest_age_seconds": age}
 
 

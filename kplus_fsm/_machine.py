@@ -62,6 +62,7 @@ from ._model import (
     Outcome,
     Payment,
     PaymentRequest,
+    ReasonCode,
     Status,
     StoredEvent,
     WebhookHint,
@@ -126,21 +127,22 @@ SIGNAL_STATUS: Final[Mapping[Signal, Status]] = MappingProxyType(
 class Rule:
     """
     One cell of the table: the outcome, the state after (``None``: unchanged),
-    the event kind to append (``None``: none) and why.
+    the event kind to append (``None``: none), why, and why as a code (refusals).
     """
 
     outcome: Outcome
     to: Status | None
     event: EventKind | None
     reason: str
+    code: ReasonCode | None = None
 
 
 def _apply(to: Status, event: EventKind, reason: str) -> Rule:
     return Rule(Outcome.APPLIED, to, event, reason)
 
 
-def _keep(outcome: Outcome, reason: str) -> Rule:
-    return Rule(outcome, None, None, reason)
+def _keep(outcome: Outcome, reason: str, code: ReasonCode | None = None) -> Rule:
+    return Rule(outcome, None, None, reason, code)
 
 
 def _status_rules(state: Status) -> dict[Signal, Rule]:
@@ -179,7 +181,7 @@ def _build_table() -> Mapping[tuple[Status | None, Signal], Rule]:
     table: dict[tuple[Status | None, Signal], Rule] = {}
     # Before the payment exists only a payment request is meaningful.
     for signal in Signal:
-        table[None, signal] = _keep(Outcome.REJECTED, "no such payment")
+        table[None, signal] = _keep(Outcome.REJECTED, "no such payment", ReasonCode.NO_SUCH_PAYMENT)
     table[None, Signal.REQUEST] = _apply(
         Status.CREATED, EventKind.PAYMENT_REQUESTED, "payment requested"
     )
@@ -243,8 +245,9 @@ filled. ``docs/state-machine.md`` is generated from it.
 @attrs.frozen(kw_only=True)
 class Decision:
     """
-    What one input does: its outcome and reason, the events to append, and the
-    payment id and charge id the input is about (for the inbox row).
+    What one input does: its outcome and reason, the events to append, the
+    payment id and charge id the input is about (for the inbox row), and for a
+    refusal the reason as a stable code.
     """
 
     outcome: Outcome
@@ -253,6 +256,7 @@ class Decision:
     payment_id: str | None = None
     charge_id: str | None = None
     signal: Signal | None = None
+    reason_code: ReasonCode | None = None
 
 
 def signal_of(inp: Input) -> Signal:
@@ -302,6 +306,7 @@ def decide(payment: Payment | None, inp: Input) -> Decision:
                 payment_id=pid,
                 charge_id=charge.charge_id,
                 signal=signal_of(inp),
+                reason_code=ReasonCode.MISMATCH,
             )
         return _from_table(payment, inp, extra=_charge_data(charge, inp.origin))
     data: dict[str, Any]
@@ -355,6 +360,7 @@ def _from_table(
         payment_id=payment.payment_id if payment is not None else None,
         charge_id=charge_id,
         signal=signal,
+        reason_code=rule.code,
     )
 
 
@@ -372,6 +378,7 @@ def _decide_request(payment: Payment | None, req: PaymentRequest) -> Decision:
             payment_id=req.payment_id,
             charge_id=payment.charge_id,
             signal=Signal.REQUEST,
+            reason_code=ReasonCode.MISMATCH,
         )
     return attrs.evolve(_from_table(payment, req, extra=req.to_json()), payment_id=req.payment_id)
 
@@ -388,6 +395,7 @@ def _decide_webhook(payment: Payment | None, hint: WebhookHint) -> Decision:
             reason="no such payment",
             payment_id=pid,
             charge_id=cid,
+            reason_code=ReasonCode.NO_SUCH_PAYMENT,
         )
     if payment is not None and event.event_id in payment.webhook_event_ids:
         return Decision(
@@ -417,6 +425,7 @@ def _decide_webhook(payment: Payment | None, hint: WebhookHint) -> Decision:
             payment_id=pid,
             charge_id=cid,
             signal=signal_of(hint),
+            reason_code=ReasonCode.MISMATCH,
         )
     accepted = NewEvent(
         kind=EventKind.WEBHOOK_ACCEPTED,

@@ -70,6 +70,35 @@ class Outcome(enum.StrEnum):
     """Cannot be placed: an unknown status or event key, or a create whose outcome is unknown."""
 
 
+class ReasonCode(enum.StrEnum):
+    """
+    Why an input was refused, as a stable code. Stored in ``inbox.reason_code``
+    beside the human ``reason`` text; the incident queries (``anomalies``)
+    classify on the code, never on the wording, so a reworded message cannot
+    reclassify an incident. ``None`` when the outcome itself says it all
+    (applied, duplicate, stale, conflict, unknown).
+    """
+
+    SIGNATURE_INVALID = "signature_invalid"
+    """A webhook whose signature is missing, malformed or does not verify."""
+    SIGNATURE_STALE = "signature_stale"
+    """A webhook whose signature timestamp is outside the tolerance (a replay?)."""
+    BODY_TOO_LARGE = "body_too_large"
+    """A request body over the receiver's size limit (not read, not stored)."""
+    MALFORMED = "malformed"
+    """Not JSON, wrong types or missing fields."""
+    MISMATCH = "mismatch"
+    """For another payment, amount, currency or mode, or a payment id reused with other terms."""
+    NO_SUCH_PAYMENT = "no_such_payment"
+    """About a payment this log does not hold."""
+    INVALID_REQUEST = "invalid_request"
+    """A payment request with a field out of its limits."""
+    ORDER_BUSY = "order_busy"
+    """An order already paid, or with an attempt whose outcome is not known yet."""
+    REFUND_NOT_SUPPORTED = "refund_not_supported"
+    """Opn cannot refund K PLUS charges."""
+
+
 class Origin(enum.StrEnum):
     """
     Where a charge snapshot came from. Reads made with our secret key

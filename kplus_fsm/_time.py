@@ -66,4 +66,14 @@ def parse_time(text: str | dt.datetime) -> dt.datetime:
     return when
 
 
-__all__ = ["MAX_YEAR", "MIN_YEAR", "format_time", "parse_time", "utc_now"]
+def omise_time(when: dt.datetime) -> str:
+    """
+    Omise's time format, as its API writes ``created_at`` and ``expires_at``
+    and takes ``from``/``to``: UTC to the second, ``Z``
+    (``2024-03-19T09:35:06Z``). A naive time is taken as UTC.
+    """
+    utc = when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+    return utc.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+__all__ = ["MAX_YEAR", "MIN_YEAR", "format_time", "omise_time", "parse_time", "utc_now"]

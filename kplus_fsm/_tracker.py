@@ -36,17 +36,18 @@ from ._model import (
     Outcome,
     Payment,
     PaymentRequest,
+    ReasonCode,
     Status,
     StoredEvent,
     WebhookEvent,
     WebhookHint,
     is_text,
 )
-from ._open import open_store
-from ._ops import UnresolvedHint
-from ._ports import ChargeAPI, Store
-from ._store import InboxDraft, Recorded, ReplayReport, TimelineEntry, VerifyReport
-from ._time import format_time, parse_time, utc_now
+from ._store import open_store
+from ._store._log import UnresolvedHint
+from ._store._reports import ReplayReport, TimelineEntry, VerifyReport
+from ._store._rows import InboxDraft, Recorded
+from ._time import format_time, omise_time, parse_time, utc_now
 from .exceptions import (
     InvalidInputError,
     InvalidPaymentRequestError,
@@ -57,10 +58,10 @@ from .exceptions import (
     PaymentNotFoundError,
     RefundNotSupportedError,
 )
+from .typing import ChargeAPI, Clock, RecordItem, Store
 
 log = get_logger("kplus_fsm")
 
-Clock = Callable[[], dt.datetime]
 """A function returning the current time as an aware ``datetime``."""
 
 #: Headers never stored, whatever their value: they carry credentials.
@@ -85,6 +86,8 @@ class Result:
     payment: Payment | None
     previous: Payment | None
     events: tuple[StoredEvent, ...]
+    #: Why the input was refused, as a stable code (``None`` unless ``rejected``).
+    reason_code: ReasonCode | None = None
 
     @property
     def status(self) -> Status | None:
@@ -110,6 +113,7 @@ class Result:
         return {
             "outcome": self.outcome.value,
             "reason": self.reason,
+            "reason_code": self.reason_code.value if self.reason_code else None,
             "inbox_id": self.inbox_id,
             "input_kind": self.input_kind,
             "from_status": self.previous.status.value if self.previous else None,
@@ -120,7 +124,11 @@ class Result:
 
 
 def _rejected(
-    reason: str, payment_id: str | None = None, charge_id: str | None = None
+    reason: str,
+    payment_id: str | None = None,
+    charge_id: str | None = None,
+    *,
+    code: ReasonCode | None,
 ) -> Callable[[Payment | None], Decision]:
     def decide_rejected(payment: Payment | None) -> Decision:
         return Decision(
@@ -128,9 +136,19 @@ def _rejected(
             reason=reason,
             payment_id=payment_id,
             charge_id=charge_id or (payment.charge_id if payment is not None else None),
+            reason_code=code,
         )
 
     return decide_rejected
+
+
+def _code_of(exc: InvalidInputError) -> ReasonCode:
+    """The reason code of an input refused with ``exc``."""
+    if isinstance(exc, RefundNotSupportedError):
+        return ReasonCode.REFUND_NOT_SUPPORTED
+    if isinstance(exc, InvalidPaymentRequestError):
+        return ReasonCode.INVALID_REQUEST
+    return ReasonCode.MALFORMED
 
 
 def _claimed_ids(body: bytes | str) -> tuple[str | None, str | None, str | None]:
@@ -386,7 +404,9 @@ class Tracker:
             if busy is not None:
                 return self._finish(
                     self._commit(
-                        draft, _rejected(busy, request.payment_id), payment_id=request.payment_id
+                        draft,
+                        _rejected(busy, request.payment_id, code=ReasonCode.ORDER_BUSY),
+                        payment_id=request.payment_id,
                     )
                 )
         return self._apply(request, draft, payment_id=request.payment_id)
@@ -600,7 +620,16 @@ class Tracker:
         def flush() -> None:
             now = format_time(self.clock())
             results = self.store.record_many(
-                [(it.draft, it.decide, now, it.payment_id, it.charge_id) for it in batch]
+                [
+                    RecordItem(
+                        draft=it.draft,
+                        decide=it.decide,
+                        now=now,
+                        payment_id=it.payment_id,
+                        charge_id=it.charge_id,
+                    )
+                    for it in batch
+                ]
             )
             batch.clear()
             failure = None
@@ -631,7 +660,7 @@ class Tracker:
             )
             if isinstance(item, tuple):
                 draft, exc = item
-                item = _StoreInput(draft, _rejected(exc.reason, None), None, None)
+                item = _StoreInput(draft, _rejected(exc.reason, code=_code_of(exc)), None, None)
             batch.append(item)
             if len(batch) >= batch_size:
                 flush()
@@ -646,10 +675,14 @@ class Tracker:
         headers: Mapping[str, str] | None,
         verification: str,
         reason: str,
+        reason_code: ReasonCode | None = None,
     ) -> Result:
         """
         Record a delivery the intake refused before trusting it (a bad signature,
         a stale timestamp): the raw body and the reason, outcome ``rejected``.
+        ``reason_code`` is what ``anomalies`` classifies it by
+        (:attr:`ReasonCode.SIGNATURE_INVALID`, ``SIGNATURE_STALE``,
+        ``BODY_TOO_LARGE``); without one it counts as ``malformed``.
 
         The ids the body *claims* (event id, charge id, ``metadata.payment_id``)
         are read leniently and stored with the row, so the refusal shows in that
@@ -667,7 +700,7 @@ class Tracker:
                 headers=_safe_headers(headers),
                 verification=verification,
             ),
-            _rejected(reason, payment_id, charge_id),
+            _rejected(reason, payment_id, charge_id, code=reason_code),
             payment_id=None,
         )
         return self._finish(rec)
@@ -689,7 +722,7 @@ class Tracker:
                 body_encoding="json",
                 origin="merchant",
             ),
-            _rejected(reason, payment_id),
+            _rejected(reason, payment_id, code=ReasonCode.REFUND_NOT_SUPPORTED),
             payment_id=payment_id,
         )
         self._finish(rec)
@@ -830,7 +863,7 @@ class Tracker:
                 f"pending_threshold {pending_threshold} reaches before the year 1000"
             ) from None
         candidates = self.store.reconcile_candidates(
-            now=format_time(when)[:19] + "Z",
+            now=omise_time(when),
             cutoff=cutoff,
             limit=limit * 4,
             stored_now=format_time(when),
@@ -852,7 +885,7 @@ class Tracker:
                 body_encoding="json",
                 origin="merchant",
             ),
-            _rejected(reason, payment_id),
+            _rejected(reason, payment_id, code=ReasonCode.INVALID_REQUEST),
             payment_id=None,
         )
         self._finish(rec)
@@ -861,7 +894,9 @@ class Tracker:
     def _refuse(
         self, draft: InboxDraft, exc: InvalidInputError, *, payment_id: str | None = None
     ) -> NoReturn:
-        rec = self._commit(draft, _rejected(exc.reason, payment_id), payment_id=None)
+        rec = self._commit(
+            draft, _rejected(exc.reason, payment_id, code=_code_of(exc)), payment_id=None
+        )
         self._finish(rec)
         raise type(exc)(exc.reason, inbox_id=rec.inbox.id) from None
 
@@ -903,6 +938,7 @@ class Tracker:
             payment=rec.after,
             previous=rec.before,
             events=rec.events,
+            reason_code=rec.decision.reason_code,
         )
         routine = result.outcome in _QUIET
         if not (quiet and routine):
@@ -932,6 +968,7 @@ class Tracker:
             external_id=rec.inbox.external_id,
             outcome=result.outcome.value,
             reason=result.reason,
+            reason_code=result.reason_code.value if result.reason_code else None,
             from_status=rec.before.status.value if rec.before else None,
             to_status=result.status.value if result.status else None,
             events=[e.kind for e in rec.events],

@@ -23,6 +23,7 @@ understood at all, for misuse, and for storage problems::
     │   ├── IntegrityError                a row breaks the hash chain or cannot be decoded
     │   ├── SchemaVersionError            the database was written by a newer kplus_fsm
     │   ├── DamagedLogError               SQLite reports the file damaged (corrupt, truncated)
+    │   ├── MigrationRefused              ``migrate-log`` did not move the log (and wrote nothing)
     │   └── PostgresUnavailableError      a postgresql:// log without psycopg installed
     └── GatewayError                      the payment API did not do what was asked
         ├── GatewayRefusedError           a definite answer: an Omise error object (4xx)
@@ -49,6 +50,7 @@ __all__ = [
     "KplusFSMError",
     "LeaseLostError",
     "MalformedInputError",
+    "MigrationRefused",
     "OutcomeError",
     "PaymentNotFoundError",
     "PostgresUnavailableError",
@@ -209,6 +211,14 @@ class DamagedLogError(StoreError):
     or bytes that are not a database (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``, a
     short read). What was read before the damage is still valid;
     ``kplus-fsm verify`` reports how far the file can be read.
+    """
+
+
+class MigrationRefused(StoreError):
+    """
+    ``migrate-log`` did not move the log: the source does not verify, was
+    written to while it was read, or the target is not empty. Nothing was
+    committed to the target; the reason says why.
     """
 
 

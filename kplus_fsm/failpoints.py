@@ -40,6 +40,7 @@ FAILPOINTS: Final = {
     "consumer.after_handle": "a consumer's handler returned; its position is not advanced",
     "consumer.before_transaction": "a transactional consumer holds its lease; no transaction yet",
     "consumer.before_commit": "a transactional consumer handled its batch; not yet committed",
+    "postgres.before_flush": "a PostgreSQL chain commit is made, its WAL flush not yet confirmed",
 }
 
 

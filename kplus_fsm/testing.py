@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._model import METADATA_PAYMENT_ID
+from ._time import omise_time
 
 __all__ = ["FakeClock", "charge_json", "error_json", "webhook_json"]
 
@@ -23,10 +24,6 @@ def _random_id(prefix: str) -> str:
     """An id shaped like Omise's: a prefix and 19 lower-case letters and digits."""
     alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
     return prefix + "".join(secrets.choice(alphabet) for _ in range(19))
-
-
-def _iso(when: dt.datetime) -> str:
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FakeClock:
@@ -98,7 +95,7 @@ def charge_json(
         "status": status,
         "authorized": status == "successful",
         "paid": status == "successful",
-        "paid_at": _iso(created) if status == "successful" else None,
+        "paid_at": omise_time(created) if status == "successful" else None,
         "capture": True,
         "authorize_uri": f"https://pay.omise.test/offsites/{cid}/pay",
         "return_uri": return_uri,
@@ -106,9 +103,9 @@ def charge_json(
         "failure_message": failure_message
         or (f"payment failed: {failure_code}" if failure_code else None),
         "expired": status == "expired",
-        "expired_at": _iso(created + expires_in) if terminal else None,
-        "expires_at": _iso(created + expires_in),
-        "created_at": _iso(created),
+        "expired_at": omise_time(created + expires_in) if terminal else None,
+        "expires_at": omise_time(created + expires_in),
+        "created_at": omise_time(created),
         "refunded_amount": 0,
         "source": {
             "object": "source",

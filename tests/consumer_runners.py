@@ -66,14 +66,9 @@ def record(event):
 def record_in_transaction(event, handle):
     """Exactly once: the row commits with the position, or not at all."""
     _trace(event.position)  # every attempt, committed or not
-    if type(handle).__module__.startswith("psycopg"):
-        handle.execute(
-            "INSERT INTO shipped (position, pid) VALUES (%s, %s)", (event.position, os.getpid())
-        )
-    else:
-        handle.execute(
-            "INSERT INTO shipped (position, pid) VALUES (?, ?)", [event.position, os.getpid()]
-        )
+    handle.execute(
+        "INSERT INTO shipped (position, pid) VALUES (?, ?)", [event.position, os.getpid()]
+    )
 '''
 
 

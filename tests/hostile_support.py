@@ -131,7 +131,7 @@ def make_newer(path: Path, name: str = "0099_future", *, journal: str = "delete"
 
 
 def make_older(path: Path) -> None:
-    """A log from before migrations 0002_views and 0003_followup (an older kplus_fsm's)."""
+    """A log from before migrations 0002_views to 0004_reason_code (an older kplus_fsm's)."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         views = ("unresolved_hints", "orders_paid_twice", "timeline", "stuck_payments")
@@ -141,9 +141,13 @@ def make_older(path: Path) -> None:
         for index in (*indexes, "inbox_kind", "events_kind"):
             conn.execute(f"DROP INDEX {index}")
         conn.execute("ALTER TABLE payments DROP COLUMN order_ref")
+        conn.execute("ALTER TABLE inbox DROP COLUMN reason_code")
         conn.execute("DROP TABLE leases")
         conn.execute("DROP TABLE reconcile_checks")
-        conn.execute("DELETE FROM _sqlite_migrations WHERE name IN ('0002_views', '0003_followup')")
+        conn.execute(
+            "DELETE FROM _sqlite_migrations"
+            " WHERE name IN ('0002_views', '0003_followup', '0004_reason_code')"
+        )
     finally:
         conn.close()
 

@@ -123,6 +123,10 @@ class Cluster:
             "UTF8",
             "--locale=C",
         )
+        self.restart()
+
+    def restart(self) -> None:
+        """Start the server on the cluster's data (after :meth:`crash`: crash recovery)."""
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} "
             f"-c unix_socket_directories={self.root} -c max_connections=100"
@@ -140,6 +144,10 @@ class Cluster:
             "60",
             "start",
         )
+
+    def crash(self) -> None:
+        """Stop the server as a power cut would: ``immediate`` (no checkpoint, no flush)."""
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):

@@ -15,9 +15,12 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import re
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
 
@@ -28,13 +31,16 @@ from kplus_fsm import (
     NewEvent,
     Outcome,
     Payment,
+    PaymentRequest,
     Result,
     Status,
     Store,
     Tracker,
+    decide,
 )
 from kplus_fsm.exceptions import MalformedInputError, StoreError
 from kplus_fsm.testing import FakeClock, charge_json, webhook_json
+from kplus_fsm.typing import RecordItem
 
 RETURN_URI = "https://shop.example/return"
 NOW = "2026-01-01T00:00:00.000000Z"
@@ -676,9 +682,9 @@ class ImportContract(_ContractBase):
 
         out = store.record_many(
             [
-                (draft(), ok, NOW, "pay-0", None),
-                (draft(), boom, NOW, "pay-0", None),
-                (draft(), ok, NOW, "pay-0", None),
+                RecordItem(draft=draft(), decide=ok, now=NOW, payment_id="pay-0"),
+                RecordItem(draft=draft(), decide=boom, now=NOW, payment_id="pay-0"),
+                RecordItem(draft=draft(), decide=ok, now=NOW, payment_id="pay-0"),
             ]
         )
         assert isinstance(out[1], Boom)
@@ -819,7 +825,7 @@ class OperationsContract(_ContractBase):
     def test_reconcile_queue_least_recently_checked_first(
         self, store: Store, tracker: Tracker
     ) -> None:
-        from kplus_fsm._ops import Check
+        from kplus_fsm._store._log import Check
 
         for pid in ("pay-a", "pay-b", "pay-c"):
             request(tracker, pid)
@@ -866,7 +872,139 @@ class OperationsContract(_ContractBase):
         assert tracker.replay().ok
 
 
+class GroupCommitContract(_ContractBase):
+    """Inputs recorded by several threads at once share one durable commit."""
+
+    def test_waiting_inputs_share_the_next_commit(self, store: Any) -> None:
+        """
+        While one input's transaction is open, three more threads queue; they
+        commit together in the next transaction, each acknowledged after it.
+        """
+        tracker = Tracker(store, clock=FakeClock())
+        inside, go_on = threading.Event(), threading.Event()
+        results: dict[str, Outcome] = {}
+
+        def slow_decide(payment: Any) -> Decision:
+            inside.set()
+            assert go_on.wait(10)
+            return decide(
+                payment,
+                PaymentRequest.create(payment_id="pay-0", amount=10_000, return_uri=RETURN_URI),
+            )
+
+        def first() -> None:
+            draft = InboxDraft(kind="payment_request", body="{}", body_encoding="json")
+            rec = store.record(
+                draft, slow_decide, now="2026-01-01T00:00:00.000000Z", payment_id="pay-0"
+            )
+            results["pay-0"] = rec.decision.outcome
+
+        def later(pid: str) -> None:
+            results[pid] = request(tracker, pid).outcome
+
+        threads = [threading.Thread(target=first)]
+        threads[0].start()
+        assert inside.wait(10)
+        threads += [threading.Thread(target=later, args=(f"pay-{i}",)) for i in (1, 2, 3)]
+        for t in threads[1:]:
+            t.start()
+        deadline = time.monotonic() + 10
+        while store._group.queued < 3 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert store._group.queued == 3
+        assert results == {}, "an input was acknowledged before its commit"
+        go_on.set()
+        for t in threads:
+            t.join(10)
+        assert results == dict.fromkeys(("pay-0", "pay-1", "pay-2", "pay-3"), Outcome.APPLIED)
+        assert (store.commits, store.committed_inputs) == (2, 4)
+        assert store.verify().ok
+        assert store.replay().ok
+
+    def test_a_failing_input_leaves_its_batch_alone(self, store: Any) -> None:
+        """One input's error reaches its own caller only; the rest of the batch commits."""
+        tracker = Tracker(store, clock=FakeClock())
+        request(tracker, "pay-0")
+
+        def boom(_payment: Any) -> Decision:
+            raise RuntimeError("decide failed")
+
+        draft = InboxDraft(kind="payment_request", body="{}", body_encoding="json")
+        now = "2026-01-01T00:00:01.000000Z"
+
+        def request_for(pid: str) -> Callable[[Payment | None], Decision]:
+            req = PaymentRequest.create(payment_id=pid, amount=10_000, return_uri=RETURN_URI)
+            return cast(Callable[[Payment | None], Decision], partial(decide, inp=req))
+
+        items = [
+            RecordItem(draft=draft, decide=request_for("pay-1"), now=now, payment_id="pay-1"),
+            RecordItem(draft=draft, decide=boom, now=now, payment_id="pay-x"),
+            RecordItem(draft=draft, decide=request_for("pay-2"), now=now, payment_id="pay-2"),
+        ]
+        out = store.record_many(items)
+        assert isinstance(out[1], RuntimeError)
+        assert [r.inbox.id for r in out if not isinstance(r, Exception)] == [2, 3]
+        assert store.commits == 2
+        assert store.get("pay-x") is None
+        assert store.counts() == {"inbox": 3, "events": 3, "payments": 3}
+        assert store.verify().ok
+
+    def test_many_threads_one_tracker(self, store: Any) -> None:
+        """8 threads x 60 inputs through one tracker: every input once, the log intact."""
+        tracker = Tracker(store, clock=FakeClock())
+        errors: list[BaseException] = []
+
+        def work(n: int) -> None:
+            try:
+                for i in range(20):
+                    pid = f"pay-{n}-{i}"
+                    request(tracker, pid)
+                    snapshot(tracker, pid, f"chrg_{n}_{i}", "pending")
+                    snapshot(tracker, pid, f"chrg_{n}_{i}", "successful", origin="poll")
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert store.counts() == {"inbox": 480, "events": 480, "payments": 160}
+        assert store.committed_inputs == 480
+        assert store.commits <= 480
+        assert store.verify().ok
+        assert store.replay().ok
+
+    def test_a_row_the_database_refuses_leaves_its_batch_alone(self, store: Any) -> None:
+        """A row that breaks a constraint fails alone; the batch is written again without it."""
+        tracker = Tracker(store, clock=FakeClock())
+        request(tracker, "pay-0")
+        now = "2026-01-01T00:00:01.000000Z"
+
+        def request_for(pid: str) -> Callable[[Payment | None], Decision]:
+            req = PaymentRequest.create(payment_id=pid, amount=10_000, return_uri=RETURN_URI)
+            return cast(Callable[[Payment | None], Decision], partial(decide, inp=req))
+
+        good = InboxDraft(kind="payment_request", body="{}", body_encoding="json")
+        bad = InboxDraft(kind="payment_request", body="{}", body_encoding="not-an-encoding")
+        out = store.record_many(
+            [
+                RecordItem(draft=good, decide=request_for("pay-1"), now=now, payment_id="pay-1"),
+                RecordItem(draft=bad, decide=request_for("pay-x"), now=now, payment_id="pay-x"),
+                RecordItem(draft=good, decide=request_for("pay-2"), now=now, payment_id="pay-2"),
+            ]
+        )
+        assert isinstance(out[1], StoreError)
+        assert [r.inbox.id for r in out if not isinstance(r, Exception)] == [2, 3]
+        assert store.get("pay-x") is None
+        assert store.counts() == {"inbox": 3, "events": 3, "payments": 3}
+        assert store.verify().ok
+        assert store.replay().ok
+
+
 class StoreContract(
+    GroupCommitContract,
     OperationsContract,
     AtomicityContract,
     AppendOnlyContract,

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kplus_fsm import Payment, StoredEvent, evolve
-from kplus_fsm._audit import PaymentState, apply_event
+from kplus_fsm._store._audit import PaymentState, apply_event
 from kplus_fsm.exceptions import IntegrityError
 
 STATUSES = ("pending", "successful", "failed", "expired")

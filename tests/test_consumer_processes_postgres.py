@@ -50,7 +50,9 @@ class TestTwoHosts:
         second.proc.send_signal(signal.SIGTERM)
         assert second.proc.wait(timeout=20) == 0, second.output()
         fleet.wait_for("every event handled", lambda: fleet.position() == EVENTS)
-        assert fleet.stop_all() == [-signal.SIGKILL, 0, 0]
+        codes = fleet.stop_all()  # either of the first two may have held the lease first
+        assert codes[fleet.runners.index(first)] == -signal.SIGKILL
+        assert sorted(codes) == [-signal.SIGKILL, 0, 0]
 
         assert_handled_once_but_the_one_in_hand(fleet, report)
         repeats = sum(1 for n in fleet.handled().values() if n > 1)

@@ -8,7 +8,7 @@ refused everywhere; export and checkpoint files are written crash-safely and
 the export ends with a trailer an auditor can check.
 
 The expected tables here are written out by hand (the oracle), not derived
-from kplus_fsm._classify.
+from kplus_fsm._store._classify.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ from hostile_support import (
     truncate,
 )
 
-from kplus_fsm import Tracker, _classify, format_time, parse_time
-from kplus_fsm._classify import Access, Action, LogKind, classify
+from kplus_fsm import Tracker, format_time, parse_time
+from kplus_fsm._store import _classify
+from kplus_fsm._store._classify import Access, Action, LogKind, classify
 from kplus_fsm.exceptions import InvalidTimeError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,7 +230,7 @@ class TestClassify:
         assert "secret" not in found.location
 
     def test_versions(self, log: Path) -> None:
-        assert classify(str(log)).schema_version == "0003_followup"
+        assert classify(str(log)).schema_version == "0004_reason_code"
         make_older(log)
         assert classify(str(log)).schema_version == "0001_initial"
 

@@ -46,7 +46,7 @@ from hostile_support import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kplus_fsm._classify import Access, Action, LogKind, classify, decide
+from kplus_fsm._store._classify import Access, Action, LogKind, classify, decide
 from kplus_fsm.adapters import fake as fake_module
 from kplus_fsm.adapters.fake import FakeOmise, start_server
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -62,18 +63,29 @@ def test_read_only_commands_answer_and_change_nothing(old_log: Path) -> None:
         assert store.replay().ok
 
 
+def _anomalies(log: Path) -> object:
+    result = CliRunner().invoke(cli, ["anomalies", "--db", str(log), "--json", "--limit", "1000"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
 def test_opening_for_writes_migrates_without_touching_the_record(old_log: Path) -> None:
     with SQLiteStore(old_log, read_only=True) as store:
-        rows_before = _rows(store)
+        rows_before = _rows(store)  # inbox.reason_code: computed by the read-only shim
+        refused = store.query("SELECT count(*) FROM inbox WHERE reason_code IS NOT NULL")[0][0]
+    anomalies_before = _anomalies(old_log)
+    assert refused > 0
     with Tracker(old_log) as tracker:
         report = tracker.verify()
         assert report.ok
-        assert report.schema_version == "0003_followup"
+        assert report.schema_version == "0004_reason_code"
         assert (report.inbox_head, report.events_head) == (INBOX_HEAD, EVENTS_HEAD)
         assert tracker.replay().ok
+        # The backfill of 0004 classified every old row as the shim did.
         assert _rows(tracker.store) == rows_before  # type: ignore[arg-type]
         tracker.request_payment(
             payment_id="after-upgrade", amount=5_000, return_uri="https://s.example/r"
         )
         assert tracker.verify().ok
         assert tracker.get("after-upgrade").order_ref is None
+    assert _anomalies(old_log) == anomalies_before

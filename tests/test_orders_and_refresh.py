@@ -40,10 +40,11 @@ from kplus_fsm import (
 )
 from kplus_fsm._codec import dumps
 from kplus_fsm._machine import decide
-from kplus_fsm._rows import InboxDraft
+from kplus_fsm._store._rows import InboxDraft
 from kplus_fsm.adapters.fake import FakeOmise, FakeOmiseServer, start_server
 from kplus_fsm.adapters.omise import OmiseClient
 from kplus_fsm.testing import charge_json
+from kplus_fsm.typing import RecordItem
 
 pytestmark = pytest.mark.slow
 
@@ -159,35 +160,34 @@ def read(db: Path) -> Tracker:
 # ------------------------------------------------------------ a big pending log
 
 
-def _pending_inputs(pid: str, cid: str, now: str) -> list[tuple[Any, ...]]:
+def _pending_inputs(pid: str, cid: str, now: str) -> list[RecordItem]:
     """A payment request and its create response, as ``record_many`` items."""
     request = PaymentRequest.create(payment_id=pid, amount=35_000, return_uri=RETURN_URI)
     charge = charge_json(payment_id=pid, charge_id=cid, amount=35_000)
     snapshot = ChargeSnapshot(charge=ChargeView.from_json(charge), origin=Origin.CREATE_RESPONSE)
     return [
-        (
-            InboxDraft(
+        RecordItem(
+            draft=InboxDraft(
                 kind=InputKind.PAYMENT_REQUEST,
                 body=dumps(request.to_json()),
                 body_encoding="json",
                 origin="merchant",
             ),
-            partial(decide, inp=request),
-            now,
-            pid,
-            None,
+            decide=partial(decide, inp=request),
+            now=now,
+            payment_id=pid,
         ),
-        (
-            InboxDraft(
+        RecordItem(
+            draft=InboxDraft(
                 kind=InputKind.CHARGE_SNAPSHOT,
                 body=dumps(charge),
                 body_encoding="json",
                 origin="create_response",
             ),
-            partial(decide, inp=snapshot),
-            now,
-            pid,
-            cid,
+            decide=partial(decide, inp=snapshot),
+            now=now,
+            payment_id=pid,
+            charge_id=cid,
         ),
     ]
 
@@ -195,7 +195,7 @@ def _pending_inputs(pid: str, cid: str, now: str) -> list[tuple[Any, ...]]:
 def bulk_pending(db: Path, count: int, *, first: int = 0, batch: int = 2000) -> None:
     """``count`` pending payments, recorded through the machine in batches (fast)."""
     now = format_time(utc_now())
-    items: list[Any] = []
+    items: list[RecordItem] = []
     with quiet(), SQLiteStore(db, synchronous="OFF") as store:
         for i in range(first, first + count):
             items += _pending_inputs(f"bulk-{i:05d}", f"chrg_test_bulk{i:05d}", now)

@@ -30,8 +30,8 @@ from kplus_fsm import (
     open_store,
     redact,
 )
-from kplus_fsm._store_pg import CHAIN_LOCK, NUL_REASON, to_pg
-from kplus_fsm._urls import scrub, sqlite_path
+from kplus_fsm._store._urls import scrub, sqlite_path
+from kplus_fsm._store.postgres import CHAIN_LOCK, NUL_REASON, to_pg
 from kplus_fsm.cli import cli
 from kplus_fsm.exceptions import (
     MalformedInputError,
@@ -93,7 +93,7 @@ class TestSchema:
 
     def test_same_schema_version_and_views_as_sqlite(self, pg_url: str, tmp_path: Path) -> None:
         with PostgresStore(pg_url) as pg, SQLiteStore(tmp_path / "x.db") as lite:
-            assert pg.verify().schema_version == lite.verify().schema_version == "0003_followup"
+            assert pg.verify().schema_version == lite.verify().schema_version == "0004_reason_code"
             views = {
                 r[0]
                 for r in raw(
@@ -109,7 +109,12 @@ class TestSchema:
     def test_reopening_applies_nothing_twice(self, pg_url: str) -> None:
         PostgresStore(pg_url).close()
         with PostgresStore(pg_url) as store:
-            assert store.applied() == ["0001_initial", "0002_views", "0003_followup"]
+            assert store.applied() == [
+                "0001_initial",
+                "0002_views",
+                "0003_followup",
+                "0004_reason_code",
+            ]
 
     def test_newer_schema_is_refused(self, pg_url: str) -> None:
         PostgresStore(pg_url).close()
@@ -412,7 +417,7 @@ class TestPrivileges:
 
 
 class TestExactlyOnceConsumer:
-    """process_in_transaction hands the handler the psycopg connection of the transaction."""
+    """process_in_transaction hands the handler the transaction: portable ``?`` statements."""
 
     def test_handler_writes_commit_with_the_position(self, pg_url: str) -> None:
         raw(pg_url, "CREATE TABLE shipped (payment_id TEXT PRIMARY KEY)")
@@ -423,7 +428,7 @@ class TestExactlyOnceConsumer:
 
             def ship(event: Any, conn: Any) -> None:
                 if event.kind == "charge.successful":
-                    conn.execute("INSERT INTO shipped VALUES (%s)", (event.stream,))
+                    conn.execute("INSERT INTO shipped VALUES (?)", (event.stream,))
 
             def broken(event: Any, conn: Any) -> None:
                 ship(event, conn)

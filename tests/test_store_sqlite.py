@@ -10,22 +10,18 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import pytest
-from store_contract import RETURN_URI, StoreContract, request, snapshot
+from store_contract import StoreContract, request, snapshot
 
 from kplus_fsm import (
-    Decision,
-    InboxDraft,
     Outcome,
-    PaymentRequest,
     SQLiteStore,
     Store,
     Tracker,
     _codec,
-    decide,
 )
+from kplus_fsm._store import _rows
 from kplus_fsm.exceptions import SchemaVersionError, StoreError
 from kplus_fsm.testing import FakeClock, charge_json, webhook_json
 
@@ -169,9 +165,9 @@ class TestTamperDetection:
     def test_rewritten_row_hash_breaks_the_next_row(self, built: Path, tmp_path: Path) -> None:
         with SQLiteStore(built) as store:
             rows = list(store.iter_inbox())
-        values = {c: getattr(rows[1], c) for c in _codec.INBOX_HASHED}
+        values = {c: getattr(rows[1], c) for c in _rows.INBOX_HASHED}
         values["reason"] = "forged"
-        forged = _codec.chain_hash(rows[0].hash, values, _codec.INBOX_HASHED)
+        forged = _codec.chain_hash(rows[0].hash, values, _rows.INBOX_HASHED)
         copy = tampered_copy(
             built,
             tmp_path / "copy.db",
@@ -381,128 +377,3 @@ class TestBusyHandling:
             assert next(store.iter_inbox()).id == 1
             assert store.consumer_position("holder") == 0  # its write is not committed yet
             assert not released.is_set(), "the reads waited for the writer"
-
-
-class TestGroupCommit:
-    """Inputs recorded by several threads at once share one durable commit."""
-
-    def test_waiting_inputs_share_the_next_commit(self, db_path: Path) -> None:
-        """
-        While one input's transaction is open, three more threads queue; they
-        commit together in the next transaction, each acknowledged after it.
-        """
-        with SQLiteStore(db_path) as store:
-            tracker = Tracker(store, clock=FakeClock())
-            inside, go_on = threading.Event(), threading.Event()
-            results: dict[str, Outcome] = {}
-
-            def slow_decide(payment: Any) -> Decision:
-                inside.set()
-                assert go_on.wait(10)
-                return decide(
-                    payment,
-                    PaymentRequest.create(payment_id="pay-0", amount=10_000, return_uri=RETURN_URI),
-                )
-
-            def first() -> None:
-                draft = InboxDraft(kind="payment_request", body="{}", body_encoding="json")
-                rec = store.record(
-                    draft, slow_decide, now="2026-01-01T00:00:00.000000Z", payment_id="pay-0"
-                )
-                results["pay-0"] = rec.decision.outcome
-
-            def later(pid: str) -> None:
-                results[pid] = request(tracker, pid).outcome
-
-            threads = [threading.Thread(target=first)]
-            threads[0].start()
-            assert inside.wait(10)
-            threads += [threading.Thread(target=later, args=(f"pay-{i}",)) for i in (1, 2, 3)]
-            for t in threads[1:]:
-                t.start()
-            deadline = time.monotonic() + 10
-            while len(store._queue) < 3 and time.monotonic() < deadline:
-                time.sleep(0.001)
-            assert len(store._queue) == 3
-            assert results == {}, "an input was acknowledged before its commit"
-            go_on.set()
-            for t in threads:
-                t.join(10)
-            assert results == dict.fromkeys(("pay-0", "pay-1", "pay-2", "pay-3"), Outcome.APPLIED)
-            assert (store.commits, store.committed_inputs) == (2, 4)
-            assert store.verify().ok
-            assert store.replay().ok
-
-    def test_a_failing_input_leaves_its_batch_alone(self, db_path: Path) -> None:
-        """One input's error reaches its own caller only; the rest of the batch commits."""
-        with SQLiteStore(db_path) as store:
-            tracker = Tracker(store, clock=FakeClock())
-            request(tracker, "pay-0")
-
-            def boom(_payment: Any) -> Decision:
-                raise RuntimeError("decide failed")
-
-            draft = InboxDraft(kind="payment_request", body="{}", body_encoding="json")
-            now = "2026-01-01T00:00:01.000000Z"
-            items = [
-                (
-                    draft,
-                    lambda p: decide(
-                        p,
-                        PaymentRequest.create(
-                            payment_id="pay-1", amount=10_000, return_uri=RETURN_URI
-                        ),
-                    ),
-                    now,
-                    "pay-1",
-                    None,
-                ),
-                (draft, boom, now, "pay-x", None),
-                (
-                    draft,
-                    lambda p: decide(
-                        p,
-                        PaymentRequest.create(
-                            payment_id="pay-2", amount=10_000, return_uri=RETURN_URI
-                        ),
-                    ),
-                    now,
-                    "pay-2",
-                    None,
-                ),
-            ]
-            out = store.record_many(items)
-            assert isinstance(out[1], RuntimeError)
-            assert [r.inbox.id for r in out if not isinstance(r, Exception)] == [2, 3]
-            assert store.commits == 2
-            assert store.get("pay-x") is None
-            assert store.counts() == {"inbox": 3, "events": 3, "payments": 3}
-            assert store.verify().ok
-
-    def test_many_threads_one_tracker(self, db_path: Path) -> None:
-        """8 threads x 60 inputs through one tracker: every input once, the log intact."""
-        with SQLiteStore(db_path) as store:
-            tracker = Tracker(store, clock=FakeClock())
-            errors: list[BaseException] = []
-
-            def work(n: int) -> None:
-                try:
-                    for i in range(20):
-                        pid = f"pay-{n}-{i}"
-                        request(tracker, pid)
-                        snapshot(tracker, pid, f"chrg_{n}_{i}", "pending")
-                        snapshot(tracker, pid, f"chrg_{n}_{i}", "successful", origin="poll")
-                except BaseException as exc:
-                    errors.append(exc)
-
-            threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            assert errors == []
-            assert store.counts() == {"inbox": 480, "events": 480, "payments": 160}
-            assert store.committed_inputs == 480
-            assert store.commits <= 480
-            assert store.verify().ok
-            assert store.replay().ok

@@ -52,19 +52,19 @@ import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 import structlog
 
 from .._followup import ConsumerSpec, Worker
 from .._imports import load_handler
-from .._open import open_store
-from .._ports import SQLStore, Store, dialect_of
+from .._store import open_store
 from .._time import utc_now
 from .._tracker import Tracker
 from ..adapters.webhooks import WebhookIntake, asgi_app, intake_from_env
 from ..exceptions import ConsumerStartError, StoreError
+from ..typing import SQLStore, Store, dialect_of
 from .options import ConsumerRef, ServeOptions
 
 if TYPE_CHECKING:
@@ -261,7 +261,7 @@ class Runtime:
             for close in reversed(opened):
                 close()
             raise
-        return cls(options, intake, worker, probe, cast(SQLStore, reader), metrics, opened)
+        return cls(options, intake, worker, probe, reader, metrics, opened)
 
     def start(self) -> None:
         """Start the background jobs."""

@@ -41,9 +41,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from .._hints import unresolved_summary
-from .._ports import SQLStore
 from .._time import parse_time
 from ..adapters.webhooks import IntakeResult
+from ..typing import SQLStore
 
 log = structlog.get_logger("kplus_fsm.serve")
 

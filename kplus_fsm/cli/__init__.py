@@ -10,7 +10,7 @@ shows the location through :func:`kplus_fsm.redact`.
 database read-only.
 
 Every command opens its log through :mod:`kplus_fsm.cli._open`, which
-classifies the target before writing a byte (:mod:`kplus_fsm._classify`), and
+classifies the target before writing a byte (:mod:`kplus_fsm._store._classify`), and
 validates its options with the parameter types of :mod:`kplus_fsm.cli._params`.
 
 Exit codes (defined once, in :mod:`kplus_fsm.cli._output`, and re-exported

@@ -28,8 +28,8 @@ from typing import IO, Any, Final
 import attrs
 
 from .. import _codec
-from .._ports import SQLStore
 from ..exceptions import StoreError
+from ..typing import SQLStore
 from . import _queries
 
 #: The ``table`` value of the trailer line (JSON lines) or row (CSV).

@@ -1,10 +1,10 @@
 """
 The one place where every ``kplus-fsm`` command opens its log.
 
-Each command says what it needs (:class:`~kplus_fsm._classify.Access`: read,
+Each command says what it needs (:class:`~kplus_fsm._store._classify.Access`: read,
 create, or write an existing log); :func:`target` classifies the location
 before anything is written and applies the policy table
-(:data:`kplus_fsm._classify.POLICY`, printed in docs/cli.md): a refusal exits
+(:data:`kplus_fsm._store._classify.POLICY`, printed in docs/cli.md): a refusal exits
 4 with the reason and leaves the file as it was; a damaged log is opened for
 reading and reported (exit 1); everything else is opened.
 
@@ -19,14 +19,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
-from .._classify import Access, Action, Classified, LogKind, classify, decide
-from .._open import open_store
-from .._ports import SQLStore
+from .._store import open_store
+from .._store._classify import Access, Action, Classified, LogKind, classify, decide
+from .._store._urls import is_postgres, redact, sqlite_path
 from .._tracker import Tracker
-from .._urls import is_postgres, redact, sqlite_path
 from ..exceptions import DamagedLogError, IntegrityError, KplusFSMError, StoreError
+from ..typing import SQLStore
 from ._output import EXIT_PROBLEM, EXIT_STORE, EXIT_USAGE, fail
 
 #: What a row that SQLite reads but kplus_fsm cannot decode raises (a damaged or
@@ -62,7 +61,7 @@ def damage_exit(found: Classified) -> None:
 def open_reader(db: str, found: Classified) -> SQLStore:
     """The log at ``db`` opened read-only (already classified readable)."""
     try:
-        return cast(SQLStore, open_store(db, read_only=True))
+        return open_store(db, read_only=True)
     except ValueError as exc:  # a malformed sqlite:// URL
         fail(str(exc), EXIT_USAGE)
     except DamagedLogError as exc:
@@ -118,7 +117,7 @@ def open_writer(db: str) -> SQLStore:
     already classified an existing log; refusals exit 4.
     """
     try:
-        return cast(SQLStore, open_store(db))
+        return open_store(db)
     except ValueError as exc:  # a malformed sqlite:// URL
         fail(str(exc), EXIT_USAGE)
     except KplusFSMError as exc:

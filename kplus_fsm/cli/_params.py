@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import click
 
+from .._store._urls import is_postgres, redact, sqlite_path
 from .._time import utc_now
-from .._urls import is_postgres, redact, sqlite_path
 from . import _queries
 
 if TYPE_CHECKING:

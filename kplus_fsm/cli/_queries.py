@@ -2,7 +2,7 @@
 The incident and audit queries behind ``kplus-fsm list``, ``anomalies``,
 ``stats``, ``export`` and ``checkpoint``.
 
-Read-only SQL through ``store.query`` (:class:`kplus_fsm._ports.SQLStore`), on
+Read-only SQL through ``store.query`` (:class:`kplus_fsm.typing.SQLStore`), on
 SQLite or PostgreSQL alike: ``?`` placeholders (the PostgreSQL store translates
 them), portable SQL, and a per-dialect variant only where the two differ (the lag
 in seconds between two stored times, case-insensitive ``LIKE``). Every value is
@@ -32,11 +32,12 @@ import attrs
 from .. import _codec
 from .._hints import hints_from_sql, unresolved_summary
 from .._model import Payment, Status
-from .._ports import SQLStore, dialect_of
-from .._rows import INBOX_COLUMNS
-from .._schema import (
+from .._store import _rows
+from .._store._rows import INBOX_COLUMNS
+from .._store._schema_pg import LAG_SECONDS_SQL
+from .._store._schema_sqlite import (
     ANOMALIES_SINCE_PARAMS,
-    ANOMALY_CATEGORY_V3,
+    ANOMALY_CATEGORY_V4,
     HINTS_FROM,
     LAG_SECONDS_SQLITE,
     NO_ANSWER_MINUTES,
@@ -46,9 +47,9 @@ from .._schema import (
     paid_twice_orders,
     stuck_reason_sql,
 )
-from .._schema_pg import LAG_SECONDS_SQL
-from .._time import format_time, parse_time, utc_now
+from .._time import format_time, omise_time, parse_time, utc_now
 from ..exceptions import DamagedLogError, InvalidTimeError
+from ..typing import SQLStore, dialect_of
 
 # ------------------------------------------------------------------------ times
 
@@ -100,11 +101,6 @@ def parse_when(text: str, *, now: dt.datetime) -> str:
         raise ValueError(f"not a time: {_quoted(text)} ({_ACCEPTED})") from None
 
 
-def omise_time(when: dt.datetime) -> str:
-    """``when`` in Omise's ``expires_at`` form (``YYYY-MM-DDTHH:MM:SSZ``)."""
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 # ---------------------------------------------------------------------- payments
 
 STUCK_PENDING: Final = "pending past expires_at"
@@ -119,8 +115,8 @@ STUCK_REASONS: Final = (
     STUCK_UNRESOLVED_HINT,
 )
 
-_PAYMENT_SELECT: Final = f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments"
-_PAYMENTS_P: Final = ", ".join(f"p.{c}" for c in _codec.PAYMENT_COLUMNS)
+_PAYMENT_SELECT: Final = f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments"
+_PAYMENTS_P: Final = ", ".join(f"p.{c}" for c in _rows.PAYMENT_COLUMNS)
 
 
 def no_answer_cutoff(now: dt.datetime) -> str:
@@ -199,18 +195,17 @@ def list_payments(
     sql += " ORDER BY created_at DESC, payment_id DESC LIMIT ?"
     params.append(limit + 1)
     rows = store.query(sql, params)
-    n = len(_codec.PAYMENT_COLUMNS)
-    listed = [
-        Listed(payment=_codec.payment_from_row(row[:n]), stuck=row[n]) for row in rows[:limit]
-    ]
+    n = len(_rows.PAYMENT_COLUMNS)
+    listed = [Listed(payment=_rows.payment_from_row(row[:n]), stuck=row[n]) for row in rows[:limit]]
     return listed, len(rows) > limit
 
 
 # --------------------------------------------------------------------- anomalies
 
-#: How an inbox row is classified, as the ``anomalies`` view of 0003_followup
-#: does (a test checks that both classify every row alike).
-ANOMALY_CATEGORY_SQL: Final = ANOMALY_CATEGORY_V3.format(like="LIKE")
+#: How an inbox row is classified, as the ``anomalies`` view of 0004_reason_code
+#: does (a test checks that both classify every row alike): by outcome, then by
+#: ``reason_code``, never by the wording of ``reason``.
+ANOMALY_CATEGORY_SQL: Final = ANOMALY_CATEGORY_V4
 
 ANOMALY_CATEGORIES: Final = (
     "conflict",
@@ -245,16 +240,6 @@ ANOMALY_COLUMNS: Final = (
     "outcome",
     "reason",
 )
-
-
-#: :data:`ANOMALY_CATEGORY_SQL` for PostgreSQL: SQLite's ``LIKE`` ignores ASCII
-#: case, PostgreSQL's does not, so it gets ``ILIKE``.
-ANOMALY_CATEGORY_SQL_PG: Final = ANOMALY_CATEGORY_V3.format(like="ILIKE")
-
-
-def category_sql(dialect: str) -> str:
-    """The anomaly classification for a dialect (``sqlite`` or ``postgresql``)."""
-    return ANOMALY_CATEGORY_SQL_PG if dialect == "postgresql" else ANOMALY_CATEGORY_SQL
 
 
 def _anomaly_sql(
@@ -441,12 +426,16 @@ def stats(
 EVENT_ONLY: Final = ("position", "stream", "version", "event_version", "data", "recorded_at")
 EXPORT_COLUMNS: Final = (
     "table",
-    *(c for c in INBOX_COLUMNS if c != "hash"),
+    *_rows.INBOX_HASHED,
     *EVENT_ONLY,
     "causation",
     "hash",
+    "reason_code",
 )
-"""The CSV header of ``kplus-fsm export --format csv``: every stored column of both tables."""
+"""
+The CSV header of ``kplus-fsm export --format csv``: every stored column of both
+tables (``reason_code``, added in 0.4, last, so the columns before it keep their places).
+"""
 
 _BATCH: Final = 2000
 
@@ -502,22 +491,22 @@ def iter_audit(
     )
     events = _keyset(
         store,
-        f"SELECT {', '.join(_codec.EVENT_COLUMNS)} FROM events WHERE position > ? "
+        f"SELECT {', '.join(_rows.EVENT_COLUMNS)} FROM events WHERE position > ? "
         f"AND causation <= ?{e_since} ORDER BY position LIMIT ?",
         [last_inbox, *extra],
     )
-    causation = _codec.EVENT_COLUMNS.index("causation")
+    causation = _rows.EVENT_COLUMNS.index("causation")
     pending = next(events, None)
     for row in inbox:
         while pending is not None and pending[causation] < row[0]:
-            yield {"table": "events", **dict(zip(_codec.EVENT_COLUMNS, pending, strict=True))}
+            yield {"table": "events", **dict(zip(_rows.EVENT_COLUMNS, pending, strict=True))}
             pending = next(events, None)
         yield {"table": "inbox", **dict(zip(INBOX_COLUMNS, row, strict=True))}
         while pending is not None and pending[causation] == row[0]:
-            yield {"table": "events", **dict(zip(_codec.EVENT_COLUMNS, pending, strict=True))}
+            yield {"table": "events", **dict(zip(_rows.EVENT_COLUMNS, pending, strict=True))}
             pending = next(events, None)
     while pending is not None:
-        yield {"table": "events", **dict(zip(_codec.EVENT_COLUMNS, pending, strict=True))}
+        yield {"table": "events", **dict(zip(_rows.EVENT_COLUMNS, pending, strict=True))}
         pending = next(events, None)
 
 

@@ -36,11 +36,11 @@ from typing import Any
 
 import click
 
-from .._classify import Access
 from .._consumer import DEFAULT_LEASE_TTL, Consumer, Start, _check_start
 from .._imports import HandlerImportError, load_handler
+from .._store._classify import Access
+from .._store._urls import redact
 from .._time import utc_now
-from .._urls import redact
 from ..exceptions import ConsumerStartError, KplusFSMError, LeaseLostError, StoreError
 from . import _queries
 from ._open import db_exists, open_tracker

@@ -29,11 +29,11 @@ from typing import cast
 import attrs
 import click
 
-from .._classify import Access
 from .._model import Origin, Payment
+from .._store._classify import Access
+from .._store._urls import is_postgres, redact, sqlite_path
 from .._time import parse_time
 from .._tracker import Tracker
-from .._urls import is_postgres, redact, sqlite_path
 from ..exceptions import KplusFSMError, MalformedInputError
 from ..testing import FakeClock, charge_json, error_json, webhook_json
 from . import _params

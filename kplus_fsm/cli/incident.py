@@ -31,14 +31,14 @@ from typing import Any, Final
 
 import click
 
-from .._classify import Access, LogKind
 from .._model import Payment, Status
-from .._ports import SQLStore
-from .._store import SQLiteStore, TimelineEntry, VerifyReport
+from .._store._classify import Access, LogKind
+from .._store._urls import redact
+from .._store.sqlite import SQLiteStore, TimelineEntry, VerifyReport
 from .._time import format_time, utc_now
 from .._tracker import Tracker
-from .._urls import redact
 from ..exceptions import DamagedLogError, KplusFSMError, PaymentNotFoundError
+from ..typing import SQLStore
 from . import _export, _output, _params, _queries
 from ._atomic import atomic_write
 from ._open import damage_exit, open_reader, open_writer, reading, target
@@ -460,7 +460,7 @@ def _export_file(
     total: int,
 ) -> tuple[_export.ExportTally, str | None, Path]:
     """
-    Write the export to ``output`` crash-safely (kplus_fsm._atomic): the name
+    Write the export to ``output`` crash-safely (kplus_fsm.cli._atomic): the name
     holds the previous file or the complete new one. An export cut short by
     damage goes to ``OUTPUT.incomplete`` instead, never over ``output``.
     """

@@ -1,6 +1,6 @@
 """
 ``kplus-fsm migrate-log``: move an event log between databases (SQLite to
-PostgreSQL, or back) and prove the move (see :mod:`kplus_fsm._migrate`).
+PostgreSQL, or back) and prove the move (see :mod:`kplus_fsm._store.migrate`).
 
 Added to the :data:`kplus_fsm.cli.cli` group by :mod:`kplus_fsm.cli`. Exit
 codes: 0 moved and verified; 1 refused (the source does not verify, the target
@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 
 import click
 
-from .. import _migrate
-from .._classify import Access
-from .._open import open_store
-from .._urls import is_postgres, sqlite_path
+from .._store import migrate as _migrate
+from .._store import open_store
+from .._store._classify import Access
+from .._store._urls import is_postgres, sqlite_path
 from ..exceptions import KplusFSMError
 from . import _params
 from ._open import target as classified

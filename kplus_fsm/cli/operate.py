@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .. import validate_payment_request
-from .._classify import Access
 from .._flow import ReconcileItem, ReconcileReport
 from .._model import NOT_CREATED_CODE, Outcome, Status
+from .._store._classify import Access
 from .._tracker import Result, Tracker
 from ..exceptions import GatewayError, InvalidInputError, StoreError
 from . import _params

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .._classify import Access
 from .._server.options import (
     CONSUMER_STARTS,
     LOG_FORMATS,
@@ -31,7 +30,8 @@ from .._server.options import (
     parse_consumer,
     parse_duration,
 )
-from .._urls import redact
+from .._store._classify import Access
+from .._store._urls import redact
 from ..exceptions import KplusFSMError
 from . import _params
 from ._open import target

@@ -23,7 +23,8 @@ from typing import Any, Final
 from _workload import Step
 
 from kplus_fsm import SQLiteStore, _codec
-from kplus_fsm._store import INBOX_COLUMNS
+from kplus_fsm._store import _rows
+from kplus_fsm._store._rows import INBOX_COLUMNS
 
 LEVELS: Final = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
 NO_HASH: Final = "0" * 64
@@ -38,12 +39,12 @@ INSERT_INBOX: Final = (
     f"INSERT INTO inbox ({', '.join(INBOX_COLUMNS)}) VALUES ({', '.join('?' * len(INBOX_COLUMNS))})"
 )
 INSERT_EVENT: Final = (
-    f"INSERT INTO events ({', '.join(_codec.EVENT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_codec.EVENT_COLUMNS))})"
+    f"INSERT INTO events ({', '.join(_rows.EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_rows.EVENT_COLUMNS))})"
 )
 UPSERT_PAYMENT: Final = (
-    f"INSERT OR REPLACE INTO payments ({', '.join(_codec.PAYMENT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_codec.PAYMENT_COLUMNS))})"
+    f"INSERT OR REPLACE INTO payments ({', '.join(_rows.PAYMENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_rows.PAYMENT_COLUMNS))})"
 )
 
 
@@ -262,7 +263,7 @@ def read_all(path: Path, *, order: str = "stream, version") -> int:
     n = 0
     try:
         for row in conn.execute(
-            f"SELECT {', '.join(_codec.EVENT_COLUMNS)} FROM events ORDER BY {order}"
+            f"SELECT {', '.join(_rows.EVENT_COLUMNS)} FROM events ORDER BY {order}"
         ):
             loads(row[5])
             n += 1
@@ -277,8 +278,7 @@ class RawShow:
     def __init__(self, path: Path) -> None:
         self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         self.events_sql = (
-            f"SELECT {', '.join(_codec.EVENT_COLUMNS)} FROM events "
-            "WHERE stream = ? ORDER BY version"
+            f"SELECT {', '.join(_rows.EVENT_COLUMNS)} FROM events WHERE stream = ? ORDER BY version"
         )
         self.inbox_sql = (
             f"SELECT {', '.join(INBOX_COLUMNS)} FROM inbox WHERE payment_id = ? ORDER BY id"

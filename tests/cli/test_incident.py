@@ -24,7 +24,10 @@ import pytest
 import structlog
 from click.testing import CliRunner, Result
 
-from kplus_fsm import Origin, SQLiteStore, Tracker, _codec, _schema
+from kplus_fsm import Origin, SQLiteStore, Tracker, _codec
+from kplus_fsm._store import _rows
+from kplus_fsm._store import _schema_sqlite as _schema
+from kplus_fsm._store._schema_sqlite import ANOMALY_CATEGORY_V3, LEGACY_REASON_CODE
 from kplus_fsm.adapters.signatures import signature_headers
 from kplus_fsm.adapters.webhooks import WebhookIntake
 from kplus_fsm.cli import _output, _queries, cli
@@ -246,11 +249,13 @@ class TestReadOnly:
         """A log from before 0002_views is read as it is (no views, no migration)."""
         edit(
             world,
+            "DROP VIEW anomalies",
+            "ALTER TABLE inbox DROP COLUMN reason_code",
+            "DELETE FROM _sqlite_migrations WHERE name = '0004_reason_code'",
             "DROP VIEW unresolved_hints",
             "DROP VIEW orders_paid_twice",
             "DROP VIEW timeline",
             "DROP VIEW stuck_payments",
-            "DROP VIEW anomalies",
             "DROP VIEW webhook_lag",
             "DROP VIEW payment_stats",
             "DROP INDEX payments_order",
@@ -520,11 +525,11 @@ class TestExport:
         last_inbox = 0
         for r in rows:
             if r["table"] == "inbox":
-                heads["inbox"] = _codec.chain_hash(heads["inbox"], r, _codec.INBOX_HASHED)
+                heads["inbox"] = _codec.chain_hash(heads["inbox"], r, _rows.INBOX_HASHED)
                 assert heads["inbox"] == r["hash"]
                 last_inbox = r["id"]
             else:
-                heads["events"] = _codec.chain_hash(heads["events"], r, _codec.EVENT_HASHED)
+                heads["events"] = _codec.chain_hash(heads["events"], r, _rows.EVENT_HASHED)
                 assert heads["events"] == r["hash"]
                 assert r["causation"] == last_inbox  # each input is followed by its events
         assert (heads["inbox"], heads["events"]) == (report["inbox_head"], report["events_head"])
@@ -597,7 +602,7 @@ class TestVerifyAndCheckpoint:
         res = run("checkpoint", "--db", str(world), "--json")
         cp = json.loads(res.stdout)
         assert set(cp) == set(_queries.CHECKPOINT_KEYS)
-        assert cp["schema_version"] == "0003_followup"
+        assert cp["schema_version"] == "0004_reason_code"
         file = tmp_path / "cp.json"
         file.write_text(res.stdout, encoding="utf-8")
         with Tracker(world, clock=FakeClock(T0 + dt.timedelta(hours=2))) as t:
@@ -621,7 +626,7 @@ class TestVerifyAndCheckpoint:
         """An edit with every hash recomputed passes plain verify, not the checkpoint."""
         cp = run("checkpoint", "--db", str(world), "--json").stdout
         edit(world, "UPDATE inbox SET reason = 'all good' WHERE id = 3")
-        rewrite_chain(world, "inbox", "id", _codec.INBOX_HASHED)
+        rewrite_chain(world, "inbox", "id", _rows.INBOX_HASHED)
         assert run("verify", "--db", str(world)).exit_code == 0  # the chain alone is fooled
         res = run("verify", "--db", str(world), "--checkpoint", cp)
         assert res.exit_code == 1
@@ -820,6 +825,28 @@ class TestViews:
             conn.close()
         assert view == {k: v for k, v in mine.items() if k in view}
         assert set(mine.values()) <= set(_queries.ANOMALY_CATEGORIES)
+
+    def test_codes_classify_as_the_old_wording_did(self, world: Path) -> None:
+        """
+        Every row's category from its reason_code (0004 on) equals its category
+        from the reason text by the rule of 0003: the codes written now, and the
+        legacy backfill of old rows, reclassify nothing.
+        """
+        legacy = ANOMALY_CATEGORY_V3.format(like="LIKE")
+        backfilled = LEGACY_REASON_CODE.format(like="LIKE")
+        conn = sqlite3.connect(f"file:{world}?mode=ro", uri=True)
+        try:
+            rows = conn.execute(
+                f"SELECT i.id, {legacy}, {_queries.ANOMALY_CATEGORY_SQL}, i.reason_code,"
+                f" {backfilled} FROM inbox i"
+            ).fetchall()
+        finally:
+            conn.close()
+        assert [(r[0], r[1]) for r in rows] == [(r[0], r[2]) for r in rows]
+        refused = {r[1] for r in rows if r[3] is not None}
+        assert {"bad_signature", "stale_timestamp", "mismatch"} <= refused
+        # The legacy expression (the backfill, the read-only shim) gives the codes written now.
+        assert [(r[0], r[3]) for r in rows] == [(r[0], r[4]) for r in rows]
 
     def test_webhook_lag_and_payment_stats_match_stats(self, world: Path) -> None:
         out = run_json("stats", "--db", str(world))

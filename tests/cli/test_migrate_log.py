@@ -17,7 +17,8 @@ from store_contract import request, snapshot
 from test_cli_postgres import PASSWORD, with_password
 from test_incident import build_world
 
-from kplus_fsm import PostgresStore, SQLiteStore, Tracker, _migrate
+from kplus_fsm import PostgresStore, SQLiteStore, Tracker
+from kplus_fsm._store import migrate as _migrate
 from kplus_fsm.cli import cli
 from kplus_fsm.testing import FakeClock
 

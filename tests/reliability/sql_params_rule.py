@@ -2,14 +2,14 @@
 The rule "SQL is built only with parameters", checked on the source (AST).
 
 **Sinks.** The first argument of every ``.execute()``, ``.executemany()``,
-``.executescript()`` and ``.query()`` call (sqlite3, sqlite-utils,
+``.executescript()``, ``.query()`` and ``.copy()`` (psycopg's ``COPY``) call (sqlite3, sqlite-utils,
 ``SQLiteStore.query``) is SQL text.
 
 **The rule.** SQL text may be built only from:
 
 - string (and number) literals;
 - module-level constants, in this module or imported from the package
-  (``_codec.EVENT_COLUMNS``, ``INBOX_COLUMNS``): table and column names;
+  (``_rows.EVENT_COLUMNS``, ``INBOX_COLUMNS``): table and column names;
 - ``int(...)`` and ``len(...)`` (a number cannot inject anything);
 - ``str.join``, ``str.format``, ``lower``, ``upper``, ``strip``, ``+``, ``*``,
   f-strings and conditional expressions over values allowed here;
@@ -19,7 +19,8 @@ The rule "SQL is built only with parameters", checked on the source (AST).
 - local variables and ``self.`` attributes all of whose assignments (``=``,
   ``+=``, ``.append()``, ``.extend()``, tuple unpacking of a package function's
   return) are allowed here, and the results of package functions that return
-  allowed SQL;
+  allowed SQL (called by name, as ``self.f(...)``, or as ``module.f(...)`` of a
+  package module);
 - a parameter named ``sql`` (or ``*_sql``): a function that takes SQL is itself a
   sink, and every call of it in the package is checked by the same rule;
 - a parameter of a private helper (``_name``) whose every call in the package
@@ -37,7 +38,7 @@ import functools
 from collections.abc import Iterator
 from pathlib import Path
 
-SINKS = frozenset({"execute", "executemany", "executescript", "query"})
+SINKS = frozenset({"execute", "executemany", "executescript", "query", "copy"})
 SAFE_CALLS = frozenset({"int", "len", "float", "bool"})
 SAFE_METHODS = frozenset({"join", "format", "lower", "upper", "strip", "lstrip", "rstrip"})
 PASS_THROUGH = frozenset({"str", "tuple", "list", "sorted", "frozenset", "set"})
@@ -164,6 +165,8 @@ class Checker:
     def __init__(self, package: Package) -> None:
         self.package = package
         self._busy: set[tuple[int, str]] = set()
+        self._known: dict[tuple[int, str], bool] = {}
+        self._assumed = 0
 
     # ---------------------------------------------------------------- entry
 
@@ -188,13 +191,22 @@ class Checker:
         self, module: Module, expr: ast.expr, scope: Scope, bound: frozenset[str] = frozenset()
     ) -> bool:
         key = (id(expr), repr(sorted(bound)))
+        if key in self._known:
+            return self._known[key]
         if key in self._busy:
+            self._assumed += 1
             return True  # a cycle adds nothing new: judged by its other bindings
         self._busy.add(key)
+        assumed = self._assumed
         try:
-            return self._safe(module, expr, scope, bound)
+            result = self._safe(module, expr, scope, bound)
         finally:
             self._busy.discard(key)
+        # Remembered unless it leaned on a cycle's provisional "safe" (a "not
+        # safe" never does: the provisional answer can only be optimistic).
+        if not result or self._assumed == assumed:
+            self._known[key] = result
+        return result
 
     def _safe(self, module: Module, expr: ast.expr, scope: Scope, bound: frozenset[str]) -> bool:
         safe = functools.partial(self.safe, module, scope=scope, bound=bound)
@@ -214,13 +226,20 @@ class Checker:
             return safe(expr.value)
         if isinstance(expr, ast.Subscript):
             return safe(expr.value)
-        if isinstance(expr, ast.GeneratorExp | ast.ListComp | ast.SetComp):
+        if isinstance(expr, ast.Dict):
+            return all(safe(e) for e in [*expr.keys, *expr.values] if e is not None)
+        if isinstance(expr, ast.GeneratorExp | ast.ListComp | ast.SetComp | ast.DictComp):
             names = set(bound)
             for gen in expr.generators:
                 if not safe(gen.iter):
                     return False
                 names |= _target_names(gen.target)
-            return self.safe(module, expr.elt, scope, frozenset(names))
+            inner = frozenset(names)
+            if isinstance(expr, ast.DictComp):
+                return self.safe(module, expr.key, scope, inner) and self.safe(
+                    module, expr.value, scope, inner
+                )
+            return self.safe(module, expr.elt, scope, inner)
         if isinstance(expr, ast.Call):
             return self._safe_call(module, expr, scope, bound)
         if isinstance(expr, ast.Name):
@@ -269,6 +288,13 @@ class Checker:
             defs = module.functions.get(func.attr, [])
             if len(defs) == 1:
                 return module, defs[0]
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            # ``_audit.timeline_sql(...)``: a function of a package module imported by name.
+            other = self._imported_module(module, func.value.id)
+            if other is not None:
+                defs = [d for d in other.functions.get(func.attr, []) if other.class_of(d) is None]
+                if len(defs) == 1:
+                    return other, defs[0]
         return None
 
     def _imported(self, module: Module, name: str) -> tuple[Module, str] | None:
@@ -378,6 +404,8 @@ class Checker:
         self, module: Module, fdef: ast.FunctionDef | ast.AsyncFunctionDef, name: str
     ) -> bool:
         sql_typed = name == "sql" or name.endswith("_sql")
+        if sql_typed and fdef.name in SINKS:
+            return True  # ``def execute(self, sql)``: each of its calls is a sink, checked there
         private = fdef.name.startswith("_") and not fdef.name.startswith("__")
         if not (sql_typed or private):
             return False  # a public function's argument: the caller's value, not ours
@@ -541,9 +569,10 @@ def _self_assignments(module: Module, attr: str) -> Iterator[tuple[ast.expr, Sco
 
 def violations(root: Path, path: Path) -> list[str]:
     """The sinks of ``path`` whose SQL text breaks the rule (``file:line: code``)."""
-    return Checker(_package(root)).violations(path)
+    return _checker(root).violations(path)
 
 
 @functools.cache
-def _package(root: Path) -> Package:
-    return Package(root)
+def _checker(root: Path) -> Checker:
+    """One checker per tree: what it judged of one file it remembers for the next."""
+    return Checker(Package(root))

@@ -32,7 +32,7 @@ import structlog
 from reliability_support import Stopwatch, figure
 
 from kplus_fsm import Origin, SQLiteStore, Tracker
-from kplus_fsm import _store as store_module
+from kplus_fsm._store import sqlite as store_module
 from kplus_fsm.adapters.signatures import signature_headers
 from kplus_fsm.adapters.webhooks import WebhookIntake
 from kplus_fsm.testing import charge_json, webhook_json

@@ -661,7 +661,10 @@ def test_the_sql_rule_catches_injection(tmp_path: Path) -> None:
     package = tmp_path / "kplus_fsm"
     package.mkdir()
     (tmp_path / "adapters").mkdir()
-    (package / "_consts.py").write_text('COLUMNS = ("a", "b")\n')
+    (package / "_consts.py").write_text(
+        'COLUMNS = ("a", "b")\n\ndef select_sql():\n    return "SELECT 1"\n'
+        "\ndef echo(x):\n    return x\n"
+    )
     module = package / "bad.py"
     module.write_text(
         """
@@ -695,11 +698,21 @@ def bad(conn, payment_id, status):
 
 def _helper2(x):
     return "SELECT " + x
+
+COPY = {t: f"COPY {t} FROM STDIN" for t in ("inbox", "events")}
+
+def more(cur, x):
+    cur.copy(COPY["inbox"])
+    cur.execute(_consts.select_sql())
+    cur.copy(f"COPY {x} FROM STDIN")
+    cur.execute(_consts.echo(x))
 """
     )
     found = sql_params_rule.violations(tmp_path, module)
     lines = sorted(int(v.split(":")[1]) for v in found)
-    assert lines == [18, 21, 22, 25, 26, 27], found  # bad(): five sinks, and _helper's
+    # bad(): five sinks, and _helper's; more(): the COPY of a caller's name, a
+    # package function (called through its module) returning the caller's value
+    assert lines == [18, 21, 22, 25, 26, 27, 38, 39], found
 
 
 def test_the_sql_rule_follows_subpackages(tmp_path: Path) -> None:

@@ -38,10 +38,13 @@ import structlog
 from kplus_fsm import Origin, SQLiteStore, Tracker
 from kplus_fsm._machine import Decision
 from kplus_fsm._model import Payment
-from kplus_fsm._store import InboxDraft, Recorded, _Pending, _Staged
+from kplus_fsm._store._group_commit import Pending
+from kplus_fsm._store._write_cache import Staged
+from kplus_fsm._store.sqlite import InboxDraft, Recorded
 from kplus_fsm.adapters.signatures import signature_headers
 from kplus_fsm.exceptions import MalformedInputError
 from kplus_fsm.testing import FakeClock, charge_json, error_json, webhook_json
+from kplus_fsm.typing import RecordItem
 
 START = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
 WEBHOOK_SECRET = "c2NhbGUtdGVzdC13ZWJob29rLXNlY3JldC0zMmJ5dGVz"  # base64, fixed
@@ -69,8 +72,12 @@ class BatchedStore(SQLiteStore):
         payment_id: str | None = None,
         charge_id: str | None = None,
     ) -> Recorded:
-        item = _Pending(draft, decide, now, payment_id, charge_id)
-        self._record_batch([item], _Staged())  # in the caller's open transaction
+        item = Pending(
+            RecordItem(
+                draft=draft, decide=decide, now=now, payment_id=payment_id, charge_id=charge_id
+            )
+        )
+        self._record_batch([item], Staged())  # in the caller's open transaction
         return item.outcome()
 
 

@@ -283,7 +283,7 @@ from kplus_fsm import _codec
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
 conn.execute("DROP TRIGGER inbox_no_update")
 prev = _codec.GENESIS
-cols = _codec.INBOX_HASHED
+cols = _rows.INBOX_HASHED
 for row in conn.execute(f"SELECT {', '.join(cols)} FROM inbox ORDER BY id").fetchall():
     values = dict(zip(cols, row))
     prev = _codec.chain_hash(prev, values, cols)

@@ -1,5 +1,9 @@
 """
-The store port: what the tracker needs from an event log.
+The ports of kplus_fsm, for the code that plugs into it: what the tracker needs
+from an event log (:class:`Store`, :class:`SQLStore`), the unit it records
+(:class:`RecordItem`), the transaction a consumer's handler writes in
+(:class:`Transaction`), the payment API (:class:`ChargeAPI`) and the clock
+(:data:`Clock`).
 
 :class:`kplus_fsm.SQLiteStore` is the embedded default;
 :class:`kplus_fsm.PostgresStore` keeps the same log on a PostgreSQL server for
@@ -12,29 +16,75 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+
+import attrs
 
 if TYPE_CHECKING:
     from ._machine import Decision
     from ._model import Payment, StoredEvent
-    from ._ops import Check, Lease, UnresolvedHint
-    from ._store import (
-        InboxDraft,
-        InboxRow,
-        Recorded,
-        ReplayReport,
-        TimelineEntry,
-        VerifyReport,
-    )
+    from ._store._log import Check, Lease, UnresolvedHint
+    from ._store._reports import ReplayReport, TimelineEntry, VerifyReport
+    from ._store._rows import InboxDraft, InboxRow, Recorded
 
 T = TypeVar("T")
 
-#: The handle :meth:`Store.write_transaction` hands to its work function. It is
-#: store-specific: a ``sqlite_utils.Database`` for :class:`~kplus_fsm.SQLiteStore`
-#: (``?`` placeholders), a ``psycopg.Connection`` for
-#: :class:`~kplus_fsm.PostgresStore` (``%s`` placeholders). Either way, statements
-#: run on it belong to the transaction that also advances a consumer's position.
-TransactionHandle = Any
+Clock = Callable[[], dt.datetime]
+"""A function returning the current time as an aware ``datetime``."""
+
+#: The SQL dialects of the stores.
+Dialect = Literal["sqlite", "postgresql"]
+
+
+class Cursor(Protocol):
+    """What a statement run on a :class:`Transaction` returns (both drivers' cursors)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Transaction(Protocol):
+    """
+    The write transaction :meth:`Store.write_transaction` runs its work in, the
+    same on every store: statements are written with ``?`` placeholders
+    (translated for PostgreSQL), and they commit, or roll back, together with
+    whatever else the transaction writes (a consumer's position). ``dialect``
+    says which SQL the database speaks; ``connection`` is the driver's own
+    connection (``sqlite3.Connection`` or ``psycopg.Connection``), for what
+    portable SQL cannot say.
+    """
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    @property
+    def connection(self) -> Any: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
+
+
+#: The old name of :class:`Transaction` (what a transaction's work receives).
+TransactionHandle = Transaction
+
+
+@attrs.frozen(kw_only=True)
+class RecordItem:
+    """
+    One input on its way into the log: the draft as received, the pure
+    ``decide`` function (it may run more than once), the time it is recorded
+    at (the stored form), and the ids its payment is found by (the payment id,
+    else the charge id).
+    """
+
+    draft: InboxDraft
+    decide: Callable[[Payment | None], Decision]
+    now: str
+    payment_id: str | None = None
+    charge_id: str | None = None
 
 
 class Store(Protocol):
@@ -48,6 +98,9 @@ class Store(Protocol):
     never surfacing a version clash or a busy database to the caller.
     """
 
+    @property
+    def dialect(self) -> Dialect: ...
+
     def record(
         self,
         draft: InboxDraft,
@@ -58,16 +111,10 @@ class Store(Protocol):
         charge_id: str | None = None,
     ) -> Recorded: ...
 
-    def record_many(
-        self,
-        items: Sequence[
-            tuple[InboxDraft, Callable[[Payment | None], Decision], str, str | None, str | None]
-        ],
-    ) -> list[Recorded | Exception]:
+    def record_many(self, items: Sequence[RecordItem]) -> list[Recorded | Exception]:
         """
-        Record ``(draft, decide, now, payment_id, charge_id)`` items in one
-        transaction, in order; an item's own failure is returned in its place
-        and does not stop the others (SQLite: a savepoint per item).
+        Record the items in one transaction, in order; an item's own failure is
+        returned in its place and does not stop the others (a savepoint per item).
         """
         ...
 
@@ -129,11 +176,10 @@ class Store(Protocol):
 
     def lease(self, name: str) -> Lease | None: ...
 
-    def write_transaction(self, work: Callable[[TransactionHandle], T]) -> T:
+    def write_transaction(self, work: Callable[[Transaction], T]) -> T:
         """
-        Run ``work(handle)`` in one write transaction (retried when the database
-        asks for it, so ``work`` may run more than once). ``handle`` is
-        store-specific: see :data:`TransactionHandle`.
+        Run ``work(transaction)`` in one write transaction (retried when the
+        database asks for it, so ``work`` may run more than once).
         """
         ...
 
@@ -161,14 +207,31 @@ class SQLStore(Store, Protocol):
     ``checkpoint``) need. Statements use ``?`` placeholders whatever the
     database (the PostgreSQL store translates them); ``dialect`` is
     ``"sqlite"`` or ``"postgresql"`` for the few expressions that differ.
+    Both stores of kplus_fsm are SQL stores (:func:`kplus_fsm.open_store`).
     """
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
+    @property
+    def hints_indexed(self) -> bool:
+        """Whether :meth:`query` may name SQLite's partial indexes of hints (``INDEXED BY``)."""
+        ...
 
-def dialect_of(store: object) -> str:
-    """The SQL dialect of a store: ``"postgresql"`` or ``"sqlite"`` (the default)."""
-    return str(getattr(store, "dialect", "sqlite"))
+    def is_empty(self) -> bool:
+        """Whether the log holds no row at all (a log ``migrate-log`` may fill)."""
+        ...
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Iterator[Sequence[Any]]) -> int:
+        """
+        Append ``rows`` to ``table`` verbatim, inside the caller's
+        :meth:`write_transaction`; the number of rows (``migrate-log``).
+        """
+        ...
+
+
+def dialect_of(store: Store) -> Dialect:
+    """The SQL dialect of a store."""
+    return store.dialect
 
 
 class ChargeAPI(Protocol):
@@ -205,3 +268,17 @@ class ChargeAPI(Protocol):
         early, so an incomplete listing is never taken for "not found".
         """
         ...
+
+
+__all__ = [
+    "ChargeAPI",
+    "Clock",
+    "Cursor",
+    "Dialect",
+    "RecordItem",
+    "SQLStore",
+    "Store",
+    "Transaction",
+    "TransactionHandle",
+    "dialect_of",
+]

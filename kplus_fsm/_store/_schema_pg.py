@@ -1,6 +1,6 @@
 """
 The PostgreSQL schema of the event log: the same tables, columns, stored strings,
-triggers and views as :mod:`kplus_fsm._schema` (SQLite), in PostgreSQL types.
+triggers and views as :mod:`kplus_fsm._store._schema_sqlite` (SQLite), in PostgreSQL types.
 
 Column names and stored values are identical on both databases, so the same
 codec, the same hash chains and the same export formats apply: a log moved from
@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from ._schema import (
+from ._schema_sqlite import (
     ANOMALY_CATEGORY,
+    ANOMALY_CATEGORY_V3,
     APPEND_ONLY_TABLES,
     HINT_INDEXES,
+    LEGACY_REASON_CODE,
     NO_ANSWER_MINUTES,
     OUTCOMES_SQL,
     UNRESOLVED_HINT_SELECT,
@@ -35,6 +37,15 @@ from ._schema import (
 MIGRATIONS_TABLE: Final = "kplus_fsm_migrations"
 
 T: Final = 'TEXT COLLATE "C"'
+
+
+def _append_only_trigger_sql(table: str, op: str) -> str:
+    return (
+        f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
+        f"FOR EACH {'STATEMENT' if op == 'TRUNCATE' else 'ROW'} "
+        "EXECUTE FUNCTION kplus_fsm_append_only()"
+    )
+
 
 _INITIAL: Final = (
     f"""
@@ -117,9 +128,7 @@ _INITIAL: Final = (
     $$
     """,
     *(
-        f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
-        f"FOR EACH {'STATEMENT' if op == 'TRUNCATE' else 'ROW'} "
-        "EXECUTE FUNCTION kplus_fsm_append_only()"
+        _append_only_trigger_sql(table, op)
         for table in APPEND_ONLY_TABLES
         for op in ("UPDATE", "DELETE", "TRUNCATE")
     ),
@@ -254,15 +263,29 @@ _FOLLOWUP: Final = (
      WHERE reason IS NOT NULL
     """,
     "DROP VIEW anomalies",
+    "CREATE VIEW anomalies AS "
+    + anomalies_sql(dialect="postgresql", category_sql=ANOMALY_CATEGORY_V3),
+)
+
+
+#: ``inbox.reason_code`` (see the SQLite migration of the same name).
+_REASON_CODE: Final = (
+    f"ALTER TABLE inbox ADD COLUMN reason_code {T}",
+    "DROP TRIGGER inbox_no_update ON inbox",
+    f"UPDATE inbox SET reason_code = {LEGACY_REASON_CODE.format(like='ILIKE')}"
+    " WHERE outcome = 'rejected'",
+    _append_only_trigger_sql("inbox", "UPDATE"),
+    "DROP VIEW anomalies",
     f"CREATE VIEW anomalies AS {anomalies_sql(dialect='postgresql')}",
 )
 
 #: The migrations, in order: (name, statements). The names match the SQLite
-#: migrations of :mod:`kplus_fsm._schema`, so both report the same schema version.
+#: migrations of :mod:`kplus_fsm._store._schema_sqlite`, so both report the same schema version.
 MIGRATIONS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("0001_initial", _INITIAL),
     ("0002_views", _VIEWS),
     ("0003_followup", _FOLLOWUP),
+    ("0004_reason_code", _REASON_CODE),
 )
 
 KNOWN: Final = frozenset(name for name, _ in MIGRATIONS)

@@ -14,7 +14,7 @@ from typing import Final
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from .exceptions import SchemaVersionError
+from ..exceptions import SchemaVersionError
 
 MIGRATION_SET: Final = "kplus_fsm"
 
@@ -41,7 +41,7 @@ OUTCOMES_SQL: Final = "('applied','duplicate','stale','conflict','rejected','unk
 
 APPEND_ONLY_TABLES: Final = ("inbox", "events")
 
-# SQL shared by both dialects' views and the incident queries (kplus_fsm/_queries.py).
+# SQL shared by both dialects' views and the incident queries (kplus_fsm/cli/_queries.py).
 
 #: The ``anomalies`` category of an inbox row ``i``; ``{like}`` is ``LIKE`` (SQLite:
 #: case-insensitive for ASCII) or ``ILIKE`` (PostgreSQL).
@@ -168,14 +168,17 @@ def _initial(db: sqlite_utils.Database) -> None:
     )
     for table in APPEND_ONLY_TABLES:
         for op in ("UPDATE", "DELETE"):
-            db.execute(
-                f"""
+            db.execute(_append_only_trigger_sql(table, op))
+
+
+def _append_only_trigger_sql(table: str, op: str) -> str:
+    """The trigger that refuses ``op`` (``UPDATE`` or ``DELETE``) on an append-only table."""
+    return f"""
                 CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table}
                 BEGIN
                     SELECT RAISE(ABORT, '{table} is append-only: {op} refused');
                 END
                 """
-            )
 
 
 @_migration("0002_views")
@@ -266,7 +269,7 @@ def _views(db: sqlite_utils.Database) -> None:
 
 
 # SQL of migration 0003_followup, shared by both dialects' views and the incident
-# queries (kplus_fsm/_queries.py). Portable: base tables only, no dialect functions.
+# queries (kplus_fsm/cli/_queries.py). Portable: base tables only, no dialect functions.
 
 #: The inputs that read a charge with the secret key: what resolves a webhook hint.
 AUTHORITATIVE_READ: Final = (
@@ -360,15 +363,65 @@ ANOMALY_CATEGORY_V3: Final = """CASE
                END"""
 
 
+#: The :class:`~kplus_fsm.ReasonCode` of a refused inbox row, read from its
+#: ``reason`` text the way the anomaly classification of 0001-0003 read it.
+#: Used exactly twice: once by migration ``0004_reason_code`` to classify the
+#: rows written before it (after that every refusal is written with its code),
+#: and by a read-only log from before 0004, which computes the column on the fly.
+#: ``{like}`` is ``LIKE`` (SQLite) or ``ILIKE`` (PostgreSQL).
+LEGACY_REASON_CODE: Final = """CASE
+                   WHEN outcome <> 'rejected' THEN NULL
+                   WHEN reason {like} 'signature refused: the signature timestamp is % s %'
+                       THEN 'signature_stale'
+                   WHEN reason {like} 'signature refused:%' THEN 'signature_invalid'
+                   WHEN reason {like} '%mismatch%'
+                     OR reason {like} '%already exists with different parameters%'
+                       THEN 'mismatch'
+                   WHEN reason {like} 'body too large%' THEN 'body_too_large'
+                   WHEN kind = 'refund_request' THEN 'refund_not_supported'
+                   WHEN reason = 'no such payment' THEN 'no_such_payment'
+                   WHEN kind = 'payment_request' THEN 'invalid_request'
+                   ELSE 'malformed'
+               END"""
+
+#: The ``anomalies`` category of an inbox row ``i`` from 0004 on: by outcome,
+#: then by ``reason_code`` (never by the wording of ``reason``), then by kind.
+ANOMALY_CATEGORY_V4: Final = """CASE
+                   WHEN i.outcome = 'duplicate' THEN 'duplicate_delivery'
+                   WHEN i.outcome = 'conflict' THEN 'conflict'
+                   WHEN i.outcome = 'unknown' AND i.kind IN ('create_unknown', 'charge_lookup')
+                       THEN 'create_unknown'
+                   WHEN i.outcome = 'unknown' THEN 'unknown'
+                   WHEN i.reason_code = 'signature_stale' THEN 'stale_timestamp'
+                   WHEN i.reason_code = 'signature_invalid' THEN 'bad_signature'
+                   WHEN i.reason_code = 'mismatch' THEN 'mismatch'
+                   WHEN i.reason_code = 'body_too_large' THEN 'oversized'
+                   WHEN i.reason_code = 'refund_not_supported' OR i.kind = 'refund_request'
+                       THEN 'refund_refused'
+                   WHEN i.reason_code = 'no_such_payment' THEN 'unknown_payment'
+                   WHEN i.reason_code IN ('invalid_request', 'order_busy')
+                     OR i.kind = 'payment_request'
+                       THEN 'invalid_request'
+                   ELSE 'malformed'
+               END"""
+
+
 #: How many ``?`` parameters :func:`anomalies_sql` takes with ``since=True``.
 ANOMALIES_SINCE_PARAMS: Final = 4
 
 
-def anomalies_sql(*, dialect: str, since: bool = False, hints_from_sql: str = HINTS_FROM) -> str:
+def anomalies_sql(
+    *,
+    dialect: str,
+    since: bool = False,
+    hints_from_sql: str = HINTS_FROM,
+    category_sql: str = ANOMALY_CATEGORY_V4,
+) -> str:
     """
     Every anomaly, one row each in the ``anomalies`` columns: refused, conflicting
     or unplaceable inputs and duplicate deliveries (classified by
-    :data:`ANOMALY_CATEGORY_V3`), corrections, creates settled as never made,
+    ``category_sql``: :data:`ANOMALY_CATEGORY_V4`, or V3 for the view of
+    migration 0003), corrections, creates settled as never made,
     unresolved webhook hints, and the successful attempts of orders paid twice.
     With ``since``, only those at or after a time: the statement then takes that
     time :data:`ANOMALIES_SINCE_PARAMS` times as ``?`` parameters.
@@ -378,7 +431,7 @@ def anomalies_sql(*, dialect: str, since: bool = False, hints_from_sql: str = HI
     event_since = " AND e.recorded_at >= ?" if since else ""
     hint_since = " AND h.received_at >= ?" if since else ""
     return f"""
-        SELECT i.received_at AS at, {ANOMALY_CATEGORY_V3.format(like=like)} AS category,
+        SELECT i.received_at AS at, {category_sql.format(like=like)} AS category,
                coalesce(i.payment_id, (SELECT p.payment_id FROM payments p
                                         WHERE p.charge_id = i.charge_id
                                         ORDER BY p.created_at LIMIT 1)) AS payment_id,
@@ -516,11 +569,38 @@ def _followup(db: sqlite_utils.Database) -> None:
         """
     )
     db.execute("DROP VIEW anomalies")
+    anomalies = anomalies_sql(
+        dialect="sqlite", hints_from_sql=HINTS_FROM_SQLITE, category_sql=ANOMALY_CATEGORY_V3
+    )
+    db.execute(f"CREATE VIEW anomalies AS {anomalies}")
+
+
+@_migration("0004_reason_code")
+def _reason_code(db: sqlite_utils.Database) -> None:
+    """
+    ``inbox.reason_code``: why an input was refused, as a stable code, so that
+    the incident queries classify on it rather than on the wording of
+    ``reason``. Outside the hash chain (no hash changes). The rows written
+    before are classified once, here, by :data:`LEGACY_REASON_CODE` (the
+    append-only trigger on ``UPDATE`` is lifted for that one statement, inside
+    the migration's transaction, and put back); ``anomalies`` is made anew on
+    the code.
+    """
+    db.execute("ALTER TABLE inbox ADD COLUMN reason_code TEXT")
+    db.execute("DROP TRIGGER inbox_no_update")
+    db.execute(
+        f"UPDATE inbox SET reason_code = {LEGACY_REASON_CODE.format(like='LIKE')}"
+        " WHERE outcome = 'rejected'"
+    )
+    db.execute(_append_only_trigger_sql("inbox", "UPDATE"))
+    db.execute("DROP VIEW anomalies")
     anomalies = anomalies_sql(dialect="sqlite", hints_from_sql=HINTS_FROM_SQLITE)
     db.execute(f"CREATE VIEW anomalies AS {anomalies}")
 
 
-KNOWN: Final = frozenset(_NAMES)
+#: This version's migrations, in the order they apply.
+NAMES: Final = tuple(_NAMES)
+KNOWN: Final = frozenset(NAMES)
 TRIGGERS: Final = frozenset(
     f"{t}_no_{op}" for t in APPEND_ONLY_TABLES for op in ("update", "delete")
 )

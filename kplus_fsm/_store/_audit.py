@@ -13,8 +13,8 @@ from typing import Any, Final
 import attrs
 import orjson
 
-from . import _codec
-from ._model import (
+from .. import _codec
+from .._model import (
     EVENT_VERSIONS,
     KNOWN_FAILURE_CODES,
     STATUS_EVENT,
@@ -22,8 +22,9 @@ from ._model import (
     Payment,
     Status,
 )
-from ._store import ReplayDifference, TimelineEntry, VerifyReport
-from .exceptions import DamagedLogError, IntegrityError
+from ..exceptions import DamagedLogError, IntegrityError
+from . import _rows
+from ._reports import ReplayDifference, TimelineEntry, VerifyReport
 
 # ----------------------------------------------------------- replay's fast fold
 
@@ -150,28 +151,28 @@ DAMAGED_PREFIX: Final = "the log is damaged: "
 PROGRESS_EVERY: Final = 5000
 
 CHAINS: Final = (
-    ("inbox", "id", _codec.INBOX_HASHED),
-    ("events", "position", _codec.EVENT_HASHED),
+    ("inbox", "id", _rows.INBOX_HASHED),
+    ("events", "position", _rows.EVENT_HASHED),
 )
 
 #: The statements a store runs for ``fetch``: one batch of a chain, with the
 #: placeholder ``{p}`` to fill (``?`` for SQLite, ``%s`` for psycopg).
 VERIFY_INBOX_TEMPLATE: Final = (
-    f"SELECT {', '.join(_codec.INBOX_HASHED)}, hash FROM inbox WHERE id > {{p}} "
+    f"SELECT {', '.join(_rows.INBOX_HASHED)}, hash FROM inbox WHERE id > {{p}} "
     f"ORDER BY id LIMIT {VERIFY_BATCH}"
 )
 VERIFY_EVENTS_TEMPLATE: Final = (
-    f"SELECT {', '.join(_codec.EVENT_HASHED)}, hash FROM events WHERE position > {{p}} "
+    f"SELECT {', '.join(_rows.EVENT_HASHED)}, hash FROM events WHERE position > {{p}} "
     f"ORDER BY position LIMIT {VERIFY_BATCH}"
 )
 VERIFY_INBOX_SQL: Final = VERIFY_INBOX_TEMPLATE.format(p="?")
 VERIFY_EVENTS_SQL: Final = VERIFY_EVENTS_TEMPLATE.format(p="?")
 #: One row after a key (SQLite): how :data:`Probe` finds where a damaged file stops.
 VERIFY_INBOX_PROBE_SQL: Final = (
-    f"SELECT {', '.join(_codec.INBOX_HASHED)}, hash FROM inbox WHERE id > ? ORDER BY id LIMIT 1"
+    f"SELECT {', '.join(_rows.INBOX_HASHED)}, hash FROM inbox WHERE id > ? ORDER BY id LIMIT 1"
 )
 VERIFY_EVENTS_PROBE_SQL: Final = (
-    f"SELECT {', '.join(_codec.EVENT_HASHED)}, hash FROM events WHERE position > ? "
+    f"SELECT {', '.join(_rows.EVENT_HASHED)}, hash FROM events WHERE position > ? "
     "ORDER BY position LIMIT 1"
 )
 
@@ -315,13 +316,13 @@ def fold_streams(
 ) -> tuple[int, int, list[ReplayDifference], list[Payment]]:
     """
     Fold event rows (in ``stream, version`` order, columns of
-    :data:`kplus_fsm._codec.EVENT_COLUMNS`) one stream at a time and compare each
+    :data:`kplus_fsm._store._rows.EVENT_COLUMNS`) one stream at a time and compare each
     payment with its stored row. Constant memory but for the differences.
     Returns the events and payments folded, the differences, and the replayed
     payments that differ (what a repair writes).
 
     The stored rows come from ``stored`` when given (``payments`` rows in
-    :data:`kplus_fsm._codec.PAYMENT_COLUMNS` order, sorted by ``payment_id`` in
+    :data:`kplus_fsm._store._rows.PAYMENT_COLUMNS` order, sorted by ``payment_id`` in
     the same order as the streams: read alongside, one query for the whole
     replay), else from ``load(payment_id)``, one lookup per payment.
 
@@ -365,9 +366,9 @@ def fold_streams(
         replayed = Payment(**state)
         if stored_rows is not None:
             row = stored_row(stream)
-            if row is not None and tuple(row) == _codec.payment_to_row(replayed):
+            if row is not None and tuple(row) == _rows.payment_to_row(replayed):
                 return
-            found = diff(replayed, None if row is None else _codec.payment_from_row(tuple(row)))
+            found = diff(replayed, None if row is None else _rows.payment_from_row(tuple(row)))
         else:
             found = diff(replayed, load(stream))
         differences.extend(found)
@@ -424,7 +425,7 @@ TIMELINE_INBOX_COLUMNS: Final = (
     "verification",
 )
 #: The ``events`` columns a timeline shows: every hashed one (no hash).
-TIMELINE_EVENT_COLUMNS: Final = _codec.EVENT_HASHED
+TIMELINE_EVENT_COLUMNS: Final = _rows.EVENT_HASHED
 
 
 def timeline_sql(until: bool) -> tuple[str, str]:

@@ -1,16 +1,16 @@
 """
 Open the event log at a location: a ``postgresql://`` URL or a SQLite file
-(see :mod:`kplus_fsm._urls` for the forms a location takes).
+(see :mod:`kplus_fsm._store._urls` for the forms a location takes).
 """
 
 from __future__ import annotations
 
 import os
 
-from ._ports import Store
-from ._store import SQLiteStore
-from ._store_pg import PostgresStore
+from ..typing import SQLStore
 from ._urls import is_postgres, sqlite_path
+from .postgres import PostgresStore
+from .sqlite import SQLiteStore
 
 
 def open_store(
@@ -18,7 +18,7 @@ def open_store(
     *,
     read_only: bool = False,
     synchronous: str = "FULL",
-) -> Store:
+) -> SQLStore:
     """
     Open the event log at ``location``: a ``postgresql://`` URL (a
     :class:`~kplus_fsm.PostgresStore`), a ``sqlite:///`` URL or a file path (a

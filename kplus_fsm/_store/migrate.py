@@ -23,25 +23,18 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import attrs
 
-from . import _codec
-from ._open import open_store
-from ._ports import SQLStore
+from ..exceptions import MigrationRefused
+from ..typing import SQLStore
+from . import _rows, open_store
 from ._rows import INBOX_COLUMNS
-from ._store import SQLiteStore
-from ._store_pg import PostgresStore
 from ._urls import redact
-from .exceptions import StoreError
 
 BATCH: Final = 2000
-CONSUMER_COLUMNS: Final = ("name", "position", "updated_at")
-
-
-class MigrationRefused(StoreError):
-    """The move was not attempted (or not committed): the reason says why."""
+CONSUMER_COLUMNS: Final = _rows.CONSUMER_COLUMNS
 
 
 @attrs.frozen(kw_only=True)
@@ -94,13 +87,7 @@ def _keyset(source: SQLStore, sql: str, last: int | None, batch: int) -> Iterato
         after = rows[-1][0]
 
 
-#: What is copied, in the order the target needs it (inbox before the events citing it).
-COPIED: Final = (
-    ("inbox", INBOX_COLUMNS),
-    ("events", _codec.EVENT_COLUMNS),
-    ("payments", _codec.PAYMENT_COLUMNS),
-    ("consumers", CONSUMER_COLUMNS),
-)
+COPIED: Final = _rows.COPIED
 
 
 def _source_rows(
@@ -118,7 +105,7 @@ def _source_rows(
     if table == "events":
         return _keyset(
             source,
-            f"SELECT {', '.join(_codec.EVENT_COLUMNS)} FROM events"
+            f"SELECT {', '.join(_rows.EVENT_COLUMNS)} FROM events"
             " WHERE position > ? AND position <= ? ORDER BY position LIMIT ?",
             int(head["event_position"]),
             batch,
@@ -126,7 +113,7 @@ def _source_rows(
     if table == "payments":
         return _keyset(
             source,
-            f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments"
+            f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments"
             " WHERE payment_id > ? ORDER BY payment_id LIMIT ?",
             None,
             batch,
@@ -136,13 +123,6 @@ def _source_rows(
         "SELECT name, position, updated_at FROM consumers WHERE name > ? ORDER BY name LIMIT ?",
         None,
         batch,
-    )
-
-
-def _is_empty(target: SQLStore) -> bool:
-    return not any(
-        target.query(f"SELECT 1 FROM {t} LIMIT 1")
-        for t in ("inbox", "events", "payments", "consumers")
     )
 
 
@@ -162,23 +142,7 @@ def _copy(
                 progress(1000)
         progress(n % 1000)
 
-    if isinstance(target, PostgresStore):
-        return target.copy_rows(table, columns, counted())
-    if isinstance(target, SQLiteStore):
-        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        n = 0
-        chunk: list[tuple[Any, ...]] = []
-        for row in counted():
-            chunk.append(row)
-            if len(chunk) >= BATCH:
-                target.conn.executemany(sql, chunk)
-                n += len(chunk)
-                chunk.clear()
-        if chunk:
-            target.conn.executemany(sql, chunk)
-            n += len(chunk)
-        return n
-    raise MigrationRefused(f"cannot write to a {type(target).__name__}")
+    return target.copy_rows(table, columns, counted())
 
 
 def migrate_log(
@@ -201,7 +165,7 @@ def migrate_log(
     started = time.monotonic()
     tick = progress or (lambda _stage, _n: None)
     src_name, dst_name = redact(source_location), redact(target_location)
-    source = cast(SQLStore, open_store(source_location, read_only=True))
+    source = open_store(source_location, read_only=True)
     try:
         checked = source.verify(progress=lambda n: tick("verify source", n))
         if not checked.ok:
@@ -216,9 +180,9 @@ def migrate_log(
             raise MigrationRefused(
                 "the source was written to while it was verified: stop its writers"
             )
-        target = cast(SQLStore, open_store(target_location))
+        target = open_store(target_location)
         try:
-            if not _is_empty(target):
+            if not target.is_empty():
                 raise MigrationRefused(
                     f"the target {dst_name} is not empty: migrate-log only fills an empty log"
                 )

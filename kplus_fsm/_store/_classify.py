@@ -43,7 +43,7 @@ from typing import Final
 
 import attrs
 
-from . import _schema
+from . import _schema_sqlite as _schema
 from ._urls import is_postgres, redact, sqlite_path
 
 #: The first 16 bytes of every SQLite database file.
@@ -55,7 +55,7 @@ JOURNAL_MAGIC: Final = bytes.fromhex("d9d505f920a163d7")
 LOG_TABLES: Final = frozenset({"inbox", "events", "payments", "consumers"})
 
 #: The migrations this version knows, in the order they apply.
-KNOWN_ORDER: Final = tuple(m.name for m in _schema.migrations._migrations)
+KNOWN_ORDER: Final = _schema.NAMES
 #: SQLite result codes (``sqlite3.Error.sqlite_errorname``) meaning the file is damaged.
 _DAMAGE_CODES: Final = ("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_IOERR_SHORT_READ")
 

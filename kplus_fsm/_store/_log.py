@@ -22,33 +22,26 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from typing import Any, Final, Protocol, TypeVar
 
 import attrs
 
-from . import _codec
-from ._model import Payment
-from ._schema import (
+from .._model import Payment, StoredEvent
+from ..exceptions import LeaseLostError
+from ..typing import Cursor, Dialect
+from . import _audit, _rows, _sql
+from ._reports import TimelineEntry
+from ._rows import Heads, InboxRow
+from ._schema_sqlite import (
     HINTS_FROM,
     HINTS_FROM_SQLITE,
     HINTS_FROM_SQLITE_AFTER,
     unresolved_hint_select,
 )
-from .exceptions import LeaseLostError
 
 T = TypeVar("T")
-
-
-class Cursor(Protocol):
-    """What both drivers' cursors offer."""
-
-    @property
-    def rowcount(self) -> int: ...
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
 
 
 #: Runs one statement (``?`` placeholders) with its parameters.
@@ -214,11 +207,15 @@ def unresolved_hints(
     after: int = 0,
     limit: int = 1000,
     charge_id: str | None = None,
-    dialect: str = "sqlite",
+    indexed: bool = False,
 ) -> list[UnresolvedHint]:
-    """Unresolved hints with inbox id above ``after``, oldest first (at most ``limit``)."""
+    """
+    Unresolved hints with inbox id above ``after``, oldest first (at most
+    ``limit``). ``indexed``: the SQLite indexes of hints may be named (see
+    :data:`HINTS_FROM_SQLITE`).
+    """
     source_sql = HINTS_FROM
-    if dialect == "sqlite" and charge_id is None:
+    if indexed and charge_id is None:
         source_sql = HINTS_FROM_SQLITE_AFTER if after else HINTS_FROM_SQLITE
     sql = unresolved_hint_select(source_sql) + " AND h.id > ?"
     params: list[Any] = [after]
@@ -243,7 +240,7 @@ def unresolved_hints(
 
 # ------------------------------------------------------------- reconciliation
 
-_PAYMENTS_P: Final = ", ".join(f"p.{c}" for c in _codec.PAYMENT_COLUMNS)
+_PAYMENTS_P: Final = ", ".join(f"p.{c}" for c in _rows.PAYMENT_COLUMNS)
 
 #: Due payments, the least recently checked first: a payment reconciliation
 #: looked at moves to the back of the queue, so successive bounded runs reach
@@ -265,7 +262,7 @@ def reconcile_candidates(
 ) -> list[Payment]:
     """See :meth:`Operations.reconcile_candidates`."""
     rows = execute(_CANDIDATES_SQL, (now, cutoff, cutoff, stored_now, limit)).fetchall()
-    return [_codec.payment_from_row(r) for r in rows]
+    return [_rows.payment_from_row(r) for r in rows]
 
 
 @attrs.frozen(kw_only=True)
@@ -322,21 +319,24 @@ def check_attempts(execute: Execute, payment_ids: Sequence[str]) -> dict[str, in
 def payments_for_order(execute: Execute, order_ref: str) -> list[Payment]:
     """Every attempt of an order, oldest first."""
     rows = execute(
-        f"SELECT {', '.join(_codec.PAYMENT_COLUMNS)} FROM payments WHERE order_ref = ?"
+        f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments WHERE order_ref = ?"
         " ORDER BY created_at, payment_id",
         (order_ref,),
     ).fetchall()
-    return [_codec.payment_from_row(r) for r in rows]
+    return [_rows.payment_from_row(r) for r in rows]
 
 
 # ----------------------------------------------------------- the stores' half
 
 
 class _Driven(Protocol):
-    """What a store offers the shared operations: its transactions and its driver."""
+    """What a store supplies to the shared half: its dialect, transactions and driver."""
 
     @property
-    def dialect(self) -> str: ...
+    def dialect(self) -> Dialect: ...
+
+    @property
+    def hints_indexed(self) -> bool: ...
 
     def _retrying(self, work: Callable[[], T]) -> T: ...
 
@@ -344,13 +344,217 @@ class _Driven(Protocol):
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
 
+    def _load(self, payment_id: str) -> Payment | None: ...
 
-class Operations:
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def _settle(self, rows: Sequence[Any]) -> None: ...
+
+
+class LogTransaction:
     """
-    The store methods for the operational state, written once: each store
-    (SQLite, PostgreSQL) mixes this in and supplies ``_retrying`` (a write
-    transaction, retried when the database asks), ``_read`` and ``_exec``.
+    The :class:`kplus_fsm.typing.Transaction` a store's ``write_transaction``
+    hands its work: portable statements (``?`` placeholders) run through the
+    store's driver, inside the open write transaction.
+
+    Any other attribute is the ``native`` object's: on SQLite the
+    ``sqlite_utils.Database`` that round-1 handlers were promised
+    (``tx.table("shipments").insert(...)`` still works there), on PostgreSQL
+    the psycopg connection.
     """
+
+    __slots__ = ("_native", "_store", "connection")
+
+    def __init__(self, store: _Driven, connection: Any, native: Any = None) -> None:
+        self._store = store
+        #: The driver's own connection (``sqlite3.Connection`` / ``psycopg.Connection``).
+        self.connection = connection
+        self._native = connection if native is None else native
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._native, name)
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._store.dialect
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        """Run one statement (``?`` placeholders) in the transaction."""
+        return self._store._exec(sql, params)
+
+    def __repr__(self) -> str:
+        return f"<transaction on a {self.dialect} log>"
+
+
+class Log:
+    """
+    The half of a store that is the same on every database, written once over a
+    small driver: reads (payments, streams, inputs, timelines, heads, counts),
+    consumers, leases, the reconciliation queue, hints and orders, and the
+    repair that replay writes. Each store (SQLite, PostgreSQL) mixes this in and
+    supplies ``dialect``, ``_exec`` (one portable statement on its connection),
+    ``_read`` (a read, its errors translated) and ``_retrying`` (a write
+    transaction, retried when the database asks); it keeps only its connection
+    handling, its concurrency and its dialect.
+    """
+
+    #: Whether the statements may name SQLite's partial indexes of hints
+    #: (``INDEXED BY``): a current SQLite log; never PostgreSQL.
+    hints_indexed: bool = False
+
+    # ------------------------------------------------------------------ reads
+
+    def _settle(self, rows: Sequence[Any]) -> None:
+        """Make rows just read durable before they are handed out (a store may need to)."""
+
+    def _load(self: _Driven, payment_id: str) -> Payment | None:
+        row = self._exec(_sql.LOOKUP, (payment_id,)).fetchone()
+        return _rows.payment_from_row(row) if row else None
+
+    def _rows(self: _Driven, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self._exec(sql, params).fetchall())
+
+    def get(self: _Driven, payment_id: str) -> Payment | None:
+        """The current state of a payment, or ``None``."""
+        return self._read(lambda: self._load(payment_id))
+
+    def find(self: _Driven, id_: str) -> Payment | None:
+        """A payment by payment id, else by charge id, or ``None``."""
+
+        def work() -> Payment | None:
+            found = self._load(id_)
+            if found is None:
+                row = self._exec(_sql.LOOKUP_CHARGE, (id_,)).fetchone()
+                found = _rows.payment_from_row(row) if row else None
+            return found
+
+        return self._read(work)
+
+    def query(self: _Driven, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """
+        Run one read-only ``SELECT`` written with ``?`` placeholders (values only
+        as ``params``, never in ``sql``) and return its rows. The incident
+        queries of ``kplus-fsm`` use it.
+
+        Raises:
+            ValueError: ``sql`` is not a ``SELECT`` (or ``WITH`` ... ``SELECT``).
+            StoreError: the read failed.
+        """
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            raise ValueError("query() runs SELECT statements only")
+        return self._read(lambda: self._rows(sql, params))
+
+    def stream(self: _Driven, payment_id: str, *, until: str | None = None) -> list[StoredEvent]:
+        """A payment's events in order (only those recorded at or before ``until``)."""
+        if until is None:
+            rows = self._read(lambda: self._rows(_sql.STREAM, (payment_id,)))
+        else:
+            rows = self._read(lambda: self._rows(_sql.STREAM_UNTIL, (payment_id, until)))
+        return [_rows.event_from_row(r) for r in rows]
+
+    def iter_events(self: _Driven, after: int = 0, *, batch: int = 1000) -> Iterator[StoredEvent]:
+        """
+        Every event after global position ``after``, in order, streamed in
+        batches. Every event handed out is durable (a consumer may act on it).
+        """
+        while True:
+            rows = self._read(partial(self._rows, _sql.EVENTS_AFTER, (after, batch)))
+            if rows:
+                self._settle(rows)
+            for row in rows:
+                yield _rows.event_from_row(row)
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
+    def iter_inbox(self: _Driven, after: int = 0, *, batch: int = 1000) -> Iterator[InboxRow]:
+        """Every inbox row after id ``after``, in order, streamed in batches."""
+        while True:
+            rows = self._read(partial(self._rows, _sql.INBOX_AFTER, (after, batch)))
+            for row in rows:
+                yield _rows.inbox_row(row)
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
+    def inbox_for(self: _Driven, payment_id: str, *, until: str | None = None) -> list[InboxRow]:
+        """Every input attributed to a payment (its charge id's included), in order."""
+        if until is None:
+            rows = self._read(lambda: self._rows(_sql.INBOX_FOR_ALL, (payment_id, payment_id)))
+        else:
+            rows = self._read(
+                lambda: self._rows(_sql.INBOX_FOR_UNTIL, (payment_id, payment_id, until))
+            )
+        return [_rows.inbox_row(r) for r in rows]
+
+    def timeline(
+        self: _Driven, payment_id: str, *, until: str | None = None
+    ) -> list[TimelineEntry]:
+        """
+        Every input about a payment and every event it caused, interleaved in
+        commit order (each input followed by its events).
+        """
+        inbox_sql, events_sql = _audit.timeline_sql(until is not None)
+        bounds = [] if until is None else [until]
+
+        def work() -> list[TimelineEntry]:
+            return _audit.timeline_from_rows(
+                self._rows(inbox_sql, [payment_id, payment_id, *bounds]),
+                self._rows(events_sql, [payment_id, *bounds]),
+            )
+
+        return self._read(work)
+
+    def is_empty(self: _Driven) -> bool:
+        """Whether the log holds no row at all (a target ``migrate-log`` may fill)."""
+        return not self._read(lambda: self._rows(_sql.ANY_ROW))
+
+    def counts(self: _Driven) -> dict[str, int]:
+        """Row counts of the log's tables."""
+        row = self._read(lambda: self._rows(_sql.COUNTS))[0]
+        return {"inbox": int(row[0]), "events": int(row[1]), "payments": int(row[2])}
+
+    def _heads(self: _Driven) -> Heads:
+        return _rows.heads_from_row(self._exec(_sql.HEADS).fetchone())
+
+    def head(self: _Driven) -> dict[str, Any]:
+        """The position and hash of the last inbox row and the last event."""
+        heads = self._read(lambda: Log._heads(self))
+        return {
+            "inbox_id": heads.inbox_id,
+            "inbox_hash": heads.inbox_hash,
+            "event_position": heads.position,
+            "event_hash": heads.events_hash,
+        }
+
+    def _verify_rows(self: _Driven, table: str, after: int) -> list[tuple[Any, ...]]:
+        """A batch of ``table``'s hashed columns and hashes after a key (verify's reads)."""
+        sql = _audit.VERIFY_INBOX_SQL if table == "inbox" else _audit.VERIFY_EVENTS_SQL
+        return self._read(lambda: self._rows(sql, (after,)))
+
+    def _repair(self: _Driven, rebuilt: Sequence[Payment], orphans: Sequence[str]) -> None:
+        """Write replay's repair: the rebuilt projection rows, the orphans removed."""
+
+        def fix() -> None:
+            for payment in rebuilt:
+                self._exec(_sql.UPSERT_PAYMENT, _rows.payment_to_row(payment))
+            for orphan in orphans:
+                self._exec(_sql.DELETE_PAYMENT, (orphan,))
+
+        self._retrying(fix)
+
+    # ------------------------------------------------------------------ consumers
+
+    def consumer_position(self: _Driven, name: str) -> int:
+        """The last event position the named consumer has processed (0: none)."""
+        row = self._read(lambda: self._exec(_sql.CONSUMER_POSITION, (name,)).fetchone())
+        return int(row[0]) if row else 0
+
+    def set_consumer_position(self: _Driven, name: str, position: int, *, now: str) -> None:
+        """Record the consumer's progress (inside the caller's transaction, if any)."""
+        self._read(lambda: self._exec(_sql.SET_CONSUMER_POSITION, (name, position, now)))
+
+    # ------------------------------------------------------- operational state
 
     def acquire_lease(
         self: _Driven, name: str, holder: str, *, now: str, expires_at: str
@@ -410,12 +614,7 @@ class Operations:
                     f"consumer {name!r} lost its lease (token {lease.token}); "
                     "its position was not advanced"
                 )
-            self._exec(
-                "INSERT INTO consumers (name, position, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET position = excluded.position, "
-                "updated_at = excluded.updated_at",
-                (name, position, now),
-            )
+            self._exec(_sql.SET_CONSUMER_POSITION, (name, position, now))
 
         self._retrying(work)
 
@@ -425,7 +624,11 @@ class Operations:
         """Accepted webhooks not followed by a read of their charge, oldest first."""
         return self._read(
             lambda: unresolved_hints(
-                self._exec, after=after, limit=limit, charge_id=charge_id, dialect=self.dialect
+                self._exec,
+                after=after,
+                limit=limit,
+                charge_id=charge_id,
+                indexed=self.hints_indexed,
             )
         )
 
@@ -468,10 +671,10 @@ class Operations:
 
 __all__ = [
     "Check",
-    "Cursor",
     "Execute",
     "Lease",
-    "Operations",
+    "Log",
+    "LogTransaction",
     "UnresolvedHint",
     "acquire_lease",
     "check_attempts",

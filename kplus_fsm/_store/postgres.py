@@ -26,28 +26,34 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
-from . import _audit, _codec, _schema_pg
-from ._audit import timeline_sql
-from ._machine import Decision
-from ._model import Outcome, Payment, StoredEvent
-from ._ops import Cursor, Operations
-from ._rows import INBOX_COLUMNS, Heads, InboxDraft, InboxRow, Plan, Recorded, plan
-from ._store import ReplayReport, TimelineEntry, VerifyReport
-from ._urls import redact, scrub
-from .exceptions import (
+from .._machine import Decision
+from .._model import Outcome, Payment, ReasonCode
+from ..exceptions import (
     ConcurrencyError,
     PostgresUnavailableError,
     SchemaVersionError,
     StoreError,
 )
+from ..failpoints import failpoint
+from ..typing import Cursor, RecordItem, Transaction
+from . import _audit, _rows, _schema_pg, _sql
+from ._group_commit import GroupCommit, Pending
+from ._log import Log, LogTransaction
+from ._reports import ReplayReport, VerifyReport
+from ._rows import Heads, InboxDraft, Plan, Recorded, plan
+from ._schema_sqlite import LEGACY_REASON_CODE
+from ._urls import redact, scrub
+from ._write_cache import Staged
 
 if TYPE_CHECKING:
     import psycopg
@@ -62,9 +68,21 @@ MIGRATION_LOCK: Final = CHAIN_LOCK + 1
 
 _MAX_ATTEMPTS: Final = 20
 _BATCH: Final = 2000
+#: The payments of a batch, by id and by charge id (one statement each, arrays bound).
+_PAYMENTS_IN: Final = (
+    f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments WHERE payment_id = ANY(%s)"
+)
+_CHARGES_IN: Final = (
+    f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments WHERE charge_id = ANY(%s)"
+    " ORDER BY created_at"
+)
 #: SQLSTATEs retried: serialization_failure, deadlock_detected.
 _RETRY_SQLSTATES: Final = frozenset({"40001", "40P01"})
 _VERSION_CONSTRAINT: Final = "events_stream_version"
+
+
+class _RowRefused(StoreError):
+    """The database refused a row (a constraint): the batch is written again input by input."""
 
 
 def _psycopg() -> Any:
@@ -76,6 +94,7 @@ def _psycopg() -> Any:
     return psycopg
 
 
+@functools.lru_cache(maxsize=1024)
 def to_pg(sql: str) -> str:
     """
     A statement written with ``?`` placeholders (SQLite's style) in psycopg's
@@ -102,6 +121,11 @@ def to_pg(sql: str) -> str:
             out.append(ch)
     return "".join(out)
 
+
+#: ``copy_rows``'s statement per table ``migrate-log`` copies, built once.
+_COPY_SQL: Final = {
+    table: f"COPY {table} ({', '.join(columns)}) FROM STDIN" for table, columns in _rows.COPIED
+}
 
 #: The reason recorded for an input holding U+0000, which PostgreSQL text cannot store.
 NUL_REASON: Final = (
@@ -135,38 +159,7 @@ def _storable(draft: InboxDraft) -> InboxDraft:
     )
 
 
-_COLS_INBOX: Final = ", ".join(INBOX_COLUMNS)
-_COLS_EVENTS: Final = ", ".join(_codec.EVENT_COLUMNS)
-_COLS_PAYMENTS: Final = ", ".join(_codec.PAYMENT_COLUMNS)
-
-
-_VERIFY_INBOX_SQL: Final = _audit.VERIFY_INBOX_TEMPLATE.format(p="%s")
-_VERIFY_EVENTS_SQL: Final = _audit.VERIFY_EVENTS_TEMPLATE.format(p="%s")
-
-_HEADS_SQL: Final = (
-    "SELECT i.id, i.hash, e.position, e.hash FROM (SELECT 1) AS one"
-    " LEFT JOIN (SELECT id, hash FROM inbox ORDER BY id DESC LIMIT 1) AS i ON true"
-    " LEFT JOIN (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1)"
-    " AS e ON true"
-)
-
-
-def _heads_of(row: tuple[Any, ...] | None) -> Heads:
-    """The chain heads from a row of :data:`_HEADS_SQL`."""
-    assert row is not None
-    return Heads(
-        inbox_id=row[0] or 0,
-        inbox_hash=row[1] or _codec.GENESIS,
-        position=row[2] or 0,
-        events_hash=row[3] or _codec.GENESIS,
-    )
-
-
-def _placeholders(n: int) -> str:
-    return ", ".join(["%s"] * n)
-
-
-class PostgresStore(Operations):
+class PostgresStore(Log):
     """
     The event log in a PostgreSQL database.
 
@@ -178,6 +171,17 @@ class PostgresStore(Operations):
             no migrations; writes fail.
         connect_timeout: seconds to wait for the server when connecting.
         application_name: shown in ``pg_stat_activity``.
+        shared_flush: commit the chain's transaction without waiting for the
+            WAL flush, so the chain lock is released at once, and confirm
+            durability with a following synchronous transaction before the
+            caller is answered (default). The ``fsync`` is then shared by the
+            writers of every process instead of being waited for under the
+            lock, one writer at a time. No acknowledged input can be lost: the
+            WAL is replayed in order, and the confirming commit lies after the
+            chain's. ``False``: every chain commit waits for its own flush.
+        max_batch: the most inputs one group commit holds.
+        group_wait: the longest a commit waits (seconds) for the inputs of other
+            threads that have been recording lately; 0 disables the wait.
 
     Raises:
         PostgresUnavailableError: psycopg is not installed.
@@ -196,8 +200,17 @@ class PostgresStore(Operations):
         read_only: bool = False,
         connect_timeout: float = 10.0,
         application_name: str = "kplus_fsm",
+        shared_flush: bool = True,
+        max_batch: int = 256,
+        group_wait: float = 0.001,
     ) -> None:
         self._pg = _psycopg()
+        self.shared_flush = shared_flush
+        # Group commit: inputs queued while a leader thread commits go in its next batch.
+        self._group = GroupCommit(self._commit_batch, max_batch=max_batch, group_wait=group_wait)
+        #: Write transactions committed and inputs they held (group commit: inputs >= commits).
+        self.commits = 0
+        self.committed_inputs = 0
         self._url = url
         #: Where the log is, safe to print (the password replaced by ``***``).
         self.location = redact(url)
@@ -206,7 +219,7 @@ class PostgresStore(Operations):
         self._connect_timeout = connect_timeout
         self._application_name = application_name
         self._lock = threading.RLock()
-        self._needs_shim = False  # an old log read here needs the shim (see _shim_old_schema)
+        self._shims: tuple[str, ...] = ()  # what an old log read here needs (_shim_old_schema)
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._conn = self._connect()
         try:
@@ -222,24 +235,6 @@ class PostgresStore(Operations):
             if isinstance(exc, self._pg.Error):
                 raise StoreError(f"cannot open the event log: {self._scrub(exc)}") from None
             raise
-        self._lookup_sql = f"SELECT {_COLS_PAYMENTS} FROM payments WHERE payment_id = %s"
-        self._lookup_charge_sql = (
-            f"SELECT {_COLS_PAYMENTS} FROM payments WHERE charge_id = %s "
-            "ORDER BY created_at LIMIT 1"
-        )
-        self._insert_inbox_sql = (
-            f"INSERT INTO inbox ({_COLS_INBOX}) VALUES ({_placeholders(len(INBOX_COLUMNS))})"
-        )
-        self._insert_event_sql = (
-            f"INSERT INTO events ({_COLS_EVENTS}) "
-            f"VALUES ({_placeholders(len(_codec.EVENT_COLUMNS))})"
-        )
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _codec.PAYMENT_COLUMNS[1:])
-        self._upsert_payment_sql = (
-            f"INSERT INTO payments ({_COLS_PAYMENTS}) "
-            f"VALUES ({_placeholders(len(_codec.PAYMENT_COLUMNS))}) "
-            f"ON CONFLICT (payment_id) DO UPDATE SET {updates}"
-        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -248,28 +243,47 @@ class PostgresStore(Operations):
 
     def _shim_old_schema(self) -> None:
         """
-        Let a log opened read-only before migration ``0003_followup`` answer like
-        a current one: a temporary view (this session only, nothing written to
-        the database) gives its ``payments`` the later column, empty. PostgreSQL
-        binds the view's ``payments`` to the table when the view is created, so
-        the view shadows the table without naming its schema.
+        Let a log opened read-only before a later migration answer like a
+        current one: temporary views (this session only, nothing written to the
+        database) give its ``payments`` the column of ``0003_followup`` (empty)
+        and its ``inbox`` the ``reason_code`` of ``0004_reason_code``
+        (classified as that migration would). PostgreSQL binds a view's table
+        when the view is created, so the view shadows the table without naming
+        its schema.
         """
-        row = self.conn.execute(
-            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
-            " AND table_name = 'payments' AND column_name = 'order_ref'"
-        ).fetchone()
-        if row is not None:
-            return
-        self._needs_shim = True
+        present = {
+            (table, column)
+            for table, column in self.conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema()"
+                " AND column_name IN ('order_ref', 'reason_code')"
+            ).fetchall()
+        }
+        self._shims = tuple(
+            statement
+            for needed, statement in (
+                (
+                    ("payments", "order_ref"),
+                    "CREATE TEMP VIEW payments AS"
+                    " SELECT *, CAST(NULL AS TEXT) AS order_ref FROM payments",
+                ),
+                (
+                    ("inbox", "reason_code"),
+                    "CREATE TEMP VIEW inbox AS SELECT *, "
+                    + LEGACY_REASON_CODE.format(like="ILIKE")
+                    + " AS reason_code FROM inbox",
+                ),
+            )
+            if needed not in present
+        )
         self._apply_shim(self.conn)
 
     def _apply_shim(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-        if not self._needs_shim:
+        if not self._shims:
             return
         conn.execute("SET default_transaction_read_only = off")
-        conn.execute(
-            "CREATE TEMP VIEW payments AS SELECT *, CAST(NULL AS TEXT) AS order_ref FROM payments"
-        )
+        for statement in self._shims:
+            conn.execute(statement)
         conn.execute("SET default_transaction_read_only = on")
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
@@ -407,7 +421,7 @@ class PostgresStore(Operations):
                 elif state == "23505" and constraint == _VERSION_CONSTRAINT:
                     last = ConcurrencyError(f"stream version taken: {self._scrub(exc)}")
                 elif state is not None and state.startswith("23"):
-                    raise StoreError(f"event log write refused: {self._scrub(exc)}") from exc
+                    raise _RowRefused(f"event log write refused: {self._scrub(exc)}") from exc
                 else:
                     raise StoreError(f"event log write failed: {self._scrub(exc)}") from exc
             time.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
@@ -418,14 +432,13 @@ class PostgresStore(Operations):
             f"the event log write kept failing through {_MAX_ATTEMPTS} attempts"
         ) from last
 
-    def write_transaction(self, work: Callable[[Any], T]) -> T:
+    def write_transaction(self, work: Callable[[Transaction], T]) -> T:
         """
-        Run ``work(conn)`` inside one write transaction (holding the chain lock;
-        retried on serialization failures). ``conn`` is the store's
-        ``psycopg.Connection``: a handler may run its own statements on it (with
-        ``%s`` placeholders), and they commit together with the consumer's position.
+        Run ``work(transaction)`` inside one write transaction (holding the chain
+        lock; retried on serialization failures): its statements commit together
+        with the consumer's position.
         """
-        return self._retrying(lambda: work(self.conn))
+        return self._retrying(lambda: work(LogTransaction(self, self.conn)))
 
     # --------------------------------------------------------------------- writes
 
@@ -443,51 +456,200 @@ class PostgresStore(Operations):
         ``payment_id``, else by ``charge_id``), let ``decide`` decide, and write
         the inbox row, the events and the projection in one transaction.
 
-        Raises:
-            StoreError: nothing was written.
-        """
-        return self._retrying(
-            lambda: self._record(
-                draft, decide, now=now, payment_id=payment_id, charge_id=charge_id
-            ),
-            pipeline=True,
-        )
+        Group commit: inputs recorded by several threads at once share one
+        transaction (one trip to the chain lock); each is decided on the state
+        the ones before it left. This call returns only once its input is
+        durable (see :attr:`shared_flush`).
 
-    def record_many(
-        self,
-        items: Sequence[
-            tuple[InboxDraft, Callable[[Payment | None], Decision], str, str | None, str | None]
-        ],
-    ) -> list[Recorded | Exception]:
+        Raises:
+            StoreError: nothing was written for this input (or, if the
+                connection was lost after the commit, its durability is not
+                known: recording it again is deduplicated).
         """
-        Record several inputs in one transaction, in order (each in a savepoint:
-        an input that fails, its own error in the list, leaves the others).
-        Each item is ``(draft, decide, now, payment_id, charge_id)``.
+        item = RecordItem(
+            draft=draft, decide=decide, now=now, payment_id=payment_id, charge_id=charge_id
+        )
+        return self._group.submit(Pending(item))
+
+    def record_many(self, items: Sequence[RecordItem]) -> list[Recorded | Exception]:
+        """
+        Record several inputs in one transaction, in order. An input that fails
+        (its own error, in the list) leaves the others alone.
 
         Raises:
             StoreError: nothing was written (the commit itself failed).
         """
+        batch = [Pending(item) for item in items]
+        if batch:
+            self._commit_batch(batch)
+        return [p.result if p.result is not None else p.failure() for p in batch]
 
-        def work() -> list[Recorded | Exception]:
-            out: list[Recorded | Exception] = []
-            for draft, decide, now, payment_id, charge_id in items:
+    @property
+    def max_batch(self) -> int:
+        """The most inputs one group commit holds."""
+        return self._group.max_batch
+
+    def _commit_batch(self, batch: list[Pending]) -> None:
+        """
+        Commit ``batch`` in one transaction under the chain lock and hand each
+        item its result. Fast path: one round trip for the reads, one for the
+        writes and the commit. If the database refuses a row of a batch of
+        several, the transaction is rolled back and the batch written again
+        input by input, each in a savepoint, so only the input at fault fails.
+        Then, with :attr:`shared_flush`, the flush that makes the commit durable.
+        """
+        with self._lock:
+            try:
                 try:
-                    with self.conn.transaction():
-                        out.append(
-                            self._record(
-                                draft, decide, now=now, payment_id=payment_id, charge_id=charge_id
-                            )
-                        )
-                except self._pg.Error as exc:
-                    out.append(StoreError(f"event log write refused: {self._scrub(exc)}"))
-                except Exception as exc:
-                    out.append(exc)
-            return out
+                    self._retrying(partial(self._write_fast, batch), pipeline=True)
+                except _RowRefused:
+                    if len(batch) == 1:
+                        raise
+                    self._retrying(partial(self._write_careful, batch))
+                if self.shared_flush:
+                    failpoint("postgres.before_flush")
+                    self._flush_wal()
+            except BaseException as exc:
+                for p in batch:
+                    p.result = None
+                    p.error = exc
+                    p.done = True
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            self.commits += 1
+            self.committed_inputs += sum(p.result is not None for p in batch)
+            for p in batch:
+                p.done = True
 
-        return self._retrying(work) if items else []
+    def _begin_chain(self) -> None:
+        """The statements a chain transaction starts with, after the lock."""
+        if self.shared_flush:
+            # The chain's COMMIT does not wait for the WAL flush (the lock is
+            # released at once); _flush_wal waits for it before anyone is told.
+            self.conn.execute("SET LOCAL synchronous_commit = off")
 
-    def _heads(self) -> Heads:
-        return _heads_of(self.conn.execute(_HEADS_SQL).fetchone())
+    def _flush_wal(self) -> None:
+        """
+        Return once the WAL is flushed past every commit made before this call.
+
+        A transaction that takes a transaction id commits with a commit record
+        of its own and, at the session's ``synchronous_commit`` (``on`` unless
+        the server is configured otherwise), waits for the WAL flush up to that
+        record, which lies after the chain commit before it. Flushes requested
+        by several processes at once are served by one ``fsync`` (the server's
+        group flush).
+        """
+        pg = self._pg
+        try:
+            self.conn.execute("SELECT pg_current_xact_id()")
+        except pg.Error as exc:
+            raise StoreError(
+                "the event log committed but its durability was not confirmed "
+                f"(recording the input again is deduplicated): {self._scrub(exc)}"
+            ) from None
+
+    def _settle(self, rows: Sequence[Any]) -> None:
+        """
+        With :attr:`shared_flush`, rows another writer committed may be visible
+        a moment before they are durable: flush before they are handed out, so
+        that no consumer acts on an event a server crash could still take back.
+        """
+        if self.shared_flush and not self.read_only:
+            self._read(self._flush_wal)
+
+    def _write_fast(self, batch: list[Pending]) -> None:
+        conn = self.conn
+        self._begin_chain()
+        payment_ids = sorted({p.item.payment_id for p in batch if p.item.payment_id is not None})
+        charge_ids = sorted({p.item.charge_id for p in batch if p.item.charge_id is not None})
+        # Queue every read before the first fetch: one round trip in pipeline mode.
+        by_id = conn.execute(_PAYMENTS_IN, (payment_ids,)) if payment_ids else None
+        by_charge = conn.execute(_CHARGES_IN, (charge_ids,)) if charge_ids else None
+        at_heads = conn.execute(to_pg(_sql.HEADS))
+        known: dict[str, Payment] = {}
+        owners: dict[str, str] = {}  # charge id -> the first payment holding it
+        for cursor in (by_id, by_charge):
+            for row in cursor.fetchall() if cursor is not None else ():
+                payment = _rows.payment_from_row(row)
+                known[payment.payment_id] = payment
+                if cursor is by_charge and payment.charge_id is not None:
+                    owners.setdefault(payment.charge_id, payment.payment_id)
+        heads = _rows.heads_from_row(at_heads.fetchone())
+        staged = Staged()
+        inbox_rows: list[tuple[Any, ...]] = []
+        event_rows: list[tuple[Any, ...]] = []
+        for pending in batch:
+            pending.result = pending.error = None
+            item = pending.item
+            before = None
+            if item.payment_id is not None:
+                before = staged.payments.get(item.payment_id) or known.get(item.payment_id)
+            if before is None and item.charge_id is not None:
+                owner = staged.charges.get(item.charge_id) or owners.get(item.charge_id)
+                if owner is not None:
+                    before = staged.payments.get(owner) or known.get(owner)
+            try:
+                planned = self._plan(item, before, heads)
+            except Exception as exc:  # the decision failed: nothing of this input is written
+                pending.error = exc
+                continue
+            inbox_rows.append(planned.inbox_row)
+            event_rows.extend(planned.event_rows)
+            staged.add(planned)
+            heads = planned.heads
+            pending.result = planned.recorded
+        with conn.cursor() as cur:
+            if inbox_rows:
+                cur.executemany(to_pg(_sql.INSERT_INBOX), inbox_rows)
+            if event_rows:
+                cur.executemany(to_pg(_sql.INSERT_EVENT), event_rows)
+            if staged.rows:
+                cur.executemany(to_pg(_sql.UPSERT_PAYMENT), list(staged.rows.values()))
+
+    def _write_careful(self, batch: list[Pending]) -> None:
+        self._begin_chain()
+        for pending in batch:
+            pending.result = pending.error = None
+            item = pending.item
+            try:
+                with self.conn.transaction():  # a savepoint: this input's rows, or none
+                    pending.result = self._record(
+                        item.draft,
+                        item.decide,
+                        now=item.now,
+                        payment_id=item.payment_id,
+                        charge_id=item.charge_id,
+                    )
+            except self._pg.Error as exc:
+                pending.error = StoreError(f"event log write refused: {self._scrub(exc)}")
+            except Exception as exc:
+                pending.error = exc
+
+    def _plan(self, item: RecordItem, before: Payment | None, heads: Heads) -> Plan:
+        """The rows of one input (an input holding NUL recorded refused, see NUL_REASON)."""
+        decision = item.decide(before)
+        ids = {"payment_id": item.payment_id, "charge_id": item.charge_id}
+        planned = plan(item.draft, decision, before, heads, now=item.now, **ids)
+        if not _holds_nul(planned):
+            return planned
+        # PostgreSQL text cannot hold U+0000 (SQLite can). Record the input
+        # anyway, refused, its body kept exactly as base64 of its UTF-8 bytes.
+        return plan(
+            _storable(item.draft),
+            Decision(
+                outcome=Outcome.REJECTED,
+                reason=NUL_REASON,
+                payment_id=_nul_free(decision.payment_id or item.payment_id),
+                charge_id=_nul_free(decision.charge_id or item.charge_id),
+                reason_code=ReasonCode.MALFORMED,
+            ),
+            before,
+            heads,
+            now=item.now,
+            payment_id=None,
+            charge_id=None,
+        )
 
     def _record(
         self,
@@ -498,45 +660,28 @@ class PostgresStore(Operations):
         payment_id: str | None,
         charge_id: str | None,
     ) -> Recorded:
+        """One input, inside the open transaction (the careful path)."""
         conn = self.conn
-        # Queue every read before the first fetch: one round trip in pipeline mode.
-        by_id = conn.execute(self._lookup_sql, (payment_id,)) if payment_id is not None else None
+        by_id = conn.execute(to_pg(_sql.LOOKUP), (payment_id,)) if payment_id is not None else None
         by_charge = (
-            conn.execute(self._lookup_charge_sql, (charge_id,)) if charge_id is not None else None
+            conn.execute(to_pg(_sql.LOOKUP_CHARGE), (charge_id,)) if charge_id is not None else None
         )
-        at_heads = conn.execute(_HEADS_SQL)
+        at_heads = conn.execute(to_pg(_sql.HEADS))
         row = by_id.fetchone() if by_id is not None else None
         if row is None and by_charge is not None:
             row = by_charge.fetchone()
-        before = _codec.payment_from_row(row) if row else None
-        heads = _heads_of(at_heads.fetchone())
-        decision = decide(before)
-        planned = plan(
-            draft, decision, before, heads, now=now, payment_id=payment_id, charge_id=charge_id
+        before = _rows.payment_from_row(row) if row else None
+        heads = _rows.heads_from_row(at_heads.fetchone())
+        item = RecordItem(
+            draft=draft, decide=decide, now=now, payment_id=payment_id, charge_id=charge_id
         )
-        if _holds_nul(planned):
-            # PostgreSQL text cannot hold U+0000 (SQLite can). Record the input
-            # anyway, refused, its body kept exactly as base64 of its UTF-8 bytes.
-            planned = plan(
-                _storable(draft),
-                Decision(
-                    outcome=Outcome.REJECTED,
-                    reason=NUL_REASON,
-                    payment_id=_nul_free(decision.payment_id or payment_id),
-                    charge_id=_nul_free(decision.charge_id or charge_id),
-                ),
-                before,
-                heads,
-                now=now,
-                payment_id=None,
-                charge_id=None,
-            )
+        planned = self._plan(item, before, heads)
         with conn.cursor() as cur:
-            cur.execute(self._insert_inbox_sql, planned.inbox_row)
+            cur.execute(to_pg(_sql.INSERT_INBOX), planned.inbox_row)
             if planned.event_rows:
-                cur.executemany(self._insert_event_sql, planned.event_rows)
+                cur.executemany(to_pg(_sql.INSERT_EVENT), planned.event_rows)
             if planned.payment_row is not None:
-                cur.execute(self._upsert_payment_sql, planned.payment_row)
+                cur.execute(to_pg(_sql.UPSERT_PAYMENT), planned.payment_row)
         return planned.recorded
 
     # ---------------------------------------------------------------------- reads
@@ -548,140 +693,20 @@ class PostgresStore(Operations):
         except self._pg.Error as exc:
             raise StoreError(f"event log read failed: {self._scrub(exc)}") from None
 
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._read(lambda: self.conn.execute(sql, tuple(params)).fetchall())
-
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         """Run a portable statement (``?`` placeholders) on the connection."""
         return self.conn.execute(to_pg(sql), tuple(params))
-
-    def _load(self, payment_id: str) -> Payment | None:
-        row = self.conn.execute(self._lookup_sql, (payment_id,)).fetchone()
-        return _codec.payment_from_row(row) if row else None
-
-    def get(self, payment_id: str) -> Payment | None:
-        """The current state of a payment, or ``None``."""
-        return self._read(lambda: self._load(payment_id))
-
-    def find(self, id_: str) -> Payment | None:
-        """A payment by payment id, else by charge id, or ``None``."""
-
-        def work() -> Payment | None:
-            found = self._load(id_)
-            if found is None:
-                row = self.conn.execute(self._lookup_charge_sql, (id_,)).fetchone()
-                found = _codec.payment_from_row(row) if row else None
-            return found
-
-        return self._read(work)
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """
-        Run one read-only ``SELECT`` written with ``?`` placeholders (as for the
-        SQLite store: :func:`to_pg` translates them) and return its rows.
-
-        Raises:
-            ValueError: ``sql`` is not a ``SELECT`` (or ``WITH`` ... ``SELECT``).
-            StoreError: the read failed.
-        """
-        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
-            raise ValueError("query() runs SELECT statements only")
-        return self._rows(to_pg(sql), params)
-
-    def stream(self, payment_id: str, *, until: str | None = None) -> list[StoredEvent]:
-        """A payment's events in order (only those recorded at or before ``until``)."""
-        sql = f"SELECT {_COLS_EVENTS} FROM events WHERE stream = %s"
-        params: list[Any] = [payment_id]
-        if until is not None:
-            sql += " AND recorded_at <= %s"
-            params.append(until)
-        sql += " ORDER BY version"
-        return [_codec.event_from_row(r) for r in self._rows(sql, params)]
-
-    def iter_events(self, after: int = 0, *, batch: int = 1000) -> Iterator[StoredEvent]:
-        """Every event after global position ``after``, in order, streamed in batches."""
-        sql = f"SELECT {_COLS_EVENTS} FROM events WHERE position > %s ORDER BY position LIMIT %s"
-        while True:
-            rows = self._rows(sql, (after, batch))
-            for row in rows:
-                yield _codec.event_from_row(row)
-            if len(rows) < batch:
-                return
-            after = rows[-1][0]
-
-    def iter_inbox(self, after: int = 0, *, batch: int = 1000) -> Iterator[InboxRow]:
-        """Every inbox row after id ``after``, in order, streamed in batches."""
-        sql = f"SELECT {_COLS_INBOX} FROM inbox WHERE id > %s ORDER BY id LIMIT %s"
-        while True:
-            rows = self._rows(sql, (after, batch))
-            for row in rows:
-                yield InboxRow(**dict(zip(INBOX_COLUMNS, row, strict=True)))
-            if len(rows) < batch:
-                return
-            after = rows[-1][0]
-
-    def inbox_for(self, payment_id: str, *, until: str | None = None) -> list[InboxRow]:
-        """Every input attributed to a payment (its charge id included), in order."""
-        payment = self.get(payment_id)
-        charge_id = payment.charge_id if payment is not None else None
-        sql = (
-            f"SELECT {_COLS_INBOX} FROM inbox WHERE (payment_id = %s"
-            " OR (payment_id IS NULL AND charge_id = %s))"
-        )
-        params: list[Any] = [payment_id, charge_id]
-        if until is not None:
-            sql += " AND received_at <= %s"
-            params.append(until)
-        sql += " ORDER BY id"
-        return [
-            InboxRow(**dict(zip(INBOX_COLUMNS, r, strict=True))) for r in self._rows(sql, params)
-        ]
-
-    def timeline(self, payment_id: str, *, until: str | None = None) -> list[TimelineEntry]:
-        """
-        Every input about a payment and every event it caused, interleaved in
-        commit order (each input followed by its events).
-        """
-        inbox_sql, events_sql = timeline_sql(until is not None)
-        bounds = [] if until is None else [until]
-        return _audit.timeline_from_rows(
-            self._rows(to_pg(inbox_sql), [payment_id, payment_id, *bounds]),
-            self._rows(to_pg(events_sql), [payment_id, *bounds]),
-        )
-
-    def counts(self) -> dict[str, int]:
-        """Row counts of the log's tables."""
-        row = self._rows(
-            "SELECT (SELECT count(*) FROM inbox), (SELECT count(*) FROM events),"
-            " (SELECT count(*) FROM payments)"
-        )[0]
-        return {"inbox": int(row[0]), "events": int(row[1]), "payments": int(row[2])}
-
-    # ------------------------------------------------------------------ consumers
-
-    def consumer_position(self, name: str) -> int:
-        """The last event position the named consumer has processed (0: none)."""
-        rows = self._rows("SELECT position FROM consumers WHERE name = %s", (name,))
-        return int(rows[0][0]) if rows else 0
-
-    def set_consumer_position(self, name: str, position: int, *, now: str) -> None:
-        """Record the consumer's progress (inside the caller's transaction, if any)."""
-        with self._lock:
-            self.conn.execute(
-                "INSERT INTO consumers (name, position, updated_at) VALUES (%s, %s, %s) "
-                "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, "
-                "updated_at = EXCLUDED.updated_at",
-                (name, position, now),
-            )
 
     # --------------------------------------------------------------------- audit
 
     def triggers(self) -> dict[str, bool]:
         """The kplus_fsm triggers on ``inbox`` and ``events``: name -> enabled."""
-        rows = self._rows(
-            "SELECT t.tgname, t.tgenabled <> 'D' FROM pg_trigger t"
-            " WHERE NOT t.tgisinternal"
-            " AND t.tgrelid IN (to_regclass('inbox'), to_regclass('events'))"
+        rows = self._read(
+            lambda: self._rows(
+                "SELECT t.tgname, t.tgenabled <> 'D' FROM pg_trigger t"
+                " WHERE NOT t.tgisinternal"
+                " AND t.tgrelid IN (to_regclass('inbox'), to_regclass('events'))"
+            )
         )
         return {str(name): bool(enabled) for name, enabled in rows}
 
@@ -708,12 +733,8 @@ class PostgresStore(Operations):
                     elif disabled:
                         problem = f"append-only triggers disabled: {', '.join(disabled)}"
 
-                def fetch(table: str, after: int) -> list[tuple[Any, ...]]:
-                    sql = _VERIFY_INBOX_SQL if table == "inbox" else _VERIFY_EVENTS_SQL
-                    return self.conn.execute(sql, (after,)).fetchall()
-
                 return _audit.verify_chains(
-                    fetch, schema_version=version, problem=problem, progress=progress
+                    self._verify_rows, schema_version=version, problem=problem, progress=progress
                 )
             except self._pg.Error as exc:
                 raise StoreError(f"verify failed: {self._scrub(exc)}") from None
@@ -739,20 +760,11 @@ class PostgresStore(Operations):
                     with conn.transaction():
                         with conn.cursor(name="kplus_fsm_replay") as cur:
                             cur.itersize = _BATCH
-                            cur.execute(
-                                f"SELECT {_COLS_EVENTS} FROM events ORDER BY stream, version"
-                            )
+                            cur.execute(to_pg(_sql.EVENTS_BY_STREAM))
                             n_events, n_payments, differences, rebuilt = _audit.fold_streams(
                                 cur, self._load, progress=progress
                             )
-                        orphans = [
-                            str(r[0])
-                            for r in conn.execute(
-                                "SELECT payment_id FROM payments p WHERE NOT EXISTS"
-                                " (SELECT 1 FROM events e WHERE e.stream = p.payment_id)"
-                                " ORDER BY payment_id"
-                            )
-                        ]
+                        orphans = [str(r[0]) for r in conn.execute(to_pg(_sql.ORPHANS))]
                 finally:
                     if not conn.broken and not conn.closed:
                         conn.isolation_level = pg.IsolationLevel.READ_COMMITTED
@@ -760,15 +772,7 @@ class PostgresStore(Operations):
                 raise StoreError(f"replay failed: {self._scrub(exc)}") from None
         differences.extend(_audit.orphan_differences(orphans))
         if repair and (rebuilt or orphans):
-
-            def fix() -> None:
-                with self.conn.cursor() as cur:
-                    for p in rebuilt:
-                        cur.execute(self._upsert_payment_sql, _codec.payment_to_row(p))
-                    for o in orphans:
-                        cur.execute("DELETE FROM payments WHERE payment_id = %s", (o,))
-
-            self._retrying(fix)
+            self._repair(rebuilt, orphans)
         return ReplayReport(
             events=n_events,
             payments=n_payments,
@@ -776,36 +780,16 @@ class PostgresStore(Operations):
             repaired=repair and bool(differences),
         )
 
-    def head(self) -> dict[str, Any]:
-        """The position and hash of the last inbox row and the last event."""
-        heads = self._read(self._heads)
-        return {
-            "inbox_id": heads.inbox_id,
-            "inbox_hash": heads.inbox_hash,
-            "event_position": heads.position,
-            "event_hash": heads.events_hash,
-        }
-
     # ------------------------------------------------------------------- imports
-
-    def is_empty(self) -> bool:
-        """Whether the log holds no row at all (a target ``migrate-log`` may fill)."""
-        rows = self._rows(
-            "SELECT EXISTS (SELECT 1 FROM inbox) OR EXISTS (SELECT 1 FROM events)"
-            " OR EXISTS (SELECT 1 FROM payments) OR EXISTS (SELECT 1 FROM consumers)"
-        )
-        return not rows[0][0]
 
     def copy_rows(self, table: str, columns: Sequence[str], rows: Iterator[Sequence[Any]]) -> int:
         """
         Append ``rows`` to ``table`` verbatim with ``COPY``, inside the caller's
-        :meth:`write_transaction`. Used by ``kplus-fsm migrate-log``.
+        :meth:`write_transaction`; the number of rows. Used by ``kplus-fsm migrate-log``.
         """
+        _rows.check_copied(table, columns)
         n = 0
-        with (
-            self.conn.cursor() as cur,
-            cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
-        ):
+        with self.conn.cursor() as cur, cur.copy(_COPY_SQL[table]) as copy:
             for row in rows:
                 copy.write_row(row)
                 n += 1
