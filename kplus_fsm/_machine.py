@@ -503,7 +503,7 @@ def evolve(payment: Payment | None, event: StoredEvent) -> Payment:
     Fold one stored event into the payment: THE rule of what each event does
     to a payment, which live state (every write) and ``fold`` use. Replay folds
     a million events through a faster copy of it on plain dicts
-    (:func:`kplus_fsm._audit.apply_event`); a property test checks that the two
+    (:func:`kplus_fsm._store._audit.apply_event`); a property test checks that the two
     agree on any sequence of events.
 
     Raises:

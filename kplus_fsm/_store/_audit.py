@@ -327,7 +327,7 @@ def fold_streams(
     replay), else from ``load(payment_id)``, one lookup per payment.
 
     Each stream is folded into a dict of the payment's fields
-    (:func:`kplus_fsm._machine.apply_event`, the rule live state uses) and the
+    (:func:`kplus_fsm._machine.evolve`, the rule live state uses) and the
     :class:`Payment` is built once, at the end of the stream; a payment whose
     re-encoded row equals the stored row byte for byte is not decoded at all.
 
