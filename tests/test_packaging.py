@@ -42,19 +42,19 @@ class TestWheel:
         assert "absent from the `packages` configuration" not in proc.stderr, proc.stderr
         (wheel,) = tmp_path.glob("kplus_fsm-*.whl")
         names = set(zipfile.ZipFile(wheel).namelist())
-        for required in [
-            "kplus_fsm/__init__.py",
-            "kplus_fsm/py.typed",
-            "kplus_fsm/_machine.py",
-            "kplus_fsm/_store.py",
-            "kplus_fsm/cli/__init__.py",
-            "kplus_fsm/_server/__init__.py",
-            "kplus_fsm/adapters/__init__.py",
-            "kplus_fsm/adapters/_webhook_http.py",
-            "kplus_fsm/adapters/fake/__init__.py",
-            "kplus_fsm/adapters/fake/_account.py",
-            "kplus_fsm/adapters/fake/_routes.py",
-        ]:
+        # Every module of the source tree is in the wheel: a subpackage missing
+        # from pyproject's `packages` (kplus_fsm._store once was) fails here.
+        source = [
+            p.relative_to(ROOT).as_posix()
+            for p in (ROOT / "kplus_fsm").rglob("*.py")
+            if "adapters" not in p.relative_to(ROOT / "kplus_fsm").parts[:1]
+        ]
+        source += [
+            "kplus_fsm/adapters/" + p.relative_to(ROOT / "adapters").as_posix()
+            for p in (ROOT / "adapters").rglob("*.py")
+        ]
+        assert "kplus_fsm/_store/sqlite.py" in source
+        for required in [*source, "kplus_fsm/py.typed"]:
             assert required in names, required
         assert not any(n.startswith(("adapters/", "tests/", "docs/")) for n in names)
         meta = next(n for n in names if n.endswith(".dist-info/METADATA"))

@@ -195,9 +195,21 @@ class DbParam(_Param):
             path = os.fspath(sqlite_path(text))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
-        if any(len(part.encode("utf-8", "surrogateescape")) > 255 for part in Path(path).parts):
-            self.fail(f"a file name in {quoted(text)} is longer than 255 bytes", param, ctx)
+        if problem := _path_problem(Path(path)):
+            self.fail(f"{quoted(text)}: {problem}", param, ctx)
         return text
+
+
+def _path_problem(path: Path) -> str | None:
+    """Why no file system here can hold ``path`` (unencodable, a name over 255 bytes), if so."""
+    for part in path.parts:
+        try:
+            encoded = os.fsencode(part)
+        except UnicodeError:
+            return "a file name holds characters this system cannot encode"
+        if len(encoded) > 255:
+            return "a file name is longer than 255 bytes"
+    return None
 
 
 class OutputParam(_Param):
@@ -212,8 +224,8 @@ class OutputParam(_Param):
         if not text or "\x00" in text:
             self.fail(f"not a file name: {quoted(text)}", param, ctx)
         path = Path(text)
-        if any(len(part.encode("utf-8", "surrogateescape")) > 255 for part in path.parts):
-            self.fail(f"a file name in {quoted(text)} is longer than 255 bytes", param, ctx)
+        if problem := _path_problem(path):
+            self.fail(f"{quoted(text)}: {problem}", param, ctx)
         try:
             if path.is_dir():
                 self.fail(f"{quoted(text)} is a directory", param, ctx)

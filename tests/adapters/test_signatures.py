@@ -110,7 +110,7 @@ class TestVerifying:
     def test_outside_the_tolerance_genuine_is_stale(self, offset: int, reason: str) -> None:
         at = NOW + offset
         check = verify_signature(BODY, headers(by_hand(KEY, at, BODY), at), [SECRET], now=NOW)
-        assert check == SignatureCheck(False, reason, at, True)
+        assert check == SignatureCheck(False, reason, at, True, out_of_tolerance=True)
         assert check.stale
         assert DEFAULT_TOLERANCE == 300.0
 
