@@ -57,6 +57,13 @@ def test_partitions_lift_the_lock_ceiling_until_the_cores_bind() -> None:
     assert two_cores["cores_busy_fraction"] > 0.95
 
 
+def test_a_batch_spends_its_round_trips_once() -> None:
+    p = replace(BASE, batch=4)
+    hold = 2 * p.rtt_ms + 4 * p.cpu_locked_ms
+    out = sim.simulate(p, 64, seconds=2.0)
+    assert out["inputs_per_s"] == pytest.approx(4 * 1000 / hold, rel=0.02)
+
+
 def test_the_shared_flush_is_shared() -> None:
     out = sim.simulate(replace(BASE, partitions=16), 32, seconds=1.0)
     assert out["wal_flushes_per_input"] < 0.5
@@ -66,12 +73,22 @@ def test_calibration_reads_the_harness_output(tmp_path: Path) -> None:
     scaling = {
         "machine": {"cpus": 2},
         "probe": {"rtt_ms": 0.2, "flush_ms": 1.8},
-        "lock_probe": {"client_cpu_ms": 3.0, "client_cpu_locked_ms": 0.5},
+        "lock_probe": {"client_cpu_ms": 3.0, "client_cpu_locked_ms": 0.5, "lock_hold_ms": 0.7},
+        "lock_probe_threads": {
+            "client_cpu_ms": 2.0,
+            "client_cpu_locked_ms": 1.2,
+            "lock_hold_ms": 2.6,
+            "inputs_per_commit": 3.9,
+        },
         "ours": [{"processes": 1, "inputs_per_s": 200.0, "server_cpu_ms_per_input": 1.0}],
     }
     params = sim.params_from_scaling(scaling)
     assert params == sim.Params(
         rtt_ms=0.2, flush_ms=1.8, cpu_outside_ms=2.5, cpu_locked_ms=1.5, cores=2
+    )
+    batched = sim.params_from_scaling(scaling, batched=True)
+    assert batched == sim.Params(
+        rtt_ms=0.2, flush_ms=1.8, cpu_outside_ms=1.7, cpu_locked_ms=1.6, cores=2, batch=4
     )
     source = tmp_path / "scaling.json"
     source.write_text("table line\n" + json.dumps(scaling) + "\n")

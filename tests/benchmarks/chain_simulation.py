@@ -71,6 +71,9 @@ class Params:
     cores: int = 2
     partitions: int = 1
     head_every_ms: float = 1000.0
+    #: inputs per commit (group commit of a receiver's threads); the per-input CPU
+    #: is spent ``batch`` times, the round trips and the flush once
+    batch: int = 1
 
 
 @dataclass
@@ -176,9 +179,11 @@ class Simulation:
         p = self.p
         lock = self.locks[self._partition(receiver, k)]
 
+        b = p.batch
+
         def finished() -> None:
             if self.now <= self.end_ms:
-                self.done += 1
+                self.done += b
             self._input(receiver, k + 1)
 
         def released() -> None:
@@ -205,9 +210,9 @@ class Simulation:
                 rest = max(p.locked_round_trips - 1, 0) * p.rtt_ms
                 self._at(rest, after_writes)
 
-            self._at(p.rtt_ms, lambda: self._cpu(p.cpu_locked_ms, after_cpu))
+            self._at(p.rtt_ms, lambda: self._cpu(p.cpu_locked_ms * b, after_cpu))
 
-        self._cpu(p.cpu_outside_ms, lambda: self._acquire(lock, locked))
+        self._cpu(p.cpu_outside_ms * b, lambda: self._acquire(lock, locked))
 
     def _head(self) -> None:
         """The periodic signed head: each partition's lock for one round trip."""
@@ -241,6 +246,7 @@ class Simulation:
             "cores_busy_fraction": round(
                 min(self.cores.busy_ms / (self.end_ms * self.p.cores), 1.0), 3
             ),
+            "batch": self.p.batch,
             "wal_flushes_per_input": round(self.flushes / self.done, 3) if self.done else None,
         }
 
@@ -253,26 +259,32 @@ def simulate(params: Params, processes: int, seconds: float = SIM_SECONDS) -> di
 # --------------------------------------------------------------- calibration
 
 
-def params_from_scaling(out: dict[str, Any]) -> Params:
+def params_from_scaling(out: dict[str, Any], *, batched: bool = False) -> Params:
     """
     The per-input costs measured by pg_scaling.py (``--json``): the probe's round
-    trip and WAL flush; the lock probe's client CPU per input, split into the
-    part spent holding the chain lock (planning and hashing the rows, encoding
-    the statements) and the rest; the server's CPU per input of the one-process
-    run, counted under the lock (the inserts run while it is held).
+    trip and WAL flush; from the lock probe (one receiver alone; ``batched``: the
+    one with four threads, whose commits hold several inputs) the client's CPU
+    per input and the time one commit holds the chain lock. Under the lock, per
+    input: that hold less its round trip, spread over the inputs of the commit,
+    plus the server's CPU per input of the one-process run (all of it, reads and
+    the confirming transaction included: an overestimate of what the inserts
+    take while the lock is held).
     """
     probe = out["probe"]
-    lock = out["lock_probe"]
+    lock = out["lock_probe_threads" if batched else "lock_probe"]
     one = next(r for r in out["ours"] if r["processes"] == 1)
-    client = float(lock["client_cpu_ms"])
-    locked = float(lock["client_cpu_locked_ms"])
+    rtt = float(probe["rtt_ms"])
+    batch = max(1, round(float(lock.get("inputs_per_commit", 1.0))))
     server = float(one["server_cpu_ms_per_input"] or 0.0)
+    client = float(lock["client_cpu_ms"])
+    locked_client = float(lock["client_cpu_locked_ms"]) / batch
     return Params(
-        rtt_ms=float(probe["rtt_ms"]),
+        rtt_ms=rtt,
         flush_ms=float(probe["flush_ms"]),
-        cpu_outside_ms=round(max(client - locked, 0.0), 3),
-        cpu_locked_ms=round(locked + server, 3),
+        cpu_outside_ms=round(max(client - locked_client, 0.0), 3),
+        cpu_locked_ms=round(max(float(lock["lock_hold_ms"]) - rtt, 0.0) / batch + server, 3),
         cores=int(out["machine"]["cpus"] or 2),
+        batch=batch,
     )
 
 
@@ -359,6 +371,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cores", default="2,16")
     parser.add_argument("--seconds", type=float, default=SIM_SECONDS, help="simulated seconds")
     parser.add_argument("--own-flush", action="store_true", help="shared_flush=False")
+    parser.add_argument(
+        "--batched",
+        action="store_true",
+        help="calibrate from the lock probe with four threads (several inputs per commit)",
+    )
+    parser.add_argument("--rtt-ms", type=float, help="override the round trip (another network)")
+    parser.add_argument("--flush-ms", type=float, help="override the WAL flush (another disk)")
+    parser.add_argument(
+        "--cpu-locked-ms",
+        type=float,
+        help="override the CPU per input under the lock (a store that plans outside it)",
+    )
     parser.add_argument("--target", type=float, default=1000.0)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--svg", type=Path)
@@ -367,11 +391,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.from_json:
         lines = args.from_json.read_text().strip().splitlines()
         scaling = json.loads(lines[-1])
-        base = params_from_scaling(scaling)
+        base = params_from_scaling(scaling, batched=args.batched)
         measured = [(r["processes"], r["inputs_per_s"]) for r in scaling["ours"]]
     else:
         base = Params()
     base = replace(base, shared_flush=not args.own_flush)
+    for name in ("rtt_ms", "flush_ms", "cpu_locked_ms"):
+        value = getattr(args, name)
+        if value is not None:
+            base = replace(base, **{name: value})
     rows = grid(
         base, _ints(args.processes), _ints(args.partitions), _ints(args.cores), args.seconds
     )

@@ -547,15 +547,18 @@ def run_once(
 # ------------------------------------------------------------------------ probe
 
 
-def lock_probe(url: str, payments: int = 50) -> dict[str, float]:
+def lock_probe(url: str, payments: int = 50, threads: int = 1) -> dict[str, float]:
     """
-    One receiver alone, our side (shared flush): what a group commit holds the
-    chain lock for, seen from the client. The chain transaction (``_write_fast``:
-    ``BEGIN``, the lock, the reads, planning and hashing the rows, the writes, the
-    ``COMMIT``) is timed in wall time and in this process's CPU time; so is each
-    whole tracker call. With one receiver nothing waits for the lock, so
-    ``lock_hold_ms`` is its hold time plus about half a round trip, and
-    ``client_cpu_locked_ms`` the client's CPU spent holding it.
+    One receiver alone, our side (shared flush), with ``threads`` threads: what a
+    group commit holds the chain lock for, seen from the client. The chain
+    transaction's body (``_write_fast``: the lock and the reads, planning and
+    hashing the rows, queueing the writes; its ``COMMIT`` follows in the same
+    round trip as the writes) is timed in wall time and in the committing
+    thread's CPU time, with the inputs it held. With one receiver nothing waits
+    for the lock, so ``lock_hold_ms`` is about what one commit holds it for, less
+    the last round trip, and ``client_cpu_locked_ms`` the client's CPU meanwhile.
+    The whole tracker call is timed too (``input_wall_ms``, ``client_cpu_ms``: the
+    process's CPU per input).
     """
     from kplus_fsm import PostgresStore, Tracker
 
@@ -563,28 +566,44 @@ def lock_probe(url: str, payments: int = 50) -> dict[str, float]:
         store = PostgresStore(pgbench._with_db(url, db))
         held: list[float] = []
         held_cpu: list[float] = []
+        sizes: list[int] = []
         real = store._write_fast
 
-        def timed(batch: Any) -> None:
-            wall, cpu = time.perf_counter(), time.process_time()
+        def timed(batch: list[Any]) -> None:
+            wall, cpu = time.perf_counter(), time.thread_time()
             real(batch)
             held.append((time.perf_counter() - wall) * 1000)
-            held_cpu.append((time.process_time() - cpu) * 1000)
+            held_cpu.append((time.thread_time() - cpu) * 1000)
+            sizes.append(len(batch))
 
         store._write_fast = timed  # type: ignore[method-assign]
         walls: list[float] = []
-        cpus: list[float] = []
         with Tracker(store) as tracker:
-            for step in _workload.steps(payments, prefix="lp"):
-                wall, cpu = time.perf_counter(), time.process_time()
-                _ours.apply_step(tracker, step)
-                walls.append((time.perf_counter() - wall) * 1000)
-                cpus.append((time.process_time() - cpu) * 1000)
-    skip = min(8, len(walls) // 4)  # connection and first statements
+            lanes = [
+                _workload.steps(max(payments // threads, 2), prefix=f"lp{t}")
+                for t in range(threads)
+            ]
+
+            def lane(steps: list[Step]) -> None:
+                for step in steps:
+                    wall = time.perf_counter()
+                    _ours.apply_step(tracker, step)
+                    walls.append((time.perf_counter() - wall) * 1000)
+
+            cpu0 = time.process_time()
+            workers = [threading.Thread(target=lane, args=(steps,)) for steps in lanes]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            cpu = (time.process_time() - cpu0) * 1000
+    skip = min(8, len(held) // 4)  # connection and first statements
     return {
-        "inputs": len(walls) - skip,
-        "input_wall_ms": round(statistics.median(walls[skip:]), 3),
-        "client_cpu_ms": round(statistics.mean(cpus[skip:]), 3),
+        "threads": threads,
+        "inputs": len(walls),
+        "inputs_per_commit": round(sum(sizes[skip:]) / len(sizes[skip:]), 2),
+        "input_wall_ms": round(statistics.median(walls), 3),
+        "client_cpu_ms": round(cpu / len(walls), 3),
         "lock_hold_ms": round(statistics.median(held[skip:]), 3),
         "client_cpu_locked_ms": round(statistics.mean(held_cpu[skip:]), 3),
     }
@@ -674,6 +693,7 @@ def measure_scaling(
     say("probe: round trip and commit times")
     out["probe"] = probe(url, repeat=20 if smoke else 300)
     out["lock_probe"] = lock_probe(url, payments=4 if smoke else 50)
+    out["lock_probe_threads"] = lock_probe(url, payments=8 if smoke else 100, threads=4)
     unknown = [side for side in sides if side not in SIDES]
     if unknown:
         raise ValueError(f"unknown sides {unknown}: choose among {list(SIDES)}")
@@ -788,13 +808,16 @@ def table(out: dict[str, Any]) -> str:
             f"(synchronous_commit={pr['synchronous_commit']}), without the flush "
             f"{pr['commit_nosync_ms']} ms: flush {pr['flush_ms']} ms"
         )
-    lp = out.get("lock_probe") or {}
-    if lp:
-        lines.append(
-            f"one receiver alone: {lp['input_wall_ms']} ms per input, {lp['client_cpu_ms']} ms "
-            f"client CPU; the chain lock held {lp['lock_hold_ms']} ms per commit, of which "
-            f"{lp['client_cpu_locked_ms']} ms client CPU"
-        )
+    for key in ("lock_probe", "lock_probe_threads"):
+        lp = out.get(key) or {}
+        if lp:
+            lines.append(
+                f"one receiver alone, {lp['threads']} thread(s): {lp['input_wall_ms']} ms per "
+                f"input, {lp['client_cpu_ms']} ms client CPU per input; "
+                f"{lp['inputs_per_commit']} inputs per commit, the chain lock held "
+                f"{lp['lock_hold_ms']} ms per commit, of which {lp['client_cpu_locked_ms']} ms "
+                "client CPU"
+            )
     for side, d in (out.get("diagnoses") or {}).items():
         lines.append(_diagnosis_line(side, d))
     return "\n".join(lines)
