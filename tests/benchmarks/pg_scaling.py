@@ -4,12 +4,15 @@ How far one PostgreSQL log scales with the number of receivers: 1, 2, 4, 8,
 and :class:`~kplus_fsm.Tracker`, its own connection) recording the benchmark's
 realistic inputs (tests/benchmarks/_workload.py: four inputs per payment) for
 disjoint payments, all released together by a barrier, for a fixed time; the
-same for the peer (eventsourcing's PostgreSQL persistence, one ``save()`` per
-input, as tests/benchmarks/postgres.py measures it); and where the time goes at
-the ceiling.
+same with ``shared_flush=False`` (side ``ours_own_flush``: each chain commit
+waits for its own WAL flush under the lock) and for the peer (eventsourcing's
+PostgreSQL persistence, one ``save()`` per input, as
+tests/benchmarks/postgres.py measures it), the sides alternated at each N; and
+where the time goes at the ceiling. docs/scaling.md shows and explains a run.
 
     python tests/benchmarks/pg_scaling.py --postgres auto [--quick] [--threads T]
-        [--json] [--svg docs/img/pg-scaling.svg] [--no-peer] [--processes 1,2,4,8,16]
+        [--json] [--svg docs/img/pg-scaling.svg] [--no-peer] [--no-own-flush]
+        [--no-diagnosis] [--processes 1,2,4,8,16] [--target 1000]
     python tests/benchmarks/pg_scaling.py --url postgresql://USER@HOST:PORT/DB ...
 
 It measures whatever :class:`~kplus_fsm.PostgresStore` is installed: run it
@@ -38,7 +41,7 @@ the process's one store):
   role may turn ``track_wal_io_timing`` on for its database): from
   ``pg_stat_database`` and ``pg_stat_wal`` before and after the run.
 
-Where the time goes (``diagnosis``, on the 8-process run of our side, repeated
+Where the time goes (``diagnoses``, one per side: its 8-process run repeated
 with a sampler so that the headline figures are not disturbed by it): every
 20 ms the sampler reads ``pg_stat_activity`` and ``pg_locks`` from another
 database and records who holds the write lock (our advisory lock, the peer's
@@ -47,6 +50,9 @@ on the server, waiting for its client: a round trip or client-side work), and
 how many writers queue behind it. ``probe`` times the server's round trip
 (``SELECT 1``), a one-row commit at the server's ``synchronous_commit`` and the
 same with ``synchronous_commit = off``: their difference is the WAL flush.
+``lock_probe`` (one thread) and ``lock_probe_threads`` (four) run one receiver
+alone and time how long each commit holds the chain lock, how much of it is
+the client's CPU, and how many inputs a commit holds.
 
 ``measure_scaling(url, ...)`` returns the same figures as a dict; ``--json``
 prints it as one JSON object (last line of stdout).
