@@ -152,3 +152,45 @@ def test_events_are_durable_before_a_consumer_sees_them(pg_url: str, shared: boo
         store._flush_wal = counted  # type: ignore[method-assign]
         assert [e.stream for e in store.iter_events(batch=2)] == [f"pay-{i}" for i in range(5)]
         assert len(flushes) == (3 if shared else 0)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_an_answered_input_is_flushed(pg_url: str, shared: bool) -> None:
+    """
+    When ``record()`` returns, the server's WAL is flushed past the chain commit
+    (``pg_current_wal_flush_lsn()``, read on another connection, is at or past
+    the insert position read right after that commit). With the shared flush
+    this holds only because the confirming transaction writes WAL of its own: one
+    that merely takes a transaction id commits asynchronously.
+    """
+    with Tracker(PostgresStore(pg_url, shared_flush=shared)) as tracker:
+        store = tracker.store
+        assert isinstance(store, PostgresStore)
+        after_commit: list[str] = []
+        real = store._flush_wal
+
+        def marked() -> None:
+            row = store.conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+            assert row is not None
+            after_commit.append(str(row[0]))
+            real()
+
+        store._flush_wal = marked  # type: ignore[method-assign]
+        flushed: list[bool] = []
+        with psycopg.connect(pg_url, autocommit=True) as watcher:
+            for i in range(10):
+                tracker.request_payment(
+                    payment_id=f"pay-{i}", amount=10_000, return_uri="https://shop.example/r"
+                )
+                mark = after_commit[-1] if shared else None
+                if mark is None:  # own flush: the commit itself waited; its LSN is behind now
+                    row = watcher.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+                    assert row is not None
+                    mark = str(row[0])
+                row = watcher.execute(
+                    "SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn", (mark,)
+                ).fetchone()
+                assert row is not None
+                flushed.append(bool(row[0]))
+        assert len(after_commit) == (10 if shared else 0)
+        assert flushed == [True] * 10

@@ -76,6 +76,10 @@ _CHARGES_IN: Final = (
     f"SELECT {', '.join(_rows.PAYMENT_COLUMNS)} FROM payments WHERE charge_id = ANY(%s)"
     " ORDER BY created_at"
 )
+#: The shared flush (:meth:`PostgresStore._flush_wal`): a transactional logical
+#: decoding message (no table, no row, any ``wal_level``) takes a transaction id and
+#: writes WAL before its commit record, so its commit waits for the WAL flush.
+_FLUSH_SQL: Final = "SELECT pg_logical_emit_message(true, 'kplus_fsm.flush', '')"
 #: SQLSTATEs retried: serialization_failure, deadlock_detected.
 _RETRY_SQLSTATES: Final = frozenset({"40001", "40P01"})
 _VERSION_CONSTRAINT: Final = "events_stream_version"
@@ -533,16 +537,20 @@ class PostgresStore(Log):
         """
         Return once the WAL is flushed past every commit made before this call.
 
-        A transaction that takes a transaction id commits with a commit record
-        of its own and, at the session's ``synchronous_commit`` (``on`` unless
-        the server is configured otherwise), waits for the WAL flush up to that
-        record, which lies after the chain commit before it. Flushes requested
-        by several processes at once are served by one ``fsync`` (the server's
-        group flush).
+        The statement is a transaction that writes WAL of its own (a logical
+        decoding message of a few bytes, which takes a transaction id) and so
+        commits with a commit record that, at the session's
+        ``synchronous_commit`` (``on`` unless the server is configured
+        otherwise), waits for the WAL flush up to that record, which lies after
+        the chain commit before it. A transaction that only takes an id
+        (``SELECT pg_current_xact_id()``) is not enough: PostgreSQL commits a
+        transaction that wrote no WAL before its commit record asynchronously,
+        without the flush. Flushes requested by several processes at once are
+        served by one ``fsync`` (the server's group flush).
         """
         pg = self._pg
         try:
-            self.conn.execute("SELECT pg_current_xact_id()")
+            self.conn.execute(_FLUSH_SQL)
         except pg.Error as exc:
             raise StoreError(
                 "the event log committed but its durability was not confirmed "

@@ -6,9 +6,12 @@ on the same server, with the same inputs (tests/benchmarks/_workload.py).
 
     python tests/benchmarks/postgres.py --url postgresql://USER@HOST:PORT/DB
         [--quick] [--json] [--with-sqlite]
+    python tests/benchmarks/postgres.py --postgres auto [--quick] [--json]
 
 The role must be allowed to ``CREATE DATABASE``: each side gets fresh databases
-of its own, dropped at the end. What is measured:
+of its own, dropped at the end. ``--postgres auto`` starts a throwaway cluster
+from the installed server binaries (tests/pg.py, default settings) and stops it
+at the end. What is measured:
 
 - ``pg_append_per_s``: one producer, one input per transaction through the
   tracker (the machine decides; inbox row, events, projection and both hash
@@ -78,6 +81,28 @@ def _peer_env(url: str, dbname: str) -> dict[str, str]:
         "POSTGRES_PASSWORD": unquote(parts.password or ""),
         "POSTGRES_POOL_SIZE": "2",
     }
+
+
+@contextmanager
+def server(spec: str) -> Iterator[str]:
+    """The URL to measure on: ``spec`` itself, or a throwaway cluster for ``auto``."""
+    if spec != "auto":
+        yield spec
+        return
+    tests = str(HERE.parent)  # tests/pg.py
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import pg
+
+    bin_dir = pg._bin_dir()
+    if bin_dir is None:
+        raise SystemExit("--postgres auto: no PostgreSQL server binaries (initdb, pg_ctl)")
+    cluster = pg.Cluster(bin_dir)
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.stop()
 
 
 @contextmanager
@@ -233,11 +258,13 @@ def ours_show_ms(db_url: str, payments: list[str], repeat: int) -> float:
 # ------------------------------------------------------------------------- all
 
 
-def measure_postgres(url: str, *, quick: bool) -> dict[str, float]:
+def measure_postgres(url: str, *, quick: bool, smoke: bool = False) -> dict[str, float]:
     """Every PostgreSQL figure (see the module's description), as a flat dict."""
     _workload.quiet_logging()
     sizes = (
-        {"append": 100, "concurrent": 100, "replay": 1000, "show": 30}
+        {"append": 5, "concurrent": 2, "replay": 10, "show": 3}
+        if smoke  # the test that the script runs and reports every key
+        else {"append": 100, "concurrent": 100, "replay": 1000, "show": 30}
         if quick
         else {"append": 1000, "concurrent": 1000, "replay": 10_000, "show": 200}
     )  # payments (four inputs each); "concurrent" is per process
@@ -245,7 +272,7 @@ def measure_postgres(url: str, *, quick: bool) -> dict[str, float]:
     append_inputs = _workload.steps(sizes["append"])
     ours: list[float] = []
     peer: list[float] = []
-    for _ in range(1 if quick else 3):  # alternated, median: a shared disk is noisy
+    for _ in range(1 if quick or smoke else 3):  # alternated, median: a shared disk is noisy
         with _database(url, "ours") as db:
             ours.append(ours_append(_with_db(url, db), append_inputs))
         with _database(url, "peer") as db:
@@ -257,8 +284,10 @@ def measure_postgres(url: str, *, quick: bool) -> dict[str, float]:
     with _database(url, "ours") as db:
         out["pg_concurrent_per_s"] = _concurrent(_ours_worker, _with_db(url, db), many)
     with _database(url, "peer") as db:
+        env = _peer_env(url, db)
+        _peer.PeerApp(env=env).close()  # the tables, once: 8 processes creating them collide
         out["eventsourcing_pg_concurrent_per_s"] = _concurrent(
-            _peer_worker, _peer_env(url, db), many
+            _peer_worker, {**env, "CREATE_TABLE": "no"}, many
         )
 
     with _database(url, "ours") as db:
@@ -316,12 +345,20 @@ def measure_sqlite(work: Path, *, quick: bool) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--url",
         default=os.environ.get("KPLUS_FSM_BENCH_PG"),
         help="a postgresql:// URL of a role that may CREATE DATABASE ($KPLUS_FSM_BENCH_PG)",
     )
+    where.add_argument(
+        "--postgres",
+        metavar="auto",
+        choices=["auto"],
+        help="start a throwaway cluster from the installed server binaries",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--with-sqlite",
@@ -329,9 +366,11 @@ def main(argv: list[str] | None = None) -> None:
         help="also measure the SQLite store on the same workload (a local temporary file)",
     )
     args = parser.parse_args(argv)
-    if not args.url:
-        parser.error("--url (or $KPLUS_FSM_BENCH_PG) is required")
-    figures = measure_postgres(args.url, quick=args.quick)
+    spec = "auto" if args.postgres else args.url
+    if not spec:
+        parser.error("--url URL or --postgres auto (or $KPLUS_FSM_BENCH_PG) is required")
+    with server(spec) as url:
+        figures = measure_postgres(url, quick=args.quick, smoke=args.smoke)
     if args.with_sqlite:
         with tempfile.TemporaryDirectory(prefix="kplus-bench-") as work:
             figures.update(measure_sqlite(Path(work), quick=args.quick))
