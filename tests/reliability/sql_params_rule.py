@@ -290,11 +290,11 @@ class Checker:
                 return module, defs[0]
         if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
             # ``_audit.timeline_sql(...)``: a function of a package module imported by name.
-            other = self._imported_module(module, func.value.id)
-            if other is not None:
-                defs = [d for d in other.functions.get(func.attr, []) if other.class_of(d) is None]
+            owner = self._imported_module(module, func.value.id)
+            if owner is not None:
+                defs = [d for d in owner.functions.get(func.attr, []) if owner.class_of(d) is None]
                 if len(defs) == 1:
-                    return other, defs[0]
+                    return owner, defs[0]
         return None
 
     def _imported(self, module: Module, name: str) -> tuple[Module, str] | None:
