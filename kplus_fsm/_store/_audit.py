@@ -419,7 +419,7 @@ def fold_streams(
     stream: str | None = None
     state: PaymentState | None = None
     expected_version = 1
-    for position, row_stream, version, kind, event_version, data, at in rows:
+    for position, row_stream, version, kind, stored_version, data, at in rows:
         if row_stream != stream:
             if stream is not None and state is not None:
                 finish(stream, state)
@@ -434,8 +434,8 @@ def fold_streams(
             payload = fast_loads(data) if data[:1] == "{" else loads(data)
         except ValueError:
             payload = loads(data)  # what orjson refuses, the standard library may read
-        if current_versions.get(kind) != event_version:
-            event_version, payload = upcast(kind, event_version, payload)
+        if current_versions.get(kind) != stored_version:
+            payload = upcast(kind, stored_version, payload)[1]
         try:
             state = _fold_one(state, row_stream, kind, payload, version, at)
         except (KeyError, TypeError, ValueError) as exc:  # what apply_event reports
