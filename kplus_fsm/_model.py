@@ -415,6 +415,10 @@ def _is(value: object, types: type | tuple[type, ...]) -> bool:
 
 def _get(obj: Mapping[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:
     value = obj.get(key)
+    if value.__class__ is str and types is str:  # the common case, checked at once
+        if not value.isascii() and not is_text(value):
+            raise MalformedInputError(f"{what}: field {key!r} is not valid Unicode text")
+        return value
     if value is None or not _is(value, types):
         raise MalformedInputError(f"{what}: field {key!r} is missing or not {_type_name(types)}")
     return _text_checked(value, key, what)
@@ -424,6 +428,10 @@ def _opt(obj: Mapping[str, Any], key: str, types: type | tuple[type, ...], what:
     value = obj.get(key)
     if value is None:
         return None
+    if value.__class__ is str and types is str:  # the common case, checked at once
+        if not value.isascii() and not is_text(value):
+            raise MalformedInputError(f"{what}: field {key!r} is not valid Unicode text")
+        return value
     if not _is(value, types):
         raise MalformedInputError(f"{what}: field {key!r} is not {_type_name(types)}")
     return _text_checked(value, key, what)

@@ -93,7 +93,7 @@ def state_row(state: PaymentState) -> tuple[Any, ...]:
     metadata, flags, webhook_ids = state["metadata"], state["flags"], state["webhook_event_ids"]
     return (
         state["payment_id"],
-        state["status"].value,
+        state["status"]._value_,
         state["amount"],
         state["currency"],
         state["return_uri"],

@@ -135,7 +135,7 @@ def payment_to_row(p: Payment) -> tuple[Any, ...]:
     livemode = p.livemode
     return (
         p.payment_id,
-        p.status.value,
+        p.status._value_,  # .value, without the enum property
         p.amount,
         p.currency,
         p.return_uri,
@@ -305,25 +305,29 @@ def plan(
     against ones computed independently.
     """
     inbox_id = heads.inbox_id + 1
+    pid = decision.payment_id if decision.payment_id is not None else payment_id
+    cid = decision.charge_id if decision.charge_id is not None else charge_id
+    outcome: str = decision.outcome._value_  # .value, without the enum property
     code = decision.reason_code
+    reason_code: str | None = code._value_ if code is not None else None
     # The hash covers exactly the INBOX_HASHED values, in that order.
-    hashed_inbox = [
+    hashed_inbox: list[Any] = [
         inbox_id,  # id
         now,  # received_at
         draft.kind,  # kind
         draft.origin,  # origin
-        decision.payment_id if decision.payment_id is not None else payment_id,  # payment_id
-        decision.charge_id if decision.charge_id is not None else charge_id,  # charge_id
+        pid,  # payment_id
+        cid,  # charge_id
         draft.external_id,  # external_id
         draft.body,  # body
         draft.body_encoding,  # body_encoding
         draft.headers,  # headers
         draft.verification,  # verification
-        decision.outcome.value,  # outcome
+        outcome,  # outcome
         decision.reason,  # reason
     ]
     inbox_hash = _codec.hash_values(heads.inbox_hash, hashed_inbox)
-    stored_inbox = (*hashed_inbox, inbox_hash, code.value if code is not None else None)
+    stored_inbox = (*hashed_inbox, inbox_hash, reason_code)
     position, events_hash = heads.position, heads.events_hash
     rows: list[tuple[Any, ...]] = []
     stored: list[StoredEvent] = []
@@ -337,7 +341,7 @@ def plan(
         for new in decision.events:
             position += 1
             version += 1
-            kind = new.kind.value
+            kind = new.kind._value_
             event_version = EVENT_VERSIONS[new.kind]
             data = new.data
             # The EVENT_HASHED values, in that order.
@@ -377,17 +381,17 @@ def plan(
                 received_at=now,
                 kind=draft.kind,
                 origin=draft.origin,
-                payment_id=hashed_inbox[4],
-                charge_id=hashed_inbox[5],
+                payment_id=pid,
+                charge_id=cid,
                 external_id=draft.external_id,
                 body=draft.body,
                 body_encoding=draft.body_encoding,
                 headers=draft.headers,
                 verification=draft.verification,
-                outcome=hashed_inbox[11],
+                outcome=outcome,
                 reason=decision.reason,
                 hash=inbox_hash,
-                reason_code=stored_inbox[-1],
+                reason_code=reason_code,
             ),
             decision=decision,
             events=tuple(stored),
