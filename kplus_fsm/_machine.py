@@ -36,6 +36,7 @@ event into the payment; live state and replay both use it.
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
@@ -542,22 +543,18 @@ def _evolve(payment: Payment | None, event: StoredEvent) -> Payment:
     if kind == EventKind.PAYMENT_REQUESTED:
         raise ValueError("payment.requested in the middle of a stream")
     # Every event stamps its version and time on the payment.
-    payment = attrs.evolve(payment, version=event.version, updated_at=event.recorded_at)
+    changes: dict[str, Any] = {"version": event.version, "updated_at": event.recorded_at}
     if kind == EventKind.CREATE_UNKNOWN:
-        return attrs.evolve(payment, create_unknown=True)
-    if kind in (EventKind.CREATE_FAILED, EventKind.NOT_CREATED):
+        changes["create_unknown"] = True
+    elif kind in (EventKind.CREATE_FAILED, EventKind.NOT_CREATED):
         # The create failed, or was settled as never made: no charge exists.
-        return attrs.evolve(
-            payment,
-            status=Status.FAILED,
-            failure_code=data["code"],
-            failure_message=data.get("message"),
-            create_unknown=False,
-        )
-    if kind == EventKind.WEBHOOK_ACCEPTED:
-        ids = payment.webhook_event_ids | {data["event_id"]}
-        return attrs.evolve(payment, webhook_event_ids=ids)
-    if kind in _CHANGE_KINDS:
+        changes["status"] = Status.FAILED
+        changes["failure_code"] = data["code"]
+        changes["failure_message"] = data.get("message")
+        changes["create_unknown"] = False
+    elif kind == EventKind.WEBHOOK_ACCEPTED:
+        changes["webhook_event_ids"] = payment.webhook_event_ids | {data["event_id"]}
+    elif kind in _CHANGE_KINDS:
         # The charge moved (or was corrected) to data["status"], as a read or a
         # payload showed it: take its fields; keep what it does not carry.
         code = data.get("failure_code")
@@ -567,19 +564,30 @@ def _evolve(payment: Payment | None, event: StoredEvent) -> Payment:
         if code is not None and code not in KNOWN_FAILURE_CODES:
             flags.add("unknown_failure_code")
         livemode = data.get("livemode")
-        return attrs.evolve(
-            payment,
-            status=Status(data["status"]),
-            charge_id=data["charge_id"],
-            livemode=payment.livemode if livemode is None else livemode,
-            authorize_uri=data.get("authorize_uri") or payment.authorize_uri,
-            expires_at=data.get("expires_at") or payment.expires_at,
-            failure_code=code,
-            failure_message=data.get("failure_message"),
-            create_unknown=False,
-            flags=frozenset(flags),
-        )
-    raise ValueError(f"unknown event kind {kind!r}")
+        changes["status"] = Status(data["status"])
+        changes["charge_id"] = data["charge_id"]
+        changes["livemode"] = payment.livemode if livemode is None else livemode
+        changes["authorize_uri"] = data.get("authorize_uri") or payment.authorize_uri
+        changes["expires_at"] = data.get("expires_at") or payment.expires_at
+        changes["failure_code"] = code
+        changes["failure_message"] = data.get("failure_message")
+        changes["create_unknown"] = False
+        changes["flags"] = frozenset(flags)
+    else:
+        raise ValueError(f"unknown event kind {kind!r}")
+    return _replace(payment, changes)
+
+
+#: The fields of a :class:`Payment`, in order, and a getter of all of them at once.
+_PAYMENT_FIELDS: Final = tuple(a.name for a in attrs.fields(Payment))
+_payment_values: Final = operator.attrgetter(*_PAYMENT_FIELDS)
+
+
+def _replace(payment: Payment, changes: dict[str, Any]) -> Payment:
+    """``attrs.evolve(payment, **changes)``, without introspecting the class on every call."""
+    fields = dict(zip(_PAYMENT_FIELDS, _payment_values(payment), strict=True))
+    fields.update(changes)
+    return Payment(**fields)
 
 
 def fold(events: Iterable[StoredEvent], payment: Payment | None = None) -> Payment | None:

@@ -171,6 +171,9 @@ PLATFORM_TYPES: Final = frozenset({"IOS", "ANDROID"})
 PAYMENT_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
 _SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 _MAX_URI: Final = 2048
+#: What a URI may not hold: whitespace (``str.isspace``: the regex's Unicode
+#: ``\s`` is the same set) and the C0 controls and DEL.
+_URI_SPACE_OR_CONTROL: Final = re.compile(r"[\s\x00-\x1f\x7f]")
 _MAX_DESCRIPTION: Final = 255
 
 
@@ -204,7 +207,7 @@ def _check_return_uri(value: object) -> str:
         or not is_text(value)
         or not _SCHEME_RE.fullmatch(scheme)
         or not rest
-        or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+        or _URI_SPACE_OR_CONTROL.search(value)
     ):
         raise InvalidPaymentRequestError("return_uri", limit, got=_describe(value))
     if scheme.lower() in ("http", "https"):
@@ -405,14 +408,17 @@ class PaymentRequest:
 
 def _is(value: object, types: type | tuple[type, ...]) -> bool:
     """isinstance, except that a bool is not an int here."""
-    allowed = types if isinstance(types, tuple) else (types,)
-    if isinstance(value, bool):
-        return bool in allowed
-    return isinstance(value, allowed)
+    if value.__class__ is bool:
+        return types is bool or (isinstance(types, tuple) and bool in types)
+    return isinstance(value, types)
 
 
 def _get(obj: Mapping[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:
     value = obj.get(key)
+    if value.__class__ is str and types is str:  # the common case, checked at once
+        if not value.isascii() and not is_text(value):
+            raise MalformedInputError(f"{what}: field {key!r} is not valid Unicode text")
+        return value
     if value is None or not _is(value, types):
         raise MalformedInputError(f"{what}: field {key!r} is missing or not {_type_name(types)}")
     return _text_checked(value, key, what)
@@ -422,6 +428,10 @@ def _opt(obj: Mapping[str, Any], key: str, types: type | tuple[type, ...], what:
     value = obj.get(key)
     if value is None:
         return None
+    if value.__class__ is str and types is str:  # the common case, checked at once
+        if not value.isascii() and not is_text(value):
+            raise MalformedInputError(f"{what}: field {key!r} is not valid Unicode text")
+        return value
     if not _is(value, types):
         raise MalformedInputError(f"{what}: field {key!r} is not {_type_name(types)}")
     return _text_checked(value, key, what)

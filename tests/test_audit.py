@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kplus_fsm import Payment, StoredEvent, evolve
-from kplus_fsm._store._audit import PaymentState, apply_event
+from kplus_fsm._store._audit import PaymentState, apply_event, state_row
+from kplus_fsm._store._rows import payment_to_row
 from kplus_fsm.exceptions import IntegrityError
 
 STATUSES = ("pending", "successful", "failed", "expired")
@@ -124,3 +125,16 @@ def test_both_refuse_what_does_not_fit(events: list[tuple[str, Any]]) -> None:
     for fold in (_dict_fold, _rule_fold):
         with pytest.raises(IntegrityError):
             fold(stored)
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=requested, rest=st.lists(later_event, max_size=8))
+def test_replay_compares_the_row_the_payment_encodes_to(
+    first: dict[str, Any], rest: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """Replay compares ``state_row(state)`` with the stored row: it is ``payment_to_row``'s."""
+    events = _events(first, rest)
+    state: PaymentState | None = None
+    for e in events:
+        state = apply_event(state, e.stream, e.kind, e.data, e.version, e.recorded_at, e.position)
+        assert state_row(state) == payment_to_row(Payment(**state))

@@ -66,7 +66,18 @@ LAYERS: tuple[tuple[str, int], ...] = (
 
 #: The machine's modules: the standard library's pure parts and attrs only.
 PURE = {"kplus_fsm._model", "kplus_fsm._machine", "kplus_fsm.exceptions"}
-STDLIB_OK = {"__future__", "collections", "enum", "re", "types", "typing", "datetime", "math"}
+#: The standard library's pure parts the machine may use (``operator``: its getters).
+STDLIB_OK = {
+    "__future__",
+    "collections",
+    "enum",
+    "re",
+    "types",
+    "typing",
+    "datetime",
+    "math",
+    "operator",
+}
 
 
 def _module_name(path: Path) -> str:

@@ -72,11 +72,48 @@ def apply_event(
     try:
         return _fold_one(state, stream, kind, data, version, at)
     except (KeyError, TypeError, ValueError) as exc:
-        raise IntegrityError(
-            f"event at position {position} ({kind}) cannot be folded: {exc!r}",
-            table="events",
-            row_id=position,
-        ) from exc
+        raise _unfit(position, kind, exc) from exc
+
+
+def _unfit(position: int, kind: str, exc: Exception) -> IntegrityError:
+    return IntegrityError(
+        f"event at position {position} ({kind}) cannot be folded: {exc!r}",
+        table="events",
+        row_id=position,
+    )
+
+
+def state_row(state: PaymentState) -> tuple[Any, ...]:
+    """
+    ``payment_to_row(Payment(**state))``, straight from the fields (replay
+    compares it with the stored row and builds the :class:`Payment` only when
+    they differ); a property test checks that the two agree.
+    """
+    livemode = state["livemode"]
+    metadata, flags, webhook_ids = state["metadata"], state["flags"], state["webhook_event_ids"]
+    return (
+        state["payment_id"],
+        state["status"]._value_,
+        state["amount"],
+        state["currency"],
+        state["return_uri"],
+        state["platform_type"],
+        state["description"],
+        _codec.dumps(dict(metadata)) if metadata else "{}",
+        state["charge_id"],
+        None if livemode is None else int(livemode),
+        state["authorize_uri"],
+        state["expires_at"],
+        state["failure_code"],
+        state["failure_message"],
+        int(state["create_unknown"]),
+        _codec.dumps(sorted(flags)) if flags else "[]",
+        _codec.dumps(sorted(webhook_ids)) if webhook_ids else "[]",
+        state["version"],
+        state["created_at"],
+        state["updated_at"],
+        state["order_ref"],
+    )
 
 
 def _fold_one(
@@ -315,8 +352,8 @@ def fold_streams(
     stored: Iterable[Sequence[Any]] | None = None,
 ) -> tuple[int, int, list[ReplayDifference], list[Payment]]:
     """
-    Fold event rows (in ``stream, version`` order, columns of
-    :data:`kplus_fsm._store._rows.EVENT_COLUMNS`) one stream at a time and compare each
+    Fold event rows (in ``stream, version`` order, the columns of
+    :data:`kplus_fsm._store._sql.REPLAY_COLUMNS`) one stream at a time and compare each
     payment with its stored row. Constant memory but for the differences.
     Returns the events and payments folded, the differences, and the replayed
     payments that differ (what a repair writes).
@@ -327,9 +364,10 @@ def fold_streams(
     replay), else from ``load(payment_id)``, one lookup per payment.
 
     Each stream is folded into a dict of the payment's fields
-    (:func:`kplus_fsm._machine.evolve`, the rule live state uses) and the
-    :class:`Payment` is built once, at the end of the stream; a payment whose
-    re-encoded row equals the stored row byte for byte is not decoded at all.
+    (:func:`apply_event`, which agrees with the machine's
+    :func:`~kplus_fsm._machine.evolve`) and compared, as the row it encodes to
+    (:func:`state_row`), with the stored row: a payment whose row is the
+    stored one byte for byte is neither built nor decoded.
 
     Raises:
         IntegrityError: a stream skips a version or an event cannot be folded.
@@ -339,7 +377,9 @@ def fold_streams(
     n_events = n_payments = 0
     stored_rows = iter(stored) if stored is not None else None
     pending_row: Sequence[Any] | None = None
-    loads, current_versions, upcast = _codec.loads, EVENT_VERSIONS, _codec.upcast
+    # The current versions keyed by plain text (what rows hold): a faster lookup.
+    loads, upcast = _codec.loads, _codec.upcast
+    current_versions = {str(kind.value): v for kind, v in EVENT_VERSIONS.items()}
     fast_loads = orjson.loads  # what _codec.loads does for an unmarked object
 
     def stored_row(payment_id: str) -> Sequence[Any] | None:
@@ -363,13 +403,14 @@ def fold_streams(
     def finish(stream: str, state: PaymentState) -> None:
         nonlocal n_payments
         n_payments += 1
-        replayed = Payment(**state)
         if stored_rows is not None:
             row = stored_row(stream)
-            if row is not None and tuple(row) == _rows.payment_to_row(replayed):
-                return
+            if row is not None and tuple(row) == state_row(state):
+                return  # the stored row is the replayed one, byte for byte
+            replayed = Payment(**state)
             found = diff(replayed, None if row is None else _rows.payment_from_row(tuple(row)))
         else:
+            replayed = Payment(**state)
             found = diff(replayed, load(stream))
         differences.extend(found)
         if found:
@@ -378,8 +419,7 @@ def fold_streams(
     stream: str | None = None
     state: PaymentState | None = None
     expected_version = 1
-    for row in rows:
-        position, row_stream, version, kind, event_version, data = row[:6]
+    for position, row_stream, version, kind, stored_version, data, at in rows:
         if row_stream != stream:
             if stream is not None and state is not None:
                 finish(stream, state)
@@ -394,9 +434,12 @@ def fold_streams(
             payload = fast_loads(data) if data[:1] == "{" else loads(data)
         except ValueError:
             payload = loads(data)  # what orjson refuses, the standard library may read
-        if current_versions.get(kind) != event_version:
-            event_version, payload = upcast(kind, event_version, payload)
-        state = apply_event(state, row_stream, kind, payload, version, row[6], position)
+        if current_versions.get(kind) != stored_version:
+            payload = upcast(kind, stored_version, payload)[1]
+        try:
+            state = _fold_one(state, row_stream, kind, payload, version, at)
+        except (KeyError, TypeError, ValueError) as exc:  # what apply_event reports
+            raise _unfit(position, kind, exc) from exc
         expected_version += 1
         n_events += 1
         if progress is not None and n_events % PROGRESS_EVERY == 0:

@@ -130,30 +130,32 @@ def check_copied(table: str, columns: Sequence[str]) -> None:
 
 def payment_to_row(p: Payment) -> tuple[Any, ...]:
     """The ``payments`` row of a payment, in :data:`PAYMENT_COLUMNS` order."""
-    values = {
-        "payment_id": p.payment_id,
-        "status": p.status.value,
-        "amount": p.amount,
-        "currency": p.currency,
-        "return_uri": p.return_uri,
-        "platform_type": p.platform_type,
-        "description": p.description,
-        "metadata": _codec.dumps(dict(p.metadata)),
-        "charge_id": p.charge_id,
-        "livemode": None if p.livemode is None else int(p.livemode),
-        "authorize_uri": p.authorize_uri,
-        "expires_at": p.expires_at,
-        "failure_code": p.failure_code,
-        "failure_message": p.failure_message,
-        "create_unknown": int(p.create_unknown),
-        "flags": _codec.dumps(sorted(p.flags)),
-        "webhook_event_ids": _codec.dumps(sorted(p.webhook_event_ids)),
-        "version": p.version,
-        "created_at": p.created_at,
-        "updated_at": p.updated_at,
-        "order_ref": p.order_ref,
-    }
-    return tuple(values[column] for column in PAYMENT_COLUMNS)
+    # Positional, in PAYMENT_COLUMNS order (tests/test_rows.py checks it column by
+    # column): this runs once per input and once per replayed payment.
+    livemode = p.livemode
+    return (
+        p.payment_id,
+        p.status._value_,  # .value, without the enum property
+        p.amount,
+        p.currency,
+        p.return_uri,
+        p.platform_type,
+        p.description,
+        _codec.dumps(dict(p.metadata)) if p.metadata else "{}",
+        p.charge_id,
+        None if livemode is None else int(livemode),
+        p.authorize_uri,
+        p.expires_at,
+        p.failure_code,
+        p.failure_message,
+        int(p.create_unknown),
+        _codec.dumps(sorted(p.flags)) if p.flags else "[]",
+        _codec.dumps(sorted(p.webhook_event_ids)) if p.webhook_event_ids else "[]",
+        p.version,
+        p.created_at,
+        p.updated_at,
+        p.order_ref,
+    )
 
 
 def payment_from_row(row: Mapping[str, Any] | tuple[Any, ...]) -> Payment:
@@ -231,6 +233,12 @@ def inbox_row(row: Sequence[Any]) -> InboxRow:
     return InboxRow(**dict(zip(INBOX_COLUMNS, row, strict=True)))
 
 
+#: Where each hashed column sits in :data:`INBOX_COLUMNS` and :data:`EVENT_COLUMNS`
+#: (the hashed ones first, in hash order): what :func:`plan` builds positionally.
+assert INBOX_COLUMNS[: len(INBOX_HASHED)] == INBOX_HASHED
+assert EVENT_COLUMNS[: len(EVENT_HASHED)] == EVENT_HASHED
+
+
 @attrs.frozen(kw_only=True)
 class Recorded:
     """What one committed input wrote."""
@@ -288,28 +296,38 @@ def plan(
     The rows for one input: an inbox row chained to ``heads.inbox_hash``, one
     event row per decided event chained to ``heads.events_hash`` (versions
     following ``before.version``), and the payment's projection after them.
+
+    Rows are built positionally (this runs once per input, and under group
+    commit while other threads wait): the inbox row's values in
+    :data:`INBOX_HASHED` order, then the hash and ``reason_code``
+    (:data:`INBOX_COLUMNS`); an event's in :data:`EVENT_HASHED` order, then its
+    hash. tests/test_rows.py checks every value by column name, and the hashes
+    against ones computed independently.
     """
     inbox_id = heads.inbox_id + 1
-    values: dict[str, Any] = {
-        "id": inbox_id,
-        "received_at": now,
-        "kind": draft.kind,
-        "origin": draft.origin,
-        "payment_id": decision.payment_id if decision.payment_id is not None else payment_id,
-        "charge_id": decision.charge_id if decision.charge_id is not None else charge_id,
-        "external_id": draft.external_id,
-        "body": draft.body,
-        "body_encoding": draft.body_encoding,
-        "headers": draft.headers,
-        "verification": draft.verification,
-        "outcome": decision.outcome.value,
-        "reason": decision.reason,
-        "reason_code": decision.reason_code.value if decision.reason_code is not None else None,
-    }
+    pid = decision.payment_id if decision.payment_id is not None else payment_id
+    cid = decision.charge_id if decision.charge_id is not None else charge_id
+    outcome: str = decision.outcome._value_  # .value, without the enum property
+    code = decision.reason_code
+    reason_code: str | None = code._value_ if code is not None else None
     # The hash covers exactly the INBOX_HASHED values, in that order.
-    inbox_hash = _codec.hash_values(heads.inbox_hash, [values[c] for c in INBOX_HASHED])
-    values["hash"] = inbox_hash
-    stored_inbox = tuple(values[c] for c in INBOX_COLUMNS)
+    hashed_inbox: list[Any] = [
+        inbox_id,  # id
+        now,  # received_at
+        draft.kind,  # kind
+        draft.origin,  # origin
+        pid,  # payment_id
+        cid,  # charge_id
+        draft.external_id,  # external_id
+        draft.body,  # body
+        draft.body_encoding,  # body_encoding
+        draft.headers,  # headers
+        draft.verification,  # verification
+        outcome,  # outcome
+        decision.reason,  # reason
+    ]
+    inbox_hash = _codec.hash_values(heads.inbox_hash, hashed_inbox)
+    stored_inbox = (*hashed_inbox, inbox_hash, reason_code)
     position, events_hash = heads.position, heads.events_hash
     rows: list[tuple[Any, ...]] = []
     stored: list[StoredEvent] = []
@@ -323,29 +341,32 @@ def plan(
         for new in decision.events:
             position += 1
             version += 1
+            kind = new.kind._value_
+            event_version = EVENT_VERSIONS[new.kind]
+            data = new.data
+            # The EVENT_HASHED values, in that order.
+            hashed_event = (
+                position,  # position
+                stream,  # stream
+                version,  # version
+                kind,  # kind
+                event_version,  # event_version
+                _codec.dumps(data if type(data) is dict else dict(data)),  # data
+                now,  # recorded_at
+                inbox_id,  # causation
+            )
+            events_hash = _codec.hash_values(events_hash, hashed_event)
+            rows.append((*hashed_event, events_hash))
             event = StoredEvent(
                 position=position,
                 stream=stream,
                 version=version,
-                kind=new.kind.value,
-                event_version=EVENT_VERSIONS[new.kind],
-                data=new.data,
+                kind=kind,
+                event_version=event_version,
+                data=data,
                 recorded_at=now,
                 causation=inbox_id,
             )
-            columns = {
-                "position": position,
-                "stream": stream,
-                "version": version,
-                "kind": event.kind,
-                "event_version": event.event_version,
-                "data": _codec.dumps(dict(new.data)),
-                "recorded_at": now,
-                "causation": inbox_id,
-            }
-            hashed_event = [columns[c] for c in EVENT_HASHED]
-            events_hash = _codec.hash_values(events_hash, hashed_event)
-            rows.append((*hashed_event, events_hash))
             stored.append(event)
             after = evolve(after, event)
         assert after is not None
@@ -355,7 +376,23 @@ def plan(
         event_rows=tuple(rows),
         payment_row=payment_row,
         recorded=Recorded(
-            inbox=inbox_row(stored_inbox),
+            inbox=InboxRow(
+                id=inbox_id,
+                received_at=now,
+                kind=draft.kind,
+                origin=draft.origin,
+                payment_id=pid,
+                charge_id=cid,
+                external_id=draft.external_id,
+                body=draft.body,
+                body_encoding=draft.body_encoding,
+                headers=draft.headers,
+                verification=draft.verification,
+                outcome=outcome,
+                reason=decision.reason,
+                hash=inbox_hash,
+                reason_code=reason_code,
+            ),
             decision=decision,
             events=tuple(stored),
             before=before,

@@ -50,8 +50,10 @@ STREAM_UNTIL: Final = (
     f"SELECT {_EVENTS} FROM events WHERE stream = ? AND recorded_at <= ? ORDER BY version"
 )
 EVENTS_AFTER: Final = f"SELECT {_EVENTS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
-#: Every event, stream by stream (replay).
-EVENTS_BY_STREAM: Final = f"SELECT {_EVENTS} FROM events ORDER BY stream, version"
+#: Every event, stream by stream (replay): the columns a fold reads (the first
+#: seven of ``EVENT_COLUMNS``, ``position`` to ``recorded_at``; no causation, no hash).
+REPLAY_COLUMNS: Final = EVENT_COLUMNS[:7]
+EVENTS_BY_STREAM: Final = f"SELECT {', '.join(REPLAY_COLUMNS)} FROM events ORDER BY stream, version"
 
 # ---------------------------------------------------------------------- inbox
 

@@ -305,10 +305,20 @@ class SQLiteStore(Log):
         """Run ``work`` in a write transaction, retrying busy and version clashes."""
         delay = 0.002
         last: Exception | None = None
+        conn = self.conn
         for _ in range(_MAX_ATTEMPTS):
             try:
-                with self._immediate():
-                    return work()
+                # What _immediate() does, inline: this runs once per commit.
+                with self._lock:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = work()
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.rollback()
+                        raise
+                    conn.execute("COMMIT")
+                    return result
             except sqlite3.Error as exc:
                 retry = _retryable(exc)
                 if retry is None:

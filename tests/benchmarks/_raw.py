@@ -109,7 +109,7 @@ class RawWriter:
             "applied",
             step.event_kind,
             NO_HASH,
-            None,  # reason_code: the benchmark's inputs are all accepted
+            None,  # reason_code: refused inputs only
         )
         version = self.versions.get(step.payment_id, 0) + 1
         self.versions[step.payment_id] = version
