@@ -623,7 +623,11 @@ def _reason_code(db: sqlite_utils.Database) -> None:
 #:   and outcome (SQLite groups in the index's order). The follow-up's scan of
 #:   new hints (above an inbox id) walks the inbox key instead
 #:   (:data:`HINTS_FROM_SQLITE_AFTER`).
+#: - the partial indexes of hints and reads (:data:`HINT_INDEXES`) are made if
+#:   missing (a log migrated to 0003 by a development version of it): with
+#:   ``inbox_charge`` partial, they are what the hint questions probe.
 INDEX_ACCOUNTING: Final = (
+    *(s.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1) for s in HINT_INDEXES),
     "DROP INDEX events_causation",
     "DROP INDEX events_kind",
     "CREATE INDEX events_rare_kind ON events (kind, stream)"
