@@ -242,9 +242,7 @@ def _rows(path: Path) -> tuple[object, ...]:
         )
 
 
-def test_a_0004_log_migrates_keeping_every_byte_and_answer(
-    scale_log: Path, tmp_path: Path
-) -> None:
+def test_a_0004_log_migrates_keeping_every_byte_and_answer(scale_log: Path, tmp_path: Path) -> None:
     log = tmp_path / "v0004.db"
     shutil.copyfile(scale_log, log)
     make_0004(log)
@@ -255,7 +253,8 @@ def test_a_0004_log_migrates_keeping_every_byte_and_answer(
     before = _digest(log)
     answers = _answers(log)  # read-only: the old indexes answer
     assert _digest(log) == before
-    assert answers["anomalies"]["count"] > 0 and answers["stuck"]["payments"]
+    assert answers["anomalies"]["count"] > 0
+    assert answers["stuck"]["payments"]
     with SQLiteStore(log) as store:  # opening for writes migrates
         report = store.verify()
         assert (report.ok, report.schema_version) == (True, "0005_index_accounting")
@@ -291,4 +290,3 @@ def test_a_durable_commit_writes_only_the_kept_btrees(capsys: pytest.CaptureFixt
     assert {"inbox", "events", "payments", "inbox_outcome_kind"} <= written
     # 19.2 frames per input with the indexes of 0004, 12.95 after 0005 (docs).
     assert ours["frames_per_input"] < 16, ours
-

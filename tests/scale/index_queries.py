@@ -47,8 +47,8 @@ def _median_ms(fn: Callable[[], object], calls: int) -> float:
 
 def measure(db: Path, *, calls: int) -> dict[str, Any]:
     from kplus_fsm import SQLiteStore
-    from kplus_fsm.cli import cli
     from kplus_fsm._time import omise_time
+    from kplus_fsm.cli import cli
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
     runner = CliRunner()
@@ -78,7 +78,7 @@ def measure(db: Path, *, calls: int) -> dict[str, Any]:
         out["list_stuck_ms"] = _median_ms(run(["list", "--stuck"]), calls)
         out["anomalies_ms"] = _median_ms(run(["anomalies", "--since", "-3650d"]), 3)
         out["stats_ms"] = _median_ms(run(["stats"]), 3)
-        out["hints_whole_log_ms"] = _median_ms(lambda: store.unresolved_hints(), 3)
+        out["hints_whole_log_ms"] = _median_ms(store.unresolved_hints, 3)
         out["hints_after_recent_ms"] = _median_ms(
             lambda: store.unresolved_hints(after=int(top) - 2000), calls
         )

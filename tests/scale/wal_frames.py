@@ -40,7 +40,7 @@ from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from _workload import Step, iter_steps, quiet_logging  # noqa: E402
+from _workload import Step, iter_steps, quiet_logging
 
 WAL_HEADER = 32
 FRAME_HEADER = 24
@@ -172,8 +172,10 @@ def count_pwrites(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "strace.log"
         subprocess.run(
-            ["strace", "-f", "-e", "trace=pwrite64,write", "-o", str(log), sys.executable]
-            + [__file__, *argv],
+            [
+                *("strace", "-f", "-e", "trace=pwrite64,write", "-o", str(log)),
+                *(sys.executable, __file__, *argv),
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
         )
