@@ -26,6 +26,7 @@ from kplus_fsm import SQLiteStore
 from kplus_fsm._store import _log, _sql
 from kplus_fsm._store._schema_sqlite import (
     ANOMALIES_SINCE_PARAMS,
+    HINT_INDEXES,
     HINTS_FROM_SQLITE,
     HINTS_FROM_SQLITE_AFTER,
     INDEX_ACCOUNTING,
@@ -267,6 +268,11 @@ def test_a_0004_log_migrates_keeping_every_byte_and_answer(scale_log: Path, tmp_
         assert _indexes(c) == INDEXES
     finally:
         c.close()
+
+
+def test_the_hint_indexes_are_made_as_0003_makes_them() -> None:
+    made = [s for s in INDEX_ACCOUNTING if s.startswith("CREATE INDEX IF NOT EXISTS")]
+    assert [s.replace(" IF NOT EXISTS", "", 1) for s in made] == list(HINT_INDEXES)
 
 
 def test_the_migration_statements_are_portable() -> None:

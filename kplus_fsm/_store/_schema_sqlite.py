@@ -627,7 +627,10 @@ def _reason_code(db: sqlite_utils.Database) -> None:
 #:   missing (a log migrated to 0003 by a development version of it): with
 #:   ``inbox_charge`` partial, they are what the hint questions probe.
 INDEX_ACCOUNTING: Final = (
-    *(s.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1) for s in HINT_INDEXES),
+    "CREATE INDEX IF NOT EXISTS inbox_hints ON inbox (charge_id, id, received_at)"
+    " WHERE kind = 'webhook' AND outcome IN ('applied', 'stale', 'conflict')",
+    "CREATE INDEX IF NOT EXISTS inbox_reads ON inbox (charge_id, id)"
+    " WHERE kind = 'charge_snapshot' AND origin IN ('create_response', 'refetch', 'poll')",
     "DROP INDEX events_causation",
     "DROP INDEX events_kind",
     "CREATE INDEX events_rare_kind ON events (kind, stream)"
