@@ -296,3 +296,26 @@ def test_a_durable_commit_writes_only_the_kept_btrees(capsys: pytest.CaptureFixt
     assert {"inbox", "events", "payments", "inbox_outcome_kind"} <= written
     # 19.2 frames per input with the indexes of 0004, 12.95 after 0005 (docs).
     assert ours["frames_per_input"] < 16, ours
+
+
+def test_repair_still_rewrites_created_at(scale_log: Path, tmp_path: Path) -> None:
+    """The record path's upsert leaves ``created_at`` alone; replay's repair does not."""
+    log = tmp_path / "tampered.db"
+    shutil.copyfile(scale_log, log)
+    c = sqlite3.connect(log, isolation_level=None)
+    try:
+        pid, created = c.execute(
+            "SELECT payment_id, created_at FROM payments ORDER BY payment_id LIMIT 1"
+        ).fetchone()
+        c.execute(
+            "UPDATE payments SET created_at = '1999-01-01T00:00:00Z' WHERE payment_id = ?", (pid,)
+        )
+    finally:
+        c.close()
+    with SQLiteStore(log) as store:
+        assert not store.replay().ok
+        assert store.replay(repair=True).repaired
+        assert store.replay().ok
+        assert store.query("SELECT created_at FROM payments WHERE payment_id = ?", [pid]) == [
+            (created,)
+        ]
