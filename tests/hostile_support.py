@@ -130,8 +130,35 @@ def make_newer(path: Path, name: str = "0099_future", *, journal: str = "delete"
         conn.close()
 
 
+#: What migration 0005_index_accounting changed, undone: the indexes of 0001-0004.
+UNDO_INDEX_ACCOUNTING = (
+    "DROP INDEX events_rare_kind",
+    "DROP INDEX inbox_event_id",
+    "DROP INDEX inbox_unmatched_charge",
+    "DROP INDEX inbox_outcome_kind",
+    "CREATE INDEX inbox_charge ON inbox (charge_id, id)",
+    "CREATE INDEX inbox_external ON inbox (external_id)",
+    "CREATE INDEX inbox_outcome ON inbox (outcome, id)",
+    "CREATE INDEX events_causation ON events (causation)",
+    "CREATE INDEX inbox_kind ON inbox (kind, outcome, received_at)",
+    "CREATE INDEX events_kind ON events (kind, stream)",
+    "DELETE FROM _sqlite_migrations WHERE name = '0005_index_accounting'",
+)
+
+
+def make_0004(path: Path) -> None:
+    """A log from before migration 0005_index_accounting (the indexes of 0001-0004)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in UNDO_INDEX_ACCOUNTING:
+            conn.execute(statement)
+    finally:
+        conn.close()
+
+
 def make_older(path: Path) -> None:
-    """A log from before migrations 0002_views to 0004_reason_code (an older kplus_fsm's)."""
+    """A log from before migrations 0002_views to 0005 (an older kplus_fsm's)."""
+    make_0004(path)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         views = ("unresolved_hints", "orders_paid_twice", "timeline", "stuck_payments")

@@ -230,7 +230,7 @@ class TestClassify:
         assert "secret" not in found.location
 
     def test_versions(self, log: Path) -> None:
-        assert classify(str(log)).schema_version == "0004_reason_code"
+        assert classify(str(log)).schema_version == "0005_index_accounting"
         make_older(log)
         assert classify(str(log)).schema_version == "0001_initial"
 
@@ -713,7 +713,7 @@ class TestDamagedLog:
         """The chains read fine; SQLite's integrity_check finds the damaged index."""
         conn = sqlite3.connect(f"file:{log}?mode=ro", uri=True)
         page = conn.execute(
-            "SELECT pageno FROM dbstat WHERE name = 'inbox_outcome' ORDER BY pageno LIMIT 1"
+            "SELECT pageno FROM dbstat WHERE name = 'inbox_outcome_kind' ORDER BY pageno LIMIT 1"
         ).fetchone()[0]
         conn.close()
         damage_pages(log, [page], seed=5)

@@ -78,7 +78,7 @@ def test_opening_for_writes_migrates_without_touching_the_record(old_log: Path) 
     with Tracker(old_log) as tracker:
         report = tracker.verify()
         assert report.ok
-        assert report.schema_version == "0004_reason_code"
+        assert report.schema_version == "0005_index_accounting"
         assert (report.inbox_head, report.events_head) == (INBOX_HEAD, EVENTS_HEAD)
         assert tracker.replay().ok
         # The backfill of 0004 classified every old row as the shim did.

@@ -93,7 +93,8 @@ class TestSchema:
 
     def test_same_schema_version_and_views_as_sqlite(self, pg_url: str, tmp_path: Path) -> None:
         with PostgresStore(pg_url) as pg, SQLiteStore(tmp_path / "x.db") as lite:
-            assert pg.verify().schema_version == lite.verify().schema_version == "0004_reason_code"
+            version = lite.verify().schema_version
+            assert pg.verify().schema_version == version == "0005_index_accounting"
             views = {
                 r[0]
                 for r in raw(
@@ -114,6 +115,7 @@ class TestSchema:
                 "0002_views",
                 "0003_followup",
                 "0004_reason_code",
+                "0005_index_accounting",
             ]
 
     def test_newer_schema_is_refused(self, pg_url: str) -> None:

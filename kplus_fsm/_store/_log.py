@@ -537,7 +537,7 @@ class Log:
 
         def fix() -> None:
             for payment in rebuilt:
-                self._exec(_sql.UPSERT_PAYMENT, _rows.payment_to_row(payment))
+                self._exec(_sql.REPAIR_PAYMENT, _rows.payment_to_row(payment))
             for orphan in orphans:
                 self._exec(_sql.DELETE_PAYMENT, (orphan,))
 

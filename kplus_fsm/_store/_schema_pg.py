@@ -23,6 +23,7 @@ from ._schema_sqlite import (
     ANOMALY_CATEGORY_V3,
     APPEND_ONLY_TABLES,
     HINT_INDEXES,
+    INDEX_ACCOUNTING,
     LEGACY_REASON_CODE,
     NO_ANSWER_MINUTES,
     OUTCOMES_SQL,
@@ -286,6 +287,7 @@ MIGRATIONS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("0002_views", _VIEWS),
     ("0003_followup", _FOLLOWUP),
     ("0004_reason_code", _REASON_CODE),
+    ("0005_index_accounting", INDEX_ACCOUNTING),
 )
 
 KNOWN: Final = frozenset(name for name, _ in MIGRATIONS)

@@ -295,8 +295,9 @@ UNRESOLVED_HINT_WHERE: Final = f"""h.kind = 'webhook'
 HINTS_FROM: Final = "inbox h"
 HINTS_FROM_SQLITE: Final = "inbox h INDEXED BY inbox_hints"
 #: The incremental scan of the follow-up (hints above an inbox id) on SQLite:
-#: the ``(outcome, id)`` index seeks straight to the new rows.
-HINTS_FROM_SQLITE_AFTER: Final = "inbox h INDEXED BY inbox_outcome"
+#: the inbox key seeks straight to the new rows (no index of its own: one
+#: would be written on every input; see :data:`INDEX_ACCOUNTING`).
+HINTS_FROM_SQLITE_AFTER: Final = "inbox h NOT INDEXED"
 
 
 def unresolved_hint_select(source_sql: str = HINTS_FROM) -> str:
@@ -596,6 +597,62 @@ def _reason_code(db: sqlite_utils.Database) -> None:
     db.execute("DROP VIEW anomalies")
     anomalies = anomalies_sql(dialect="sqlite", hints_from_sql=HINTS_FROM_SQLITE)
     db.execute(f"CREATE VIEW anomalies AS {anomalies}")
+
+
+#: Migration ``0005_index_accounting``: every index of a hash-chained table is
+#: written on every input (a WAL frame each, two ``pwrite`` calls per frame),
+#: so each one is kept only where a question needs it; the accounting is in
+#: docs/million-events.md ("Index accounting"). Portable (both dialects).
+#:
+#: - ``events_causation``: dropped. No query looks events up by their input
+#:   (the joins go from an event to its input, by the inbox key), and the
+#:   parent rows it would guard are append-only.
+#: - ``events_kind (kind, stream)``: made partial, on the two rare kinds
+#:   ``anomalies`` looks for (corrections, creates settled as never made). The
+#:   webhook-lag part of ``stats`` reads every completion and is as fast
+#:   walking the ``(stream, version)`` key, which it groups by anyway.
+#: - ``inbox_external (external_id)``: made partial: only inputs that carry a
+#:   webhook event id have an entry (the lookup by event id stays one probe).
+#: - ``inbox_charge (charge_id, id)``: made partial on the inputs that name no
+#:   payment: the only ones found by their charge id (a payment's timeline;
+#:   every other by-charge question has its own partial index of hints or
+#:   reads, or goes through ``payments_charge``).
+#: - ``inbox_kind (kind, outcome, received_at)`` and ``inbox_outcome (outcome,
+#:   id)``: merged into ``inbox_outcome_kind (outcome, kind, received_at)``,
+#:   which seeks ``anomalies``' outcomes and covers ``stats``' counts by kind
+#:   and outcome (SQLite groups in the index's order). The follow-up's scan of
+#:   new hints (above an inbox id) walks the inbox key instead
+#:   (:data:`HINTS_FROM_SQLITE_AFTER`).
+#: - the partial indexes of hints and reads (:data:`HINT_INDEXES`) are made if
+#:   missing (a log migrated to 0003 by a development version of it): with
+#:   ``inbox_charge`` partial, they are what the hint questions probe.
+INDEX_ACCOUNTING: Final = (
+    "CREATE INDEX IF NOT EXISTS inbox_hints ON inbox (charge_id, id, received_at)"
+    " WHERE kind = 'webhook' AND outcome IN ('applied', 'stale', 'conflict')",
+    "CREATE INDEX IF NOT EXISTS inbox_reads ON inbox (charge_id, id)"
+    " WHERE kind = 'charge_snapshot' AND origin IN ('create_response', 'refetch', 'poll')",
+    "DROP INDEX events_causation",
+    "DROP INDEX events_kind",
+    "CREATE INDEX events_rare_kind ON events (kind, stream)"
+    " WHERE kind IN ('charge.corrected', 'charge.not_created')",
+    "DROP INDEX inbox_external",
+    "CREATE INDEX inbox_event_id ON inbox (external_id) WHERE external_id IS NOT NULL",
+    "DROP INDEX inbox_charge",
+    "CREATE INDEX inbox_unmatched_charge ON inbox (charge_id, id) WHERE payment_id IS NULL",
+    "DROP INDEX inbox_kind",
+    "DROP INDEX inbox_outcome",
+    "CREATE INDEX inbox_outcome_kind ON inbox (outcome, kind, received_at)",
+)
+
+
+@_migration("0005_index_accounting")
+def _index_accounting(db: sqlite_utils.Database) -> None:
+    """
+    Fewer pages written per input (:data:`INDEX_ACCOUNTING`). Indexes hold no
+    data of their own: no row, hash or trigger changes.
+    """
+    for statement in INDEX_ACCOUNTING:
+        db.execute(statement)
 
 
 #: This version's migrations, in the order they apply.

@@ -28,8 +28,17 @@ LOOKUP: Final = f"SELECT {_PAYMENTS} FROM payments WHERE payment_id = ?"
 LOOKUP_CHARGE: Final = (
     f"SELECT {_PAYMENTS} FROM payments WHERE charge_id = ? ORDER BY created_at LIMIT 1"
 )
-#: The projection row of a payment, new or replaced (both dialects' upsert).
+#: The projection row of a payment, new or moved on (both dialects' upsert).
+#: ``created_at`` is set once, by the request, and never named again: SQLite
+#: rewrites the entry of every index whose column an ``UPDATE`` names, even to
+#: the same value, and ``payments_created`` would cost a page per input.
 UPSERT_PAYMENT: Final = (
+    f"INSERT INTO payments ({_PAYMENTS}) VALUES ({_marks(len(PAYMENT_COLUMNS))})"
+    " ON CONFLICT (payment_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in PAYMENT_COLUMNS[1:] if c != "created_at")
+)
+#: The projection row of a payment, new or replaced whole (replay's repair).
+REPAIR_PAYMENT: Final = (
     f"INSERT INTO payments ({_PAYMENTS}) VALUES ({_marks(len(PAYMENT_COLUMNS))})"
     " ON CONFLICT (payment_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in PAYMENT_COLUMNS[1:])
@@ -108,6 +117,7 @@ __all__ = [
     "LOOKUP_CHARGE",
     "ORPHANS",
     "PAYMENTS_BY_ID",
+    "REPAIR_PAYMENT",
     "SET_CONSUMER_POSITION",
     "STREAM",
     "STREAM_UNTIL",

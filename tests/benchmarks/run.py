@@ -253,6 +253,34 @@ def figure_append(work: Path, sizes: Sizes, out: dict[str, Any]) -> None:
     out["ratio_append_normal_vs_eventsourcing"] = ratio(
         out["append_normal_per_s"], out["eventsourcing_append_normal_per_s"]
     )
+    figure_wal_frames(work, out)
+
+
+def figure_wal_frames(work: Path, out: dict[str, Any]) -> None:
+    """
+    WAL frames one durable (``FULL``) input appends, ours and the peer's
+    (tests/scale/wal_frames.py: 200 payments of warm-up, 100 inputs read back
+    from the WAL; a frame is one page, written as two ``pwrite`` calls).
+    """
+    scale = str(ROOT / "tests" / "scale")
+    if scale not in sys.path:
+        sys.path.insert(0, scale)
+    import wal_frames
+
+    measured = list(_workload.iter_steps(25, start=200, prefix="walframes"))
+    with fresh_dir(work, "wal-frames-ours") as d:
+        warmup = _workload.iter_steps(200, prefix="walframes")
+        ours = wal_frames.run_ours(d / "log.db", warmup, measured, existing=False)
+    with fresh_dir(work, "wal-frames-peer") as d:
+        warmup = _workload.iter_steps(200, prefix="walframes")
+        peer = wal_frames.run_peer(d / "log.db", warmup, measured)
+    out["append_wal_frames_per_input"] = ours["frames_per_input"]
+    out["eventsourcing_append_wal_frames_per_input"] = peer["frames_per_input"]
+    out["append_wal_frames_by_btree"] = ours["by_btree_per_input"]
+    say(
+        f"  WAL frames per durable input: ours {ours['frames_per_input']},"
+        f" eventsourcing {peer['frames_per_input']}"
+    )
 
 
 # ---------------------------------------------------------------------- figure 2

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import structlog
 from click.testing import CliRunner, Result
+from hostile_support import UNDO_INDEX_ACCOUNTING
 
 from kplus_fsm import Origin, SQLiteStore, Tracker, _codec
 from kplus_fsm._store import _rows
@@ -249,6 +250,7 @@ class TestReadOnly:
         """A log from before 0002_views is read as it is (no views, no migration)."""
         edit(
             world,
+            *UNDO_INDEX_ACCOUNTING,
             "DROP VIEW anomalies",
             "ALTER TABLE inbox DROP COLUMN reason_code",
             "DELETE FROM _sqlite_migrations WHERE name = '0004_reason_code'",
@@ -602,7 +604,7 @@ class TestVerifyAndCheckpoint:
         res = run("checkpoint", "--db", str(world), "--json")
         cp = json.loads(res.stdout)
         assert set(cp) == set(_queries.CHECKPOINT_KEYS)
-        assert cp["schema_version"] == "0004_reason_code"
+        assert cp["schema_version"] == "0005_index_accounting"
         file = tmp_path / "cp.json"
         file.write_text(res.stdout, encoding="utf-8")
         with Tracker(world, clock=FakeClock(T0 + dt.timedelta(hours=2))) as t:
