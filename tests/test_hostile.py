@@ -486,6 +486,17 @@ class TestPaths:
         assert "does not exist" in res.output
         assert not (tmp_path / "no").exists()
 
+    @pytest.mark.parametrize("option", ["--output", "--db"])
+    def test_a_name_the_file_system_cannot_encode(self, tmp_path: Path, option: str) -> None:
+        """Paired surrogates (found by the property test): a usage error, never a traceback."""
+        name = str(tmp_path / ("\ud83d\ude00" * 10))
+        other = ["--db", str(tmp_path / "kplus.db")] if option == "--output" else []
+        res = invoke(["export", option, name, *other])
+        assert_no_traceback(res)
+        assert res.exit_code == 2, res.output
+        assert "cannot encode" in res.output
+        assert list(tmp_path.iterdir()) == []
+
     def test_db_is_a_file_path_component(self, tmp_path: Path) -> None:
         (tmp_path / "afile").write_text("x")
         res = invoke(["demo", "--offline", "--db", str(tmp_path / "afile" / "kplus.db")])
