@@ -9,7 +9,6 @@ import os
 
 from ..typing import SQLStore
 from ._urls import is_postgres, sqlite_path
-from .postgres import PostgresStore
 from .sqlite import SQLiteStore
 
 
@@ -36,6 +35,10 @@ def open_store(
         ValueError: a malformed ``sqlite://`` URL or ``synchronous`` level.
     """
     if is_postgres(location):
+        # Imported here: a command reading a SQLite log never loads the
+        # PostgreSQL store (start-up time, docs/performance.md).
+        from .postgres import PostgresStore  # noqa: PLC0415
+
         return PostgresStore(str(location), read_only=read_only)
     return SQLiteStore(
         sqlite_path(location),

@@ -1,5 +1,6 @@
 """
-The SQLite schema of the event log, as ``sqlite_utils.Migrations``.
+The SQLite schema of the event log: migrations run by ``sqlite_utils.Migrations``
+(built only when a log is migrated), views, and the classifications.
 
 Migrations are append-only too: never edit one that has shipped; add a new one.
 A database that has applied a migration this version does not know was written
@@ -8,33 +9,52 @@ by a newer kplus_fsm and is refused (:class:`SchemaVersionError`).
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 from collections.abc import Callable
-from typing import Final
-
-import sqlite_utils
-from sqlite_utils.migrations import Migrations
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from ..exceptions import SchemaVersionError
 
+if TYPE_CHECKING:
+    import sqlite_utils
+    from sqlite_utils.migrations import Migrations
+
 MIGRATION_SET: Final = "kplus_fsm"
+#: sqlite-utils' table of applied migrations (its default name).
+MIGRATIONS_TABLE: Final = "_sqlite_migrations"
 
-MigrationFn = Callable[[sqlite_utils.Database], None]
+MigrationFn: TypeAlias = "Callable[[sqlite_utils.Database], None]"
 
-migrations = Migrations(MIGRATION_SET)
+#: This version's migrations, in order: registered here when this module is
+#: imported, handed to sqlite-utils only when a log is migrated (so that reading
+#: a log never imports sqlite-utils: start-up time, docs/performance.md).
+_STEPS: list[tuple[str, MigrationFn]] = []
 #: The names of this version's migrations, in order (kept here rather than read
 #: from sqlite-utils' private list).
 _NAMES: list[str] = []
 
 
 def _migration(name: str) -> Callable[[MigrationFn], MigrationFn]:
-    """Register a migration with sqlite-utils and in :data:`_NAMES`."""
+    """Register a migration in :data:`_STEPS` and :data:`_NAMES`."""
 
     def register(fn: MigrationFn) -> MigrationFn:
         _NAMES.append(name)
-        migrations(name=name)(fn)
+        _STEPS.append((name, fn))
         return fn
 
     return register
+
+
+@functools.cache
+def migrations() -> Migrations:
+    """This version's migrations as ``sqlite_utils.Migrations`` (built on first use)."""
+    from sqlite_utils.migrations import Migrations  # noqa: PLC0415 - see _STEPS
+
+    built = Migrations(MIGRATION_SET)
+    for name, fn in _STEPS:
+        built(name=name)(fn)
+    return built
 
 
 OUTCOMES_SQL: Final = "('applied','duplicate','stale','conflict','rejected','unknown')"
@@ -663,12 +683,29 @@ TRIGGERS: Final = frozenset(
 )
 
 
-def applied(db: sqlite_utils.Database) -> list[str]:
-    """Names of the kplus_fsm migrations applied to ``db``, in order."""
-    return [m.name for m in migrations.applied(db)]
+def applied(db: sqlite3.Connection | sqlite_utils.Database) -> list[str]:
+    """
+    Names of the kplus_fsm migrations applied to ``db``, in the order they were
+    applied (as sqlite-utils records them: its table, by ``rowid``).
+    """
+    if not db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (MIGRATIONS_TABLE,)
+    ).fetchone():
+        return []
+    rows = db.execute(
+        f"SELECT name FROM {MIGRATIONS_TABLE} WHERE migration_set = ? ORDER BY rowid",
+        (MIGRATION_SET,),
+    ).fetchall()
+    return [str(row[0]) for row in rows]
 
 
-def check_version(db: sqlite_utils.Database) -> None:
+def pending(db: sqlite3.Connection | sqlite_utils.Database) -> list[str]:
+    """This version's migrations not yet applied to ``db``, in order."""
+    done = set(applied(db))
+    return [name for name in NAMES if name not in done]
+
+
+def check_version(db: sqlite3.Connection | sqlite_utils.Database) -> None:
     """
     Raise :class:`SchemaVersionError` if ``db`` was written by a newer kplus_fsm.
     """
@@ -681,7 +718,7 @@ def check_version(db: sqlite_utils.Database) -> None:
         )
 
 
-def schema_version(db: sqlite_utils.Database) -> str | None:
+def schema_version(db: sqlite3.Connection | sqlite_utils.Database) -> str | None:
     """The name of the newest applied migration (``None`` for an empty file)."""
     names = applied(db)
     return names[-1] if names else None

@@ -14,6 +14,7 @@ path uses prepared statements on the connection directly.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import random
@@ -23,9 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from .._machine import Decision
 from .._model import Payment
@@ -38,6 +37,9 @@ from ._log import Log, LogTransaction
 from ._reports import ReplayDifference, ReplayReport, TimelineEntry, VerifyReport
 from ._rows import INBOX_COLUMNS, Heads, InboxDraft, InboxRow, Plan, Recorded, plan
 from ._write_cache import Staged, WriteCache
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 __all__ = [
     "INBOX_COLUMNS",
@@ -171,28 +173,28 @@ def _connect(
 
 def _configure(
     conn: sqlite3.Connection, *, busy_timeout: float, read_only: bool, level: str, where: object
-) -> sqlite_utils.Database:
+) -> None:
     """
     Set the connection up: busy timeout, then either read-only (the version
     checked, the pre-0003 shim, ``query_only``) or writable (the version
     checked before anything changes, WAL, ``synchronous``).
     """
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    db = sqlite_utils.Database(conn, execute_plugins=False)
     if read_only:
-        if not db["events"].exists():
+        if not conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+        ).fetchone():
             raise SchemaVersionError(f"{where} is not a kplus_fsm event log")
-        _schema.check_version(db)
+        _schema.check_version(conn)
         _shim_old_schema(conn)  # in memory only; before query_only forbids it
         conn.execute("PRAGMA query_only = ON")
-        return db
+        return
     # The version first: a newer log is refused before anything changes (not
     # even its journal mode).
-    _schema.check_version(db)
+    _schema.check_version(conn)
     if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
         conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {int(SYNCHRONOUS_LEVELS[level])}")
-    return db
 
 
 class SQLiteStore(Log):
@@ -251,7 +253,7 @@ class SQLiteStore(Log):
         try:
             conn, self.path, owned = _connect(path, read_only=read_only)
             self.conn = conn
-            self.db = _configure(
+            _configure(
                 conn, busy_timeout=busy_timeout, read_only=read_only, level=level, where=path
             )
             if not read_only:
@@ -266,14 +268,25 @@ class SQLiteStore(Log):
 
     # ------------------------------------------------------------------ lifecycle
 
+    @functools.cached_property
+    def db(self) -> sqlite_utils.Database:
+        """
+        The connection as a ``sqlite_utils.Database`` (migrations, round-1
+        consumer handlers), made on first use: reading a log never imports
+        sqlite-utils.
+        """
+        import sqlite_utils  # noqa: PLC0415 - deferred: start-up time (docs/performance.md)
+
+        return sqlite_utils.Database(self.conn, execute_plugins=False)
+
     def _migrate(self) -> None:
-        _schema.check_version(self.db)
-        if not _schema.migrations.pending(self.db):
+        _schema.check_version(self.conn)
+        if not _schema.pending(self.conn):
             return
         with self._immediate():
             # Re-check under the write lock: another process may have migrated.
-            _schema.check_version(self.db)
-            _schema.migrations.apply(self.db)
+            _schema.check_version(self.conn)
+            _schema.migrations().apply(self.db)
 
     def close(self) -> None:
         """Close the connection. The store cannot be used afterwards."""
@@ -572,10 +585,10 @@ class SQLiteStore(Log):
             return self._verify(progress)
 
     def _verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
-        version = self._read(partial(_schema.schema_version, self.db))
+        version = self._read(partial(_schema.schema_version, self.conn))
         problem: str | None = None
         try:
-            self._read(partial(_schema.check_version, self.db))
+            self._read(partial(_schema.check_version, self.conn))
         except SchemaVersionError as exc:
             problem = str(exc)
         if problem is None:

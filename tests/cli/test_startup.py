@@ -22,7 +22,9 @@ from kplus_fsm.testing import FakeClock, charge_json, webhook_json
 #: What a reading command has no use for: the HTTP client and the adapters, the
 #: server (uvicorn, h11, prometheus_client), the PostgreSQL driver, the
 #: background jobs, structlog (nothing is logged: it is imported on the first
-#: line, kplus_fsm._logging) and asyncio, and the package metadata (--version).
+#: line, kplus_fsm._logging) and asyncio, the package metadata (--version),
+#: sqlite-utils (migrations only: a log being read is not migrated) and the
+#: PostgreSQL store.
 HEAVY = (
     "httpx",
     "httpcore",
@@ -42,6 +44,8 @@ HEAVY = (
     "kplus_fsm._server.http",
     "kplus_fsm._server.metrics",
     "kplus_fsm._followup",
+    "sqlite_utils",
+    "kplus_fsm._store.postgres",
 )
 
 #: Runs ``kplus-fsm ARGS`` (argv[1], JSON) as the console script does, then
