@@ -56,7 +56,14 @@ class TestTwoHosts:
 
         assert_handled_once_but_the_one_in_hand(fleet, report)
         repeats = sum(1 for n in fleet.handled().values() if n > 1)
-        assert one_at_a_time(fleet, repeats=repeats) == [first.pid, second.pid, back.pid]
+        blocks = one_at_a_time(fleet, repeats=repeats)
+        if blocks == [first.pid, second.pid]:
+            # The second runner reached the end of the log before its SIGTERM
+            # (a loaded machine starts the third process slowly): the restarted
+            # runner found nothing left, and never handled an event early.
+            assert fleet.traces()[-1][1] == second.pid
+        else:
+            assert blocks == [first.pid, second.pid, back.pid]
         for runner in fleet.runners:
             assert "Traceback" not in runner.output()
 

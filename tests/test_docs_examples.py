@@ -64,8 +64,9 @@ from docs_blocks import (
 
 from kplus_fsm.cli import cli
 
-#: At most this many blocks may be exempted from running, in all the docs.
-MAX_NOT_RUN = 14
+#: At most this many blocks may be exempted from running, in all the docs (15 since
+#: docs/scaling.md: its harness needs PostgreSQL, its model writes the plot).
+MAX_NOT_RUN = 15
 #: Seconds one page may take.
 PAGE_TIMEOUT = 120.0
 SHELLS = frozenset({"sh", "bash", "shell"})
