@@ -507,7 +507,7 @@ def export(db: str, since: str | None, fmt: str, output: Path) -> None:
     of the log.
     """
     with reading(db) as store:
-        bounds = _head(store)
+        bounds = _last_ids(store)
         rows = _queries.iter_audit(store, since=since, bounds=bounds)
         if str(output) == "-":
             tally = _export.ExportTally()
@@ -545,7 +545,7 @@ def export(db: str, since: str | None, fmt: str, output: Path) -> None:
 # -------------------------------------------------------------- verify, checkpoint
 
 
-def _head(store: SQLStore) -> tuple[int, int]:
+def _last_ids(store: SQLStore) -> tuple[int, int]:
     """
     The last inbox id and event position; on a damaged log whose last pages
     cannot be read, no bound (the readers stop where the damage starts).
@@ -557,7 +557,7 @@ def _head(store: SQLStore) -> tuple[int, int]:
 
 
 def _verify(store: SQLStore, *, bar: bool) -> VerifyReport:
-    inbox, events = _head(store)
+    inbox, events = _last_ids(store)
     total = inbox + events if inbox < _queries.MAX_ROW_ID else 0
     with progress("verify", total, bar) as update:
         return store.verify(progress=update)
@@ -742,7 +742,7 @@ def replay(db: str, check: bool, as_json: bool) -> None:
     store = open_reader(db, found) if check else open_writer(db)
     folded = [0]
     try:
-        events = _head(store)[1]
+        events = _last_ids(store)[1]
         total = events if events < _queries.MAX_ROW_ID else 0
         with progress("replay", total, _output.interactive(as_json)) as update:
 
