@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import attrs
@@ -84,6 +84,17 @@ class GroupCommit:
         """Inputs waiting for a commit (a test's view into the queue)."""
         with self._cond:
             return len(self._queue)
+
+    def commit_now(self, items: Sequence[RecordItem]) -> list[Recorded | Exception]:
+        """
+        ``items`` written by this thread in one transaction, in order, without
+        waiting for other threads' inputs (``record_many``): each its result, or
+        its own error. Raises what the commit itself raised.
+        """
+        batch = [Pending(item) for item in items]
+        if batch:
+            self._write(batch)
+        return [p.result if p.result is not None else p.failure() for p in batch]
 
     def submit(self, item: Pending) -> Recorded:
         """Queue ``item``, lead a commit or wait for the one that holds it; its outcome."""

@@ -483,10 +483,7 @@ class PostgresStore(Log):
         Raises:
             StoreError: nothing was written (the commit itself failed).
         """
-        batch = [Pending(item) for item in items]
-        if batch:
-            self._commit_batch(batch)
-        return [p.result if p.result is not None else p.failure() for p in batch]
+        return self._group.commit_now(items)
 
     @property
     def max_batch(self) -> int:

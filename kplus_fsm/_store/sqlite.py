@@ -393,10 +393,7 @@ class SQLiteStore(Log):
         Raises:
             StoreError: nothing was written (the commit itself failed).
         """
-        batch = [Pending(item) for item in items]
-        if batch:
-            self._write_locked(batch)
-        return [item.result if item.result is not None else item.failure() for item in batch]
+        return self._group.commit_now(items)
 
     def _write_locked(self, batch: list[Pending]) -> None:
         """Commit ``batch`` in one transaction and hand each item its result."""
